@@ -1,0 +1,106 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let package = Package(
+    name: "qmp-sidecar",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "qmp-sidecar", targets: ["qmp-sidecar"]),
+        .executable(name: "qmp-mock", targets: ["qmp-mock"]),
+        .executable(name: "qmp-bench", targets: ["qmp-bench"]),
+        .library(name: "QMPWire", targets: ["QMPWire"]),
+        .library(name: "QMPMock", targets: ["QMPMock"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
+    ],
+    targets: [
+        // C: jansson through pkg-config, and what Swift cannot import from glibc.
+        .systemLibrary(
+            name: "CJansson",
+            pkgConfig: "jansson",
+            providers: [.apt(["libjansson-dev"])]
+        ),
+        .target(name: "CQMPShims"),
+
+        // Pure protocol core: no I/O.
+        .target(name: "QMPWire", dependencies: ["CJansson"]),
+        .target(name: "QMPProxy", dependencies: ["QMPWire"]),
+
+        // VFIO knowledge: reads sysfs and /proc through injected roots.
+        .target(
+            name: "VFIOTracking",
+            dependencies: ["QMPWire", "CQMPShims", .product(name: "Logging", package: "swift-log")]
+        ),
+
+        // The I/O shell: one poll() reactor, sockets with SCM_RIGHTS, inotify, pidfd, timers.
+        .target(
+            name: "QMPRuntime",
+            dependencies: ["CQMPShims", .product(name: "Logging", package: "swift-log")]
+        ),
+
+        // Products as libraries; the executables only parse arguments and run them.
+        .target(
+            name: "QMPSidecar",
+            dependencies: [
+                "QMPWire", "QMPProxy", "VFIOTracking", "QMPRuntime",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .target(
+            name: "QMPMock",
+            dependencies: [
+                "QMPWire", "QMPRuntime", "VFIOTracking",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "qmp-sidecar",
+            dependencies: [
+                "QMPSidecar",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
+            name: "qmp-mock",
+            dependencies: [
+                "QMPMock",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
+            name: "qmp-bench",
+            dependencies: [
+                "QMPWire", "QMPRuntime", "QMPTestKit",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+
+        // Shared test fixtures: fake sysfs/dev trees, socket helpers, a QEMU launcher.
+        .target(name: "QMPTestKit", dependencies: ["QMPWire", "QMPRuntime", "CQMPShims"]),
+
+        .testTarget(name: "QMPWireTests", dependencies: ["QMPWire", "QMPTestKit"]),
+        .testTarget(name: "QMPProxyTests", dependencies: ["QMPProxy", "QMPWire"]),
+        .testTarget(name: "VFIOTrackingTests", dependencies: ["VFIOTracking", "QMPTestKit"]),
+        .testTarget(name: "QMPRuntimeTests", dependencies: ["QMPRuntime", "QMPTestKit", "CQMPShims"]),
+        .testTarget(name: "QMPMockTests", dependencies: ["QMPMock", "QMPTestKit", "qmp-mock", "qmp-sidecar"]),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: ["QMPSidecar", "QMPWire", "QMPTestKit", "qmp-sidecar", "qmp-mock"]
+        ),
+    ]
+)
+
+for target in package.targets where target.type != .system {
+    var settings = target.swiftSettings ?? []
+    settings.append(.enableUpcomingFeature("ExistentialAny"))
+    settings.append(.enableUpcomingFeature("MemberImportVisibility"))
+    target.swiftSettings = settings
+}

@@ -1,0 +1,31 @@
+#ifndef CQMP_SHIMS_H
+#define CQMP_SHIMS_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+/// Sends `len` bytes with `nfds` file descriptors attached as one SCM_RIGHTS message.
+/// Returns bytes sent or -1 with errno set. MSG_NOSIGNAL is always added to `flags`.
+ssize_t cqmp_sendmsg_fds(int sock, const void *buf, size_t len, const int *fds, size_t nfds, int flags);
+
+/// Receives up to `len` bytes and up to `maxfds` descriptors (MSG_CMSG_CLOEXEC).
+/// `*nfds` receives the descriptor count; `*truncated` is 1 when the kernel reported MSG_CTRUNC
+/// (descriptors beyond the buffer were closed by the kernel). Returns bytes read, 0 at EOF, -1 on error.
+ssize_t cqmp_recvmsg_fds(int sock, void *buf, size_t len, int *fds, size_t maxfds, size_t *nfds, int *truncated);
+
+/// pidfd_open(2): syscall 434 on x86_64, no glibc wrapper. -1 with errno on failure.
+int cqmp_pidfd_open(pid_t pid, unsigned int flags);
+
+/// pidfd_getfd(2): duplicates `targetfd` of the process behind `pidfd` into this process.
+int cqmp_pidfd_getfd(int pidfd, int targetfd, unsigned int flags);
+
+/// eventfd(2) with EFD_CLOEXEC | EFD_NONBLOCK, used to wake a poll() loop from another thread.
+int cqmp_eventfd(void);
+
+/// The pid of the peer of a connected unix socket (SO_PEERCRED), or -1.
+pid_t cqmp_peer_pid(int sock);
+
+/// Maximum descriptors accepted in one message (the kernel's SCM_MAX_FD).
+#define CQMP_MAX_FDS 253
+
+#endif
