@@ -1,0 +1,1 @@
+// QMPMock: see docs/ARCHITECTURE.md for what belongs here.

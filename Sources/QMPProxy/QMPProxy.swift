@@ -1,0 +1,1 @@
+// QMPProxy: see docs/ARCHITECTURE.md for what belongs here.

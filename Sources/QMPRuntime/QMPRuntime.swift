@@ -1,0 +1,1 @@
+// QMPRuntime: see docs/ARCHITECTURE.md for what belongs here.

@@ -1,0 +1,1 @@
+// QMPSidecar: see docs/ARCHITECTURE.md for what belongs here.

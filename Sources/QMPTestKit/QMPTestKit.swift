@@ -1,0 +1,1 @@
+// QMPTestKit: see docs/ARCHITECTURE.md for what belongs here.

@@ -1,0 +1,1 @@
+// QMPWire: see docs/ARCHITECTURE.md for what belongs here.

@@ -1,0 +1,1 @@
+// VFIOTracking: see docs/ARCHITECTURE.md for what belongs here.
