@@ -32,8 +32,11 @@ let package = Package(
         // VFIO knowledge: reads sysfs and /proc through injected roots.
         .target(
             name: "VFIOTracking",
-            dependencies: ["QMPWire", "CQMPShims", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["QMPWire", "QMPRuntime", "CQMPShims", .product(name: "Logging", package: "swift-log")]
         ),
+
+        // Kernel-shaped fake sysfs/dev trees: qmp-mock --fake-host and the tests build hosts with it.
+        .target(name: "VFIOFakeHost"),
 
         // The I/O shell: one poll() reactor, sockets with SCM_RIGHTS, inotify, pidfd, timers.
         .target(
@@ -53,7 +56,7 @@ let package = Package(
         .target(
             name: "QMPMock",
             dependencies: [
-                "QMPWire", "QMPRuntime", "VFIOTracking",
+                "QMPWire", "QMPRuntime", "VFIOTracking", "VFIOFakeHost",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -84,11 +87,11 @@ let package = Package(
         ),
 
         // Shared test fixtures: fake sysfs/dev trees, socket helpers, a QEMU launcher.
-        .target(name: "QMPTestKit", dependencies: ["QMPWire", "QMPRuntime", "CQMPShims"]),
+        .target(name: "QMPTestKit", dependencies: ["QMPWire", "QMPRuntime", "CQMPShims", "VFIOFakeHost"]),
 
         .testTarget(name: "QMPWireTests", dependencies: ["QMPWire", "QMPTestKit"]),
         .testTarget(name: "QMPProxyTests", dependencies: ["QMPProxy", "QMPWire"]),
-        .testTarget(name: "VFIOTrackingTests", dependencies: ["VFIOTracking", "QMPTestKit"]),
+        .testTarget(name: "VFIOTrackingTests", dependencies: ["VFIOTracking", "VFIOFakeHost", "QMPTestKit", "QMPRuntime"]),
         .testTarget(name: "QMPRuntimeTests", dependencies: ["QMPRuntime", "QMPTestKit", "CQMPShims"]),
         .testTarget(name: "QMPMockTests", dependencies: ["QMPMock", "QMPTestKit", "qmp-mock", "qmp-sidecar"]),
         .testTarget(

@@ -1,0 +1,1 @@
+// VFIOFakeHost: kernel-shaped sysfs/dev trees for tests and qmp-mock --fake-host.
