@@ -9,7 +9,8 @@
 /// inotify close event seen while QEMU holds nothing (the event fires only on the last reference of an
 /// open file), or, where no such event comes, decided by a scan of all processes. Works with both event
 /// orders: a close before `DEVICE_DELETED` (QEMU 2.11+) leaves a witness, and the release follows the
-/// event at once.
+/// event at once. When QEMU holds nothing and no close was witnessed, one grace poll lets a queued close
+/// event arrive before the first all-process scan (which costs one `stat` per fd of every process).
 public struct VFIOGroupStateMachine: Sendable {
     /// Where a group is.
     public enum Phase: String, Sendable, Hashable {
@@ -80,6 +81,8 @@ public struct VFIOGroupStateMachine: Sendable {
         var timeoutArmed = false
         var pollDelay: UInt64 = 0
         var watched = false
+        /// Whether the one grace poll before the first all-process scan of this detaching period ran.
+        var graceUsed = false
     }
 
     private var groups: [Int: Group] = [:]
@@ -166,6 +169,7 @@ public struct VFIOGroupStateMachine: Sendable {
         group.timedOut = false
         group.detachingSince = now
         group.pollDelay = pollInitial
+        group.graceUsed = false
         group.timeoutArmed = true
         groups[number] = group
         var actions: [Action] = [.scheduleTimeout(group: number, afterNanoseconds: releaseTimeout)]
@@ -196,6 +200,13 @@ public struct VFIOGroupStateMachine: Sendable {
         guard group.phase == .detaching else { return [] }
         if holds { return armPoll(number) }
         if group.witnessed { return release(number, now: now) }
+        // QEMU holds nothing but no last close was seen. Its close event may still be queued behind the
+        // message that brought us here (same poll round): give it one short poll before paying for a
+        // scan of every process.
+        if !group.graceUsed {
+            groups[number]?.graceUsed = true
+            return armPoll(number)
+        }
         return [.scanAllProcesses(group: number)]
     }
 

@@ -96,16 +96,22 @@ struct GroupStateMachineTests {
         var machine = attached(["/a"])
         // QEMU closed its fd, but a copy lives elsewhere: no close event arrived.
         _ = machine.deviceDeleted("/a", displayName: "a", group: 7, now: 0)
-        #expect(machine.qemuChecked(group: 7, holds: false, now: 1) == [.scanAllProcesses(group: 7)])
+        // First a grace poll (a close event may be queued), then a scan of every process.
         #expect(
-            machine.processesScanned(group: 7, anyHolder: true, now: 2) == [
+            machine.qemuChecked(group: 7, holds: false, now: 1) == [
                 .schedulePoll(group: 7, afterNanoseconds: 1_000_000)
             ])
-        #expect(machine.pollFired(group: 7, now: 3) == [.checkQEMU(group: 7)])
-        #expect(machine.qemuChecked(group: 7, holds: false, now: 4) == [.scanAllProcesses(group: 7)])
+        #expect(machine.pollFired(group: 7, now: 2) == [.checkQEMU(group: 7)])
+        #expect(machine.qemuChecked(group: 7, holds: false, now: 3) == [.scanAllProcesses(group: 7)])
+        #expect(
+            machine.processesScanned(group: 7, anyHolder: true, now: 4) == [
+                .schedulePoll(group: 7, afterNanoseconds: 2_000_000)
+            ])
+        #expect(machine.pollFired(group: 7, now: 5) == [.checkQEMU(group: 7)])
+        #expect(machine.qemuChecked(group: 7, holds: false, now: 5) == [.scanAllProcesses(group: 7)])
         #expect(
             machine.processesScanned(group: 7, anyHolder: true, now: 5) == [
-                .schedulePoll(group: 7, afterNanoseconds: 2_000_000)
+                .schedulePoll(group: 7, afterNanoseconds: 4_000_000)
             ])
         // The copy's holder closes it: the last close is witnessed.
         #expect(machine.closeObserved(group: 7, now: 6) == [.checkQEMU(group: 7)])
@@ -164,9 +170,11 @@ struct GroupStateMachineTests {
         _ = machine.holdersLearned(group: 8, qemuHolds: true)
         _ = machine.deviceDeleted("/a", displayName: "a", group: 7, now: 0)
         _ = machine.qemuChecked(group: 7, holds: true, now: 1)
+        // QEMU still held group 7, so a poll is armed: it serves as the grace poll, then a scan decides.
         let actions = machine.qemuExited(now: 50)
-        #expect(actions == [.scanAllProcesses(group: 7), .unwatchNodes(group: 8), .forget(group: 8)])
+        #expect(actions == [.unwatchNodes(group: 8), .forget(group: 8)])
         #expect(machine.view(of: 8) == nil)
+        #expect(machine.pollFired(group: 7, now: 55) == [.scanAllProcesses(group: 7)])
         #expect(
             machine.processesScanned(group: 7, anyHolder: false, now: 60).last
                 == .emitReleased(group: 7, devices: ["a"], waitedNanoseconds: 60))
@@ -194,14 +202,18 @@ struct GroupStateMachineTests {
     @Test func releasedGroupStartsAFreshPeriodOnAttach() {
         var machine = attached(["/a"])
         _ = machine.deviceDeleted("/a", displayName: "a", group: 7, now: 0)
-        _ = machine.qemuChecked(group: 7, holds: false, now: 1)
-        _ = machine.processesScanned(group: 7, anyHolder: false, now: 2)
+        _ = machine.closeObserved(group: 7, now: 1)
+        _ = machine.qemuChecked(group: 7, holds: false, now: 2)
+        #expect(machine.view(of: 7)?.phase == .released)
         #expect(machine.deviceAttached("/a", group: 7) == [.watchNodes(group: 7), .learnQEMUHolders(group: 7)])
         #expect(machine.view(of: 7)?.deletedDevices == [])
         // A close event in the released state is ignored; after re-attach it counts again.
         _ = machine.holdersLearned(group: 7, qemuHolds: true)
         _ = machine.deviceDeleted("/a", displayName: "a", group: 7, now: 10)
-        #expect(machine.qemuChecked(group: 7, holds: false, now: 11) == [.scanAllProcesses(group: 7)])
+        #expect(
+            machine.qemuChecked(group: 7, holds: false, now: 11) == [
+                .schedulePoll(group: 7, afterNanoseconds: 1_000_000)
+            ])
     }
 }
 
