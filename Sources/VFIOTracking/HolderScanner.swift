@@ -114,12 +114,23 @@ public struct HolderScanner: Sendable {
     /// Re-checks known fd numbers of `pid`: those still open on the node they were learned for.
     /// Each costs one `stat`.
     public func stillHeld(pid: Int32, fds: [Int32: NodeIdentity]) -> [Int32: NodeIdentity] {
-        var result: [Int32: NodeIdentity] = [:]
+        recheck(pid: pid, fds: fds).held
+    }
+
+    /// Like ``stillHeld(pid:fds:)``, and also tells whether a known number now names another open file
+    /// (closed and reused): then the knowledge is stale and only a full scan can tell.
+    public func recheck(pid: Int32, fds: [Int32: NodeIdentity]) -> (held: [Int32: NodeIdentity], stale: Bool) {
+        var held: [Int32: NodeIdentity] = [:]
+        var stale = false
         var info = stat()
-        for (number, node) in fds where stat("\(procRoot)/\(pid)/fd/\(number)", &info) == 0 && node.matches(info) {
-            result[number] = node
+        for (number, node) in fds where stat("\(procRoot)/\(pid)/fd/\(number)", &info) == 0 {
+            if node.matches(info) {
+                held[number] = node
+            } else {
+                stale = true
+            }
         }
-        return result
+        return (held, stale)
     }
 
     /// Every process holding any of `nodes` (all of `<proc>/*/fd`), by pid.
