@@ -32,7 +32,7 @@ struct ReleaseBenchmark: ParsableCommand {
     @Option(parsing: .upToNextOption, help: "Other fds the stand-in holds (one run each).")
     var fds: [Int] = [10, 10_000]
 
-    @Option(help: "Time between DEVICE_DELETED and the close, in milliseconds.")
+    @Option(help: "Minimum time between DEVICE_DELETED and the close, in milliseconds (plus 0-1 ms random).")
     var closeDelayMs = 2.0
 
     mutating func run() throws {
@@ -77,7 +77,8 @@ struct ReleaseBenchmark: ParsableCommand {
             var fd = try qemu.open(node)
             sidecar.deviceAdded()
             sidecar.deviceDeleted()
-            usleep(delay)
+            // A random phase against the 1 ms poll period (same distribution for both methods).
+            usleep(delay + UInt32.random(in: 0..<1000))
             var closed = try qemu.close(fd)
             let released = try sidecar.client.readLine()
             let sidecarLatency = Double(released.time &- closed) / 1e6
@@ -88,7 +89,7 @@ struct ReleaseBenchmark: ParsableCommand {
             // The naive poller: starts polling at DEVICE_DELETED time.
             fd = try qemu.open(node)
             naive.startPolling()
-            usleep(delay)
+            usleep(delay + UInt32.random(in: 0..<1000))
             closed = try qemu.close(fd)
             let polled = try naive.client.readLine()
             let naiveLatency = Double(polled.time &- closed) / 1e6
