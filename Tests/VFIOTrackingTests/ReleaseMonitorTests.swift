@@ -1,3 +1,4 @@
+import CQMPShims
 import QMPRuntime
 import QMPWire
 import Testing
@@ -108,6 +109,27 @@ struct ReleaseMonitorTests {
         #expect(released["waited-ms"]?.int64Value.map { $0 >= 300 } == true)
         #expect(h.commander.eventNames == ["GROUP_RELEASE_TIMEOUT", "GROUP_RELEASED"])
         #expect(h.monitor.armedTimers == 0)
+    }
+
+    @Test func copyTakenWithPidfdGetfdBlocksRelease() throws {
+        // This test process takes a copy of the stand-in's group fd with pidfd_getfd(2), as a helper
+        // daemon could: QEMU's close is then not the last one.
+        let h = try MonitorHarness(spec: "7=0000:01:00.0", releaseTimeout: .milliseconds(200))
+        let fd = try h.openGroup(7)
+        h.ready()
+        h.added("hostdev0", host: "01:00.0")
+        let pidfd = cqmp_pidfd_open(h.qemu.pid, 0)
+        try #require(pidfd >= 0)
+        defer { close(pidfd) }
+        let copy = cqmp_pidfd_getfd(pidfd, fd, 0)
+        try #require(copy >= 0, "pidfd_getfd failed: errno \(errno)")
+        try h.qemu.close(fd)
+        h.deleted("hostdev0")
+        let timeout = try #require(try h.waitForEvent("GROUP_RELEASE_TIMEOUT", timeout: .seconds(5)))
+        #expect(timeout["holders"]?.arrayValue?.map { $0["pid"] } == [.integer(Int64(getpid()))])
+        #expect(!h.commander.eventNames.contains("GROUP_RELEASED"))
+        close(copy)
+        #expect(try h.waitForEvent("GROUP_RELEASED", timeout: .seconds(5)) != nil)
     }
 
     @Test func reAddWhileDetachingReturnsToAttached() throws {
