@@ -59,6 +59,7 @@ public final class VFIOReleaseMonitor {
     private var queue: [VFIOGroupStateMachine.Action] = []
     private var performing = false
     private var stopped = false
+    private var warnedUnreadable = false
 
     private struct Node {
         /// The node under `--dev-root`.
@@ -159,6 +160,24 @@ public final class VFIOReleaseMonitor {
         reactor.schedule(after: .zero) { [weak self] in self?.run(actions) }
         return disposition
     }
+
+    /// Byte-level form of ``deviceAddSucceeded(arguments:)``: the text of the `arguments` object.
+    public func deviceAddSucceeded(argumentsText: [UInt8]) {
+        guard let arguments = try? JSONValue(parsing: argumentsText) else { return }
+        deviceAddSucceeded(arguments: arguments)
+    }
+
+    /// Byte-level form of ``deviceDeleted(_:)``: one event line (a trailing CRLF is ignored).
+    /// Returns true when the event is held (hold mode).
+    public func deviceDeleted(line: [UInt8]) -> Bool {
+        var bytes = line
+        while let last = bytes.last, last == 0x0A || last == 0x0D { bytes.removeLast() }
+        guard case .success(let message) = QMPMessage.parse(bytes) else { return false }
+        return deviceDeleted(message) == .hold
+    }
+
+    /// The commands ``localCommand(_:arguments:)`` answers (the proxy checks these before forwarding).
+    public var localCommandNames: Set<String> { [configuration.queryCommandName] }
 
     /// Answers the sidecar's own query command; nil for any other command (the proxy forwards it).
     public func localCommand(_ name: String, arguments: JSONValue?) -> LocalReply? {
@@ -283,7 +302,14 @@ public final class VFIOReleaseMonitor {
             var holds = false
             if let pid = livePID, let identities = nodes[group]?.identities {
                 statistics.qemuFullScans += 1
-                let found = scanner.fds(of: pid, matching: identities) ?? [:]
+                let scanned = scanner.fds(of: pid, matching: identities)
+                if scanned == nil && scanner.processExists(pid) && !warnedUnreadable {
+                    warnedUnreadable = true
+                    logger.warning(
+                        "cannot read QEMU's fd table: run qmp-sidecar as root or as QEMU's user",
+                        metadata: ["path": "\(configuration.procRoot)/\(pid)/fd"])
+                }
+                let found = scanned ?? [:]
                 nodes[group]?.qemuFDs = found.isEmpty ? nil : found
                 holds = !found.isEmpty
             }

@@ -299,6 +299,21 @@ struct ReleaseMonitorTests {
         #expect(group["holders"]?.arrayValue?.map { $0["pid"] } == [.integer(Int64(h.qemu.pid))])
     }
 
+    @Test func byteLevelEntryPointsForTheSidecar() throws {
+        let h = try MonitorHarness(spec: "7=0000:01:00.0", hold: true)
+        let fd = try h.openGroup(7)
+        h.ready()
+        h.monitor.deviceAddSucceeded(
+            argumentsText: Array(#"{'driver': 'vfio-pci', 'id': 'hd0', 'host': '01:00.0'}"#.utf8))
+        #expect(h.monitor.trackedDevices.map(\.id) == ["hd0"])
+        #expect(h.monitor.localCommandNames == [VFIOConfiguration.defaultQueryCommandName])
+        let line = MonitorHarness.deletedEvent(id: "hd0", path: "/machine/peripheral/hd0").bytes + [0x0D, 0x0A]
+        try h.qemu.close(fd)
+        #expect(h.monitor.deviceDeleted(line: line) == true)
+        #expect(try h.waitForEvent("GROUP_RELEASED") != nil)
+        #expect(h.commander.lines.first == line)
+    }
+
     @Test func nothingDetachingMeansNoTimers() throws {
         let h = try MonitorHarness(spec: "7=0000:01:00.0")
         try h.openGroup(7)
