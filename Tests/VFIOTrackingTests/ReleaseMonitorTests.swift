@@ -226,6 +226,7 @@ struct ReleaseMonitorTests {
         h.ready()
         let monitor = h.monitor
         #expect(try h.run(until: { monitor.trackedDevices.count == 2 }, timeout: .seconds(5)))
+        try h.settle()
         let byPath = Dictionary(uniqueKeysWithValues: h.monitor.trackedDevices.map { ($0.qomPath, $0) })
         #expect(byPath["/machine/peripheral/hostdev0"]?.id == "hostdev0")
         #expect(byPath["/machine/peripheral/hostdev0"]?.group == 7)
@@ -312,6 +313,23 @@ struct ReleaseMonitorTests {
         #expect(h.monitor.deviceDeleted(line: line) == true)
         #expect(try h.waitForEvent("GROUP_RELEASED") != nil)
         #expect(h.commander.lines.first == line)
+    }
+
+    @Test func devicesAttachedInOneRoundShareOneFullScan() throws {
+        let h = try MonitorHarness(spec: "7=0000:01:00.0;8=0000:02:00.0;9=0000:03:00.0")
+        for group in [7, 8, 9] { try h.openGroup(group) }
+        try h.qemu.fill(toExtraFDs: 100)
+        h.ready()
+        for (id, address) in [("a", "01:00.0"), ("b", "02:00.0"), ("c", "03:00.0")] {
+            h.monitor.deviceAddSucceeded(
+                arguments: .object([
+                    JSONMember("driver", .string("vfio-pci")), JSONMember("id", .string(id)),
+                    JSONMember("host", .string(address)),
+                ]))
+        }
+        try h.settle()
+        #expect(h.monitor.statistics.qemuFullScans == 1)
+        #expect([7, 8, 9].allSatisfy { h.monitor.view(ofGroup: $0)?.qemuHolds == true })
     }
 
     @Test func nothingDetachingMeansNoTimers() throws {
