@@ -97,7 +97,8 @@ let package = Package(
         .testTarget(name: "QMPMockTests", dependencies: ["QMPMock", "QMPTestKit", "qmp-mock", "qmp-sidecar"]),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["QMPSidecar", "QMPWire", "QMPTestKit", "qmp-sidecar", "qmp-mock"]
+            dependencies: ["QMPSidecar", "QMPWire", "QMPTestKit", "qmp-sidecar", "qmp-mock"],
+            exclude: ["python"]
         ),
     ]
 )
