@@ -144,16 +144,27 @@ struct ProxyIntegrationTests {
         #expect(try bad.command(#"{"execute": "query-status", "id": 6}"#).hasSuffix(#""id": 6}"#))
     }
 
-    @Test func tooDeepNestingNeverReachesQEMU() throws {
+    @Test func tooDeepNestingGetsQEMUsErrorsAndNeverReachesQEMU() throws {
         let vm = try ProxiedQEMU()
         let client = try vm.client()
+        let direct = try vm.direct()
         try client.negotiate()
+        try direct.negotiate()
         let deep =
             #"{"execute": "query-status", "arguments": "# + String(repeating: "[", count: 1100)
-            + String(repeating: "]", count: 1100) + "}"
-        let reply = try client.command(deep)
-        #expect(reply.hasPrefix(#"{"error": {"class": "GenericError""#), "\(reply)")
-        #expect(try client.command(#"{"execute": "query-status", "id": 1}"#).hasSuffix(#""id": 1}"#))
+            + String(repeating: "]", count: 1100) + "}" + #"{"execute": "query-name", "id": 1}"#
+        func replies(_ c: TestClient) throws -> [String] {
+            c.send(deep)
+            var lines: [String] = []
+            while true {
+                let line = try c.reply()
+                lines.append(line)
+                if line.hasSuffix(#""id": 1}"#) { return lines }
+            }
+        }
+        let proxied = try replies(client)
+        #expect(proxied.first?.hasPrefix(#"{"error": {"class": "GenericError""#) == true)
+        #expect(proxied == (try replies(direct)))
     }
 
     @Test func clientKilledMidCommand() throws {
@@ -269,8 +280,7 @@ struct ProxyIntegrationTests {
             process.terminate()
             process.waitUntilExit()
         }
-        #expect(waitFor { FileManager.default.fileExists(atPath: path) })
-        let client = try TestClient(path: path)
+        let client = try TestClient.connecting(to: path)
         try client.negotiate()
         #expect(try client.command(#"{"execute": "query-status", "id": 1}"#).hasSuffix(#""id": 1}"#))
     }

@@ -182,6 +182,19 @@ final class TestClient {
 
     deinit { close(fd) }
 
+    /// Connects, retrying while the socket file exists but nobody listens yet (bind before listen).
+    static func connecting(to path: String, within seconds: Double = 10) throws -> TestClient {
+        let deadline = Date().addingTimeInterval(seconds)
+        while true {
+            do {
+                return try TestClient(path: path)
+            } catch {
+                if Date() > deadline { throw error }
+                usleep(5000)
+            }
+        }
+    }
+
     func send(_ text: String) {
         send(Array(text.utf8))
     }
