@@ -1,4 +1,5 @@
 import Foundation
+import QMPTestKit
 import Testing
 
 /// qmp-sidecar in front of a real QEMU 7.2 (issue 3, item 4). Each test starts its own QEMU with two
@@ -189,7 +190,7 @@ struct ProxyIntegrationTests {
         let b = try vm.client()
         try a.negotiate()
         _ = b.readLine()
-        vm.qemu.kill()
+        vm.killQEMU()
         #expect(a.isClosed())
         #expect(b.isClosed())
         let status = vm.sidecar.exitStatus()
@@ -218,11 +219,10 @@ struct ProxyIntegrationTests {
     }
 
     @Test func traceRecordsBothDirections() throws {
-        let dir = makeTempDir()
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let qemu = try QEMUInstance(dir: dir, monitors: 1)
+        let qemu = try QEMULauncher()
+        let dir = qemu.directory
         let sidecar = try SidecarInstance(
-            dir: dir, upstream: qemu.monitors[0], extra: ["--trace", "\(dir)/trace.jsonl"])
+            dir: dir, upstream: qemu.socketPath, extra: ["--trace", "\(dir)/trace.jsonl"])
         let client = try TestClient(path: sidecar.listenPath)
         try client.negotiate()
         _ = try client.command(#"{"execute": "query-status", "id": "q"}"#)
@@ -239,10 +239,9 @@ struct ProxyIntegrationTests {
     }
 
     @Test func takeOverListensWhereQEMUWasAndRestoresIt() throws {
-        let dir = makeTempDir()
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let qemu = try QEMUInstance(dir: dir, monitors: 1)
-        let path = qemu.monitors[0]
+        let qemu = try QEMULauncher()
+        let dir = qemu.directory
+        let path = qemu.socketPath
         let sidecar = try SidecarInstance(
             dir: dir, upstream: nil, extra: ["--take-over", path], listen: path, waitForSocket: false)
         #expect(waitFor { sidecar.log.contains("took over") })
@@ -260,9 +259,8 @@ struct ProxyIntegrationTests {
     }
 
     @Test func inheritedListeningSocket() throws {
-        let dir = makeTempDir()
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let qemu = try QEMUInstance(dir: dir, monitors: 1)
+        let qemu = try QEMULauncher()
+        let dir = qemu.directory
         // A python parent creates the listening socket and execs qmp-sidecar with it as fd 3.
         let path = "\(dir)/inherited.sock"
         let script = """
@@ -273,7 +271,7 @@ struct ProxyIntegrationTests {
             """
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", "-c", script, path, productsDirectory + "/qmp-sidecar", qemu.monitors[0]]
+        process.arguments = ["python3", "-c", script, path, productsDirectory + "/qmp-sidecar", qemu.socketPath]
         process.standardError = FileHandle.nullDevice
         try process.run()
         defer {

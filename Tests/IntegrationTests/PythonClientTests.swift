@@ -1,4 +1,5 @@
 import Foundation
+import QMPTestKit
 import Testing
 
 /// The reference client through the sidecar (issue 3, item 5): python `qemu.qmp` running the same

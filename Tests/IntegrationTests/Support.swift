@@ -1,5 +1,6 @@
 import CQMPShims
 import Foundation
+import QMPTestKit
 import Testing
 
 /// Whether real QEMU tests run: QEMU present, or `QMP_SIDECAR_REQUIRE_QEMU` set (then they fail
@@ -8,11 +9,12 @@ enum Requirements {
     static let qemuPath = "/usr/bin/qemu-system-x86_64"
     static let qemuRequired = ProcessInfo.processInfo.environment["QMP_SIDECAR_REQUIRE_QEMU"] != nil
     static let qemuUsable: Bool = {
-        let present = FileManager.default.isExecutableFile(atPath: qemuPath)
-        if !present && !qemuRequired {
-            print("skipping real-QEMU integration tests: \(qemuPath) not installed (apt-get install qemu-system-x86)")
+        if !QEMULauncher.shouldRun {
+            print(
+                "skipping real-QEMU integration tests: \(QEMULauncher.binary) not installed (apt-get install qemu-system-x86)"
+            )
         }
-        return present || qemuRequired
+        return QEMULauncher.shouldRun
     }()
     static let pythonQMPUsable: Bool = {
         let ok = run(["python3", "-c", "import qemu.qmp"]) == 0
@@ -68,7 +70,8 @@ let pythonDirectory: String = {
     (#filePath as NSString).deletingLastPathComponent + "/python"
 }()
 
-/// A real QEMU 7.2 with `monitors` QMP sockets (`-S`, TCG, no guest).
+/// A real QEMU 7.2 with `monitors` QMP sockets at paths of our choosing (the reconnect test needs
+/// a second QEMU at the first one's path); elsewhere the tests use QMPTestKit's ``QEMULauncher``.
 final class QEMUInstance {
     let dir: String
     let monitors: [String]
@@ -283,26 +286,29 @@ final class TestClient {
 
 /// A sidecar in front of a fresh QEMU with a second, direct monitor for comparisons.
 final class ProxiedQEMU {
-    let dir: String
-    let qemu: QEMUInstance
+    let qemu: QEMULauncher
     let sidecar: SidecarInstance
 
-    init(extra: [String] = []) throws {
-        dir = makeTempDir()
-        qemu = try QEMUInstance(dir: dir)
-        sidecar = try SidecarInstance(dir: dir, upstream: qemu.monitors[0], extra: extra)
+    init(extra: [String] = [], monitors: Int = 2) throws {
+        qemu = try QEMULauncher(monitors: monitors)
+        sidecar = try SidecarInstance(dir: qemu.directory, upstream: qemu.socketPaths[0], extra: extra)
     }
 
-    var directPath: String { qemu.monitors[1] }
+    var dir: String { qemu.directory }
+    var directPath: String { qemu.socketPaths[1] }
     var sidecarPath: String { sidecar.listenPath }
 
     func client() throws -> TestClient { try TestClient(path: sidecarPath) }
     func direct() throws -> TestClient { try TestClient(path: directPath) }
 
+    /// Kills QEMU (SIGKILL) but keeps the directory (the sidecar's log is there).
+    func killQEMU() {
+        kill(qemu.pid, SIGKILL)
+    }
+
     deinit {
         sidecar.terminate()
-        qemu.kill()
-        try? FileManager.default.removeItem(atPath: dir)
+        qemu.terminate()
     }
 }
 
