@@ -57,7 +57,9 @@ enum MockCommands {
 
     /// Checks `arguments` against `parameters` as QEMU's input visitor does: members in schema order
     /// (missing, wrong type), then the first member left over is unexpected.
-    static func check(_ arguments: [(String, MockJSON)], _ parameters: [Parameter]) -> Result<[String: MockJSON], MockReply> {
+    static func check(_ arguments: [(String, MockJSON)], _ parameters: [Parameter]) -> Result<
+        [String: MockJSON], MockReply
+    > {
         var values: [String: MockJSON] = [:]
         for (key, value) in arguments { values[key] = value }
         for parameter in parameters {
@@ -67,7 +69,9 @@ enum MockCommands {
             }
             guard parameter.kind.accepts(value) else {
                 return .failure(
-                    .error("GenericError", "Invalid parameter type for '\(parameter.name)', expected: \(parameter.kind.name)")
+                    .error(
+                        "GenericError",
+                        "Invalid parameter type for '\(parameter.name)', expected: \(parameter.kind.name)")
                 )
             }
         }

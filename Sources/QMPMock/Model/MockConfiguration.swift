@@ -33,7 +33,11 @@ public struct MockQEMUVersion: Sendable, Equatable {
     /// The `{"qemu": {...}, "package": ...}` object.
     var json: MockJSON {
         .object([
-            ("qemu", .object([("micro", .int(Int64(micro))), ("minor", .int(Int64(minor))), ("major", .int(Int64(major)))])),
+            // QAPI member order (major, minor, micro): QDict output order depends on insertion order.
+            (
+                "qemu",
+                .object([("major", .int(Int64(major))), ("minor", .int(Int64(minor))), ("micro", .int(Int64(micro)))])
+            ),
             ("package", .string(package)),
         ])
     }
@@ -77,7 +81,8 @@ public struct MockDeviceSpec: Sendable, Equatable {
         fields.append(current)
         chars = []
         guard let driver = fields.first, !driver.isEmpty, !driver.contains("=") else {
-            throw MockError.usage("--device \(text): expected DRIVER,key=value,... e.g. vfio-pci,host=0000:01:00.0,id=hostdev0")
+            throw MockError.usage(
+                "--device \(text): expected DRIVER,key=value,... e.g. vfio-pci,host=0000:01:00.0,id=hostdev0")
         }
         var properties: [(String, String)] = []
         for field in fields.dropFirst() {
@@ -155,6 +160,7 @@ public struct MockError: Error, CustomStringConvertible, Sendable {
 
     /// A failed system call, with its name and errno.
     public static func syscall(_ call: String, errno: Int32, _ context: String) -> MockError {
-        MockError(code: .io, description: "\(context): \(call) failed: \(String(cString: strerror(errno))) (errno \(errno))")
+        MockError(
+            code: .io, description: "\(context): \(call) failed: \(String(cString: strerror(errno))) (errno \(errno))")
     }
 }

@@ -358,7 +358,8 @@ public struct MockMachine {
 
         if !clients[client]!.negotiated {
             guard name == "qmp_capabilities" else {
-                return Dispatched(reply: .error("CommandNotFound", "Expecting capabilities negotiation with 'qmp_capabilities'"))
+                return Dispatched(
+                    reply: .error("CommandNotFound", "Expecting capabilities negotiation with 'qmp_capabilities'"))
             }
             if hasOOB {
                 return Dispatched(reply: .error("GenericError", "The command \(name) does not support OOB"))
@@ -389,10 +390,12 @@ public struct MockMachine {
         if case .array(let items)? = args["enable"] {
             for item in items {
                 guard case .string(let capability) = item else {
-                    return Dispatched(reply: .error("GenericError", "Invalid parameter type for 'null', expected: string"))
+                    return Dispatched(
+                        reply: .error("GenericError", "Invalid parameter type for 'null', expected: string"))
                 }
                 guard capability == "oob" else {
-                    return Dispatched(reply: .error("GenericError", "Parameter 'null' does not accept value '\(capability)'"))
+                    return Dispatched(
+                        reply: .error("GenericError", "Parameter 'null' does not accept value '\(capability)'"))
                 }
                 oob = true
             }
@@ -407,7 +410,9 @@ public struct MockMachine {
         }
         var result = Dispatched(reply: .success(.object([])))
         result.after = { machine, _, actions in
-            for event in events { machine.schedule(.event(event), after: max(event.delayNanoseconds, 0), actions: &actions) }
+            for event in events {
+                machine.schedule(.event(event), after: max(event.delayNanoseconds, 0), actions: &actions)
+            }
         }
         return result
     }
@@ -432,13 +437,15 @@ public struct MockMachine {
         }
         switch name {
         case "qmp_capabilities":
-            return Dispatched(reply: .error("CommandNotFound", "Capabilities negotiation is already complete, command ignored"))
+            return Dispatched(
+                reply: .error("CommandNotFound", "Capabilities negotiation is already complete, command ignored"))
         case "query-status":
             return Dispatched(
                 reply: .success(
                     .object([
-                        ("status", .string(running ? "running" : "prelaunch")), ("singlestep", .bool(false)),
-                        ("running", .bool(running)),
+                        // QAPI member order of StatusInfo.
+                        ("running", .bool(running)), ("singlestep", .bool(false)),
+                        ("status", .string(running ? "running" : "prelaunch")),
                     ])
                 )
             )
@@ -469,7 +476,8 @@ public struct MockMachine {
         case "qom-get":
             return Dispatched(reply: qomGet(args["path"]!.stringValue!, args["property"]!.stringValue!))
         case "device_add":
-            if let error = deviceAdd(arguments: .object(arguments), hotplugged: true, client: client, actions: &actions) {
+            if let error = deviceAdd(arguments: .object(arguments), hotplugged: true, client: client, actions: &actions)
+            {
                 return Dispatched(reply: .failure(error))
             }
             return Dispatched(reply: .success(.object([])))
@@ -481,7 +489,8 @@ public struct MockMachine {
             }
             let fdname = args["fdname"]!.stringValue!
             if let first = fdname.first, first.isNumber {
-                return Dispatched(reply: .error("GenericError", "Parameter 'fdname' expects a name not starting with a digit"))
+                return Dispatched(
+                    reply: .error("GenericError", "Parameter 'fdname' expects a name not starting with a digit"))
             }
             let fd = fds.removeFirst()
             if let old = clients[client]!.fdNames.updateValue(fd, forKey: fdname) { host.close(old) }
@@ -575,8 +584,11 @@ public struct MockMachine {
 
     private func qomGet(_ path: String, _ property: String) -> MockReply {
         if ["/", "/machine", "/machine/peripheral", "/machine/peripheral-anon"].contains(path) {
-            guard property == "type" else { return .error("GenericError", "Property 'container.\(property)' not found") }
-            return .success(.string(path == "/" ? "container" : path == "/machine" ? "pc-i440fx-7.2-machine" : "container"))
+            guard property == "type" else {
+                return .error("GenericError", "Property 'container.\(property)' not found")
+            }
+            return .success(
+                .string(path == "/" ? "container" : path == "/machine" ? "pc-i440fx-7.2-machine" : "container"))
         }
         guard let index = deviceIndex(resolving: path) else {
             return .error("DeviceNotFound", "Device '\(path)' not found")
@@ -596,7 +608,8 @@ public struct MockMachine {
     private static func isIdentifier(_ id: String) -> Bool {
         guard let first = id.unicodeScalars.first, first.properties.isAlphabetic, first.isASCII else { return false }
         return id.unicodeScalars.allSatisfy {
-            $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || $0 == "-" || $0 == "." || $0 == "_")
+            $0.isASCII
+                && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || $0 == "-" || $0 == "." || $0 == "_")
         }
     }
 
@@ -632,9 +645,13 @@ public struct MockMachine {
         guard MockCommands.drivers.contains(driver) else { return fail("'\(driver)' is not a valid device model name") }
         var id: String?
         if let value = arguments["id"] {
-            guard case .string(let text) = value else { return fail("Invalid parameter type for 'id', expected: string") }
+            guard case .string(let text) = value else {
+                return fail("Invalid parameter type for 'id', expected: string")
+            }
             guard Self.isIdentifier(text) else { return fail("Parameter 'id' expects an identifier") }
-            guard !devices.contains(where: { $0.device.id == text }) else { return fail("Duplicate device ID '\(text)'") }
+            guard !devices.contains(where: { $0.device.id == text }) else {
+                return fail("Duplicate device ID '\(text)'")
+            }
             id = text
         }
         func stringProperty(_ name: String) -> String? {
@@ -685,12 +702,15 @@ public struct MockMachine {
                     }
                     device.cdevFD = fd
                 } else {
-                    guard let cdev else { return fail("vfio \(name): no vfio-dev cdev found: No such file or directory") }
+                    guard let cdev else {
+                        return fail("vfio \(name): no vfio-dev cdev found: No such file or directory")
+                    }
                     let cdevPath = configuration.devRoot + "/vfio/devices/" + cdev
                     switch host.open(cdevPath) {
                     case .success(let fd): device.cdevFD = fd
                     case .failure(let errno):
-                        return fail("vfio \(name): failed to open \(cdevPath): \(String(cString: strerror(errno.value)))")
+                        return fail(
+                            "vfio \(name): failed to open \(cdevPath): \(String(cString: strerror(errno.value)))")
                     }
                 }
                 actions.append(.note("opened cdev of \(bdf) (group \(group)) fd \(device.cdevFD!)"))
