@@ -56,7 +56,7 @@ let package = Package(
         .target(
             name: "QMPMock",
             dependencies: [
-                "QMPWire", "QMPRuntime", "VFIOTracking", "VFIOFakeHost",
+                "QMPWire", "QMPRuntime", "VFIOTracking", "VFIOFakeHost", "CQMPShims",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

@@ -69,6 +69,11 @@ public final class SystemMockHost: MockHost {
         _ = waitpid(pid, &status, 0)
     }
 
+    /// Ends every holder process (at exit: a mock must not leave `sleep` processes behind).
+    public func stopAllHolders() {
+        for group in Array(holders.keys) { stopHolder(group: group) }
+    }
+
     /// The pids of running holder processes, by group.
     public var holderPIDs: [Int: pid_t] { holders }
 

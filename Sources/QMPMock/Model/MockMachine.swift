@@ -84,6 +84,12 @@ public protocol MockScript: Sendable {
     mutating func eventsAfterNegotiation() -> [MockScriptEvent]
     /// What is left unplayed, for the final report (empty when the script ran completely).
     var unmetExpectations: [String] { get }
+    /// Events to send after the model answered a command the script only expected (no canned reply).
+    mutating func takePendingEvents() -> [MockScriptEvent]
+}
+
+extension MockScript {
+    public mutating func takePendingEvents() -> [MockScriptEvent] { [] }
 }
 
 /// The mock QEMU: QMP sessions, the device tree and VFIO group semantics, as a state machine.
@@ -372,11 +378,14 @@ public struct MockMachine {
         if hasOOB {
             return Dispatched(reply: .error("GenericError", "The command \(name) does not support OOB"))
         }
-        if var current = script, let decision = current.decide(command: name, arguments: message["arguments"]) {
+        if var current = script {
+            let decision = current.decide(command: name, arguments: message["arguments"])
+            let stepEvents = current.takePendingEvents()
             script = current
-            return Dispatched(reply: decision.reply, events: decision.events)
-        } else if let current = script {
-            script = current
+            if let decision { return Dispatched(reply: decision.reply, events: decision.events) }
+            var result = command(name, arguments, client: client, fds: &fds, now: now, actions: &actions)
+            result.events += stepEvents
+            return result
         }
         return command(name, arguments, client: client, fds: &fds, now: now, actions: &actions)
     }
