@@ -152,6 +152,8 @@ public struct MockMachine {
     private var timers: [Int: TimerTask] = [:]
     private var nextTimer = 1
     private var running = false
+    /// Whether the guest ever ran: a stopped VM is then `paused`, not `prelaunch`.
+    private var started = false
     private var timersOnNegotiation: Bool
 
     public init(configuration: MockConfiguration, host: any MockHost, script: (any MockScript)? = nil) {
@@ -159,6 +161,7 @@ public struct MockMachine {
         self.host = host
         self.script = script
         self.running = !configuration.startPaused
+        self.started = self.running
         self.timersOnNegotiation = script != nil
     }
 
@@ -356,7 +359,7 @@ public struct MockMachine {
             return Dispatched(reply: .error("GenericError", "QMP input lacks member 'execute'"))
         }
         if hasExecute && hasOOB {
-            return Dispatched(reply: .error("GenericError", "QMP input must not have both 'execute' and 'exec-oob'"))
+            return Dispatched(reply: .error("GenericError", "QMP input member 'execute' clashes with 'exec-oob'"))
         }
         let name = commandName(message)!
         var arguments: [(String, MockJSON)] = []
@@ -454,7 +457,7 @@ public struct MockMachine {
                     .object([
                         // QAPI member order of StatusInfo.
                         ("running", .bool(running)), ("singlestep", .bool(false)),
-                        ("status", .string(running ? "running" : "prelaunch")),
+                        ("status", .string(running ? "running" : started ? "paused" : "prelaunch")),
                     ])
                 )
             )
@@ -469,6 +472,7 @@ public struct MockMachine {
             // QEMU sends RESUME before the reply to cont.
             if !running { broadcast(event: "RESUME", data: nil, now: now, actions: &actions) }
             running = true
+            started = true
             return Dispatched(reply: .success(.object([])))
         case "quit":
             broadcast(
