@@ -7,7 +7,7 @@ export HOME=/root
 out=/run/lab-out
 here=$(dirname "$0")
 log() { echo "LAB-L1: $*"; }
-finish() { sync; log "powering off"; echo o > /proc/sysrq-trigger; sleep 30; }
+finish() { sync; log "powering off"; echo o > /proc/sysrq-trigger; while :; do read -r _ < /dev/console; done; }
 fail() { log "FAILED: $*"; echo "$*" > "$out/l1-failed"; finish; }
 t0=$(cut -d' ' -f1 /proc/uptime)
 [ -f "$out/lab.env" ] || fail "no $out/lab.env"
@@ -47,6 +47,7 @@ done
 te=$(cut -d' ' -f1 /proc/uptime)
 log "binding took $(echo "$tb $te" | awk '{printf "%.2f", $2-$1}')s"
 echo "{\"l1-ready-s\": $te, \"bind-s\": $(echo "$tb $te" | awk '{printf "%.2f", $2-$1}')}" > "$out/l1-timing.json"
-/usr/bin/python3 "$here/scenarios.py" --out "$out" $LAB_ARGS
+eval "set -- $LAB_ARGS"
+/usr/bin/python3 "$here/scenarios.py" --out "$out" "$@"
 echo $? > "$out/runner-rc"
 finish

@@ -76,11 +76,8 @@ mkdir -p "$out"
 rm -f "$out"/{results.json,summary.txt,runner-rc,l1-failed,l1-timing.json,*.log}
 "$repo/lab/mkinitramfs.sh" l1 "$kver" "$out/l1-initramfs.cpio.gz"
 [[ " $scenarios " == *" C "* ]] && { "$repo/lab/mkinitramfs.sh" l2 "$kver" "$out/l2-initramfs.cpio.gz"; runner_args+=(--kernel "$kernel" --l2-initrd /run/lab-out/l2-initramfs.cpio.gz); }
-{
-    printf 'LAB_ARGS="--scenarios %s' "${scenarios// /,}"
-    printf ' %q' "${runner_args[@]}"
-    printf '"\n'
-} > "$out/lab.env"
+runner_args=(--scenarios "${scenarios// /,}" "${runner_args[@]}")
+printf 'LAB_ARGS=%q\n' "$(printf '%q ' "${runner_args[@]}")" > "$out/lab.env"
 
 # 4. Boot L1 and wait for the runner (the results share is lab-out/).
 say "booting L1 ($kver, TCG -cpu max, intel-iommu); scenarios: $scenarios; mode: $mode"
