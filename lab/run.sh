@@ -81,8 +81,24 @@ printf 'LAB_ARGS=%q\n' "$(printf '%q ' "${runner_args[@]}")" > "$out/lab.env"
 
 # 4. Boot L1 and wait for the runner (the results share is lab-out/).
 say "booting L1 ($kver, TCG -cpu max, intel-iommu); scenarios: $scenarios; mode: $mode"
+# A leftover L1 of an interrupted run (found by its pid file and its command line) would hold lab-out.
+if [[ -f $out/l1.pid ]]; then
+    old=$(cat "$out/l1.pid")
+    if [[ $old =~ ^[0-9]+$ ]] && grep -qa "lab.script=$repo/lab/l1-main.sh" "/proc/$old/cmdline" 2>/dev/null; then
+        say "killing the L1 QEMU left over by an earlier run (pid $old)"
+        kill "$old" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$old" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$old" 2>/dev/null || true
+    fi
+    rm -f "$out/l1.pid"
+fi
 qemu_pid=
-cleanup() { [[ -n $qemu_pid ]] && kill "$qemu_pid" 2>/dev/null && wait "$qemu_pid" 2>/dev/null; true; }
+tail_pid=
+cleanup() {
+    [[ -n $qemu_pid ]] && kill "$qemu_pid" 2>/dev/null && wait "$qemu_pid" 2>/dev/null
+    [[ -n $tail_pid ]] && kill "$tail_pid" 2>/dev/null
+    true
+}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 qemu-system-x86_64 -machine q35 -accel tcg -cpu max -smp 2 -m 2G -nodefaults -no-reboot -display none \
@@ -97,7 +113,8 @@ qemu-system-x86_64 -machine q35 -accel tcg -cpu max -smp 2 -m 2G -nodefaults -no
     -device e1000,bus=br1,addr=1.0 -device e1000,bus=br1,addr=2.0 \
     2> "$out/l1-qemu.log" &
 qemu_pid=$!
-tail -n +1 -F "$out/l1-console.log" 2>/dev/null | grep --line-buffered -E '^(LAB-|PASS|FAIL|SKIP|lab-runner)' &
+echo "$qemu_pid" > "$out/l1.pid"
+tail --pid="$qemu_pid" -n +1 -F "$out/l1-console.log" 2>/dev/null | grep --line-buffered -E '^(LAB-|PASS|FAIL|SKIP|lab-runner)' &
 tail_pid=$!
 deadline=$(($(date +%s) + timeout))
 while kill -0 "$qemu_pid" 2>/dev/null; do
@@ -106,7 +123,8 @@ while kill -0 "$qemu_pid" 2>/dev/null; do
 done
 wait "$qemu_pid" 2>/dev/null || true
 qemu_pid=
-sleep 0.3; kill "$tail_pid" 2>/dev/null || true; wait "$tail_pid" 2>/dev/null || true
+rm -f "$out/l1.pid"
+wait "$tail_pid" 2>/dev/null || true
 say "L1 finished after $(elapsed)s"
 
 # 5. Verdict.
