@@ -414,7 +414,8 @@ class Lab:
 
     def start_sidecar(self, qemu, extra=(), tag="sidecar"):
         listen = f"/tmp/lab-{self.scenario}-{tag}.sock"
-        argv = [self.sidecar, "--upstream", f"unix:{qemu.qmp}", "--listen", f"unix:{listen}", *extra]
+        argv = [self.sidecar, "--upstream", f"unix:{qemu.qmp}", "--listen", f"unix:{listen}", *extra,
+                *self.args.sidecar_arg]
         env = dict(os.environ, LD_LIBRARY_PATH=self.args.swift_lib or "")
         p = self.spawn(tag, argv, env)
         self.wait_path(listen, p, 30, "qmp-sidecar")
@@ -727,6 +728,7 @@ def main():
     ap.add_argument("--scenarios", default="A,B,D,E,F")
     ap.add_argument("--sidecar", help="qmp-sidecar binary; without it the client talks to QEMU directly")
     ap.add_argument("--swift-lib", help="LD_LIBRARY_PATH for the sidecar (the host's Swift runtime)")
+    ap.add_argument("--sidecar-arg", action="append", default=[], help="extra option for every sidecar")
     ap.add_argument("--event-prefix", default="")
     ap.add_argument("--release-timeout", type=int, default=2)
     ap.add_argument("--query-command", help="the sidecar's own query command (scenario D waits for discovery)")
