@@ -682,8 +682,14 @@ def scenario_F(lab):
     qclose_t = [t for t, k, gg, d in lab.obs.log if k == "proc-close" and gg == g and "L2 QEMU" in (d or "")][-1]
     fig = {}
     if lab.sidecar:
-        to = lab.wait_event(client, lab.ev("GROUP_RELEASE_TIMEOUT"), lambda d: d.get("group") == g,
-                            lab.args.release_timeout + 10, "GROUP_RELEASE_TIMEOUT")
+        lab.wait(lambda: client.named(lab.ev("GROUP_RELEASE_TIMEOUT")) or client.named(lab.ev("GROUP_RELEASED")),
+                 lab.args.release_timeout + 10, "GROUP_RELEASE_TIMEOUT")
+        early = client.named(lab.ev("GROUP_RELEASED"))
+        if early:
+            raise ScenarioFailed(f"GROUP_RELEASED {early[0].data} while another process (pid {holder.pid}) holds a "
+                                 f"copy of QEMU's group fd (/proc holders at receipt: {early[0].holders})")
+        to = lab.wait_event(client, lab.ev("GROUP_RELEASE_TIMEOUT"), lambda d: d.get("group") == g, 1,
+                            "GROUP_RELEASE_TIMEOUT")
         pids = [h.get("pid") for h in to.data.get("holders", [])]
         if holder.pid not in pids:
             raise ScenarioFailed(f"GROUP_RELEASE_TIMEOUT holders {to.data.get('holders')} do not name the "
