@@ -415,7 +415,7 @@ class Lab:
     def start_sidecar(self, qemu, extra=(), tag="sidecar"):
         listen = f"/tmp/lab-{self.scenario}-{tag}.sock"
         argv = [self.sidecar, "--upstream", f"unix:{qemu.qmp}", "--listen", f"unix:{listen}", *extra,
-                *self.args.sidecar_arg]
+                *(["--event-prefix", self.prefix] if self.prefix else []), *self.args.sidecar_arg]
         env = dict(os.environ, LD_LIBRARY_PATH=self.args.swift_lib or "")
         p = self.spawn(tag, argv, env)
         self.wait_path(listen, p, 30, "qmp-sidecar")
@@ -701,10 +701,18 @@ def scenario_F(lab):
                                  f"copy of QEMU's group fd (/proc holders at receipt: {early[0].holders})")
         to = lab.wait_event(client, lab.ev("GROUP_RELEASE_TIMEOUT"), lambda d: d.get("group") == g, 1,
                             "GROUP_RELEASE_TIMEOUT")
-        pids = [h.get("pid") for h in to.data.get("holders", [])]
-        if holder.pid not in pids:
+        named = [h for h in to.data.get("holders", []) if h.get("pid") == holder.pid]
+        if not named:
             raise ScenarioFailed(f"GROUP_RELEASE_TIMEOUT holders {to.data.get('holders')} do not name the "
                                  f"lab-holder pid {holder.pid}")
+        if named[0].get("comm") != "lab-holder":
+            raise ScenarioFailed(f"GROUP_RELEASE_TIMEOUT names pid {holder.pid} with comm {named[0].get('comm')!r}, "
+                                 "expected 'lab-holder'")
+        if [dev_name(d) for d in to.data.get("devices", [])] != ["f0"] or \
+                not isinstance(to.data.get("waited-ms"), (int, float)):
+            raise ScenarioFailed(f"GROUP_RELEASE_TIMEOUT data {to.data}: expected devices ['f0'] and waited-ms")
+        if any(h.get("pid") == qemu.pid for h in to.data.get("holders", [])):
+            raise ScenarioFailed(f"GROUP_RELEASE_TIMEOUT names the L2 QEMU (pid {qemu.pid}), which closed its fd")
         fig["device-deleted-to-timeout-ms"] = round((to.t - dd.t) * 1000, 1)
         fig["timeout-holders"] = to.data.get("holders")
     else:
