@@ -135,7 +135,11 @@ if [[ ! -f $out/runner-rc ]]; then
     [[ -s $out/l1-qemu.log ]] && { echo "--- $out/l1-qemu.log" >&2; cat "$out/l1-qemu.log" >&2; }
     die "L1 did not boot to the scenario runner, or it died: no result (nothing passed)"
 fi
-[[ -f $out/summary.txt ]] || die "the runner wrote no summary"
+if [[ ! -f $out/summary.txt ]]; then
+    echo "--- last runner lines of $out/l1-console.log" >&2
+    grep -v '^\[' "$out/l1-console.log" | tail -n 25 >&2 || true
+    die "the scenario runner in L1 ended with status $(cat "$out/runner-rc") and wrote no summary"
+fi
 echo "== VFIO lab ($mode)"
 cat "$out/summary.txt"
 rc=$(cat "$out/runner-rc")
