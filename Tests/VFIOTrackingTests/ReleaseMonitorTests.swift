@@ -266,6 +266,32 @@ struct ReleaseMonitorTests {
         #expect(data["devices"]?.strings == ["a", "b"])
     }
 
+    @Test func characterDeviceSeenThroughAPrivateCopyMatchesByRdev() throws {
+        // libvirt mknods a private /dev/vfio/N for QEMU: another inode, same device number. Here the
+        // group node and QEMU's copy are both char devices 1:7 (/dev/full, which nobody holds).
+        let h = try MonitorHarness(spec: "7=0000:01:00.0")
+        let node = h.host.groupNodePath(7)
+        let privateCopy = h.host.root + "/private-vfio-7"
+        unlink(node)
+        guard mknod(node, S_IFCHR | 0o600, dev_t(0x107)) == 0 else {
+            print("skipped characterDeviceSeenThroughAPrivateCopyMatchesByRdev: mknod needs root (errno \(errno))")
+            return
+        }
+        try #require(mknod(privateCopy, S_IFCHR | 0o600, dev_t(0x107)) == 0)
+        let fd = try h.qemu.open(privateCopy)
+        h.ready()
+        h.added("hostdev0", host: "01:00.0")
+        #expect(h.monitor.view(ofGroup: 7)?.qemuHolds == true)
+        h.deleted("hostdev0")
+        try h.run(for: .milliseconds(20))
+        #expect(h.commander.lines.isEmpty, "released while QEMU holds its private copy")
+        // The close is on an inode nobody watches: the detaching poll and a process scan decide.
+        try h.qemu.close(fd)
+        #expect(try h.waitForEvent("GROUP_RELEASED", timeout: .seconds(5)) != nil)
+        #expect(h.monitor.statistics.allProcessScans >= 1)
+        #expect(h.monitor.statistics.closeEvents == 0)
+    }
+
     @Test func failedOrForeignDeviceAddsAreNotTracked() throws {
         let h = try MonitorHarness(spec: "7=0000:01:00.0")
         try h.openGroup(7)
