@@ -32,11 +32,16 @@ struct ReleaseBenchmark: ParsableCommand {
     @Option(parsing: .upToNextOption, help: "Other fds the stand-in holds (one run each).")
     var fds: [Int] = [10, 10_000]
 
+    @Option(help: "IOMMU groups tracked at once (one device each); rounds release them in turn.")
+    var groups = 1
+
     @Option(help: "Minimum time between DEVICE_DELETED and the close, in milliseconds (plus 0-1 ms random).")
     var closeDelayMs = 2.0
 
     mutating func run() throws {
-        print("release latency: last close -> event read by a client (ms), \(iterations) releases each")
+        print(
+            "release latency: last close -> event read by a client (ms), \(iterations) releases each, "
+                + "\(groups) group(s) tracked")
         print("load average before: \(loadAverage()) (2 cores here are shared; p99 follows the load)")
         print("fds     method              p50      p99      max      mean")
         var failed = false
@@ -59,37 +64,55 @@ struct ReleaseBenchmark: ParsableCommand {
     }
 
     private func measure(extraFDs: Int) throws -> (sidecar: [Double], naive: [Double]) {
-        let host = try FakeHost(spec: "7=0000:01:00.0")
+        let count = max(1, groups)
+        // Group g (1...count) holds one device at bus g / 32, slot g % 32.
+        let addresses = (1...count).map { "0000:" + hex($0 / 32, 2) + ":" + hex($0 % 32, 2) + ".0" }
+        let host = try FakeHost(spec: zip(1...count, addresses).map { "\($0)=\($1)" }.joined(separator: ";"))
         defer { host.removeTree() }
         let qemu = try StandInProcess()
         defer { qemu.terminate() }
         try qemu.fill(toExtraFDs: extraFDs)
-        let node = host.groupNodePath(7)
+        let baselineNode = host.root + "/baseline-node"
+        let made = open(baselineNode, O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
+        guard made >= 0 else { throw ValidationError("cannot create \(baselineNode): errno \(errno)") }
+        close(made)
 
         let sidecar = try SidecarUnderTest(host: host, qemuPID: qemu.pid)
         defer { sidecar.stop() }
-        let naive = try NaivePoller(node: node, qemuPID: qemu.pid)
+        let naive = try NaivePoller(node: baselineNode, qemuPID: qemu.pid)
         defer { naive.stop() }
+
+        // Every group attached: QEMU holds each group node.
+        var groupFDs: [Int32] = []
+        for (index, address) in addresses.enumerated() {
+            groupFDs.append(try qemu.open(host.groupNodePath(index + 1)))
+            sidecar.deviceAdded(id: "hostdev\(index + 1)", host: address)
+        }
 
         var sidecarTimes: [Double] = []
         var naiveTimes: [Double] = []
         let delay = UInt32(max(0, closeDelayMs) * 1000)
         for round in 0..<(warmup + iterations) {
-            // The sidecar: tracked device, DEVICE_DELETED while the group is open, then the last close.
-            var fd = try qemu.open(node)
-            sidecar.deviceAdded()
-            sidecar.deviceDeleted()
+            // The sidecar: DEVICE_DELETED while the group is open (pre-2.11 order), then the last close.
+            let index = round % count
+            sidecar.deviceDeleted(id: "hostdev\(index + 1)")
             // A random phase against the 1 ms poll period (same distribution for both methods).
             usleep(delay + UInt32.random(in: 0..<1000))
-            var closed = try qemu.close(fd)
+            var closed = try qemu.close(groupFDs[index])
             let released = try sidecar.client.readLine()
             let sidecarLatency = Double(released.time &- closed) / 1e6
-            guard released.line.contains("GROUP_RELEASED") else {
-                throw ValidationError("expected GROUP_RELEASED, got \(released.line)")
+            let groupMember = "\"group\": \(index + 1)"
+            guard released.line.contains("GROUP_RELEASED"),
+                released.line.contains(groupMember + ",") || released.line.contains(groupMember + "}")
+            else {
+                throw ValidationError("expected GROUP_RELEASED of group \(index + 1), got \(released.line)")
             }
+            // Attach it again for its next turn.
+            groupFDs[index] = try qemu.open(host.groupNodePath(index + 1))
+            sidecar.deviceAdded(id: "hostdev\(index + 1)", host: addresses[index])
 
             // The naive poller: starts polling at DEVICE_DELETED time.
-            fd = try qemu.open(node)
+            let fd = try qemu.open(baselineNode)
             naive.startPolling()
             usleep(delay + UInt32.random(in: 0..<1000))
             closed = try qemu.close(fd)
@@ -139,6 +162,12 @@ private struct Summary {
         let fraction = String(scaled % 1000)
         return "\(scaled / 1000)." + String(repeating: "0", count: 3 - fraction.count) + fraction
     }
+}
+
+/// `value` in lowercase hex, zero-padded to `width`.
+private func hex(_ value: Int, _ width: Int) -> String {
+    let digits = String(value, radix: 16)
+    return String(repeating: "0", count: max(0, width - digits.count)) + digits
 }
 
 /// The first three fields of `/proc/loadavg`.
@@ -261,21 +290,21 @@ private final class SidecarUnderTest {
         while read(ack.read, &byte, 1) < 0 && errno == EINTR {}
     }
 
-    func deviceAdded() {
+    func deviceAdded(id: String, host: String) {
         sync { monitor in
             monitor.deviceAddSucceeded(
                 arguments: .object([
-                    JSONMember("driver", .string("vfio-pci")), JSONMember("id", .string("hostdev0")),
-                    JSONMember("host", .string("0000:01:00.0")),
+                    JSONMember("driver", .string("vfio-pci")), JSONMember("id", .string(id)),
+                    JSONMember("host", .string(host)),
                 ]))
         }
     }
 
-    func deviceDeleted() {
+    func deviceDeleted(id: String) {
         let line = QMPBuilder.event(
             name: "DEVICE_DELETED",
             data: .object([
-                JSONMember("device", .string("hostdev0")), JSONMember("path", .string("/machine/peripheral/hostdev0")),
+                JSONMember("device", .string(id)), JSONMember("path", .string("/machine/peripheral/\(id)")),
             ]), at: .now())
         guard case .success(let message) = QMPMessage.parse(Array(line.dropLast(2))) else { return }
         sync { monitor in _ = monitor.deviceDeleted(message) }
