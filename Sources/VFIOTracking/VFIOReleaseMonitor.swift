@@ -376,6 +376,7 @@ public final class VFIOReleaseMonitor {
         case .forget(let group):
             flushHeld(group)
             nodes[group] = nil
+            for device in registry.devices(inGroup: group) { _ = registry.untrack(qomPath: device.qomPath) }
         }
     }
 

@@ -204,6 +204,7 @@ struct ReleaseMonitorTests {
         let monitor = h.monitor
         #expect(try h.run(until: { monitor.view(ofGroup: 7) == nil }, timeout: .seconds(5)))
         #expect(h.commander.lines.isEmpty)
+        #expect(h.monitor.trackedDevices.isEmpty)
         #expect(h.monitor.armedTimers == 0)
     }
 
