@@ -2,6 +2,7 @@ import ArgumentParser
 import Logging
 import QMPRuntime
 import QMPWire
+import Synchronization
 import VFIOFakeHost
 import VFIOTracking
 
@@ -31,6 +32,9 @@ struct ReleaseBenchmark: ParsableCommand {
 
     @Option(parsing: .upToNextOption, help: "Other fds the stand-in holds (one run each).")
     var fds: [Int] = [10, 10_000]
+
+    @Flag(help: "Print where the time went in each release over 2 ms.")
+    var verbose = false
 
     @Option(help: "IOMMU groups tracked at once (one device each); rounds release them in turn.")
     var groups = 1
@@ -88,28 +92,52 @@ struct ReleaseBenchmark: ParsableCommand {
             groupFDs.append(try qemu.open(host.groupNodePath(index + 1)))
             sidecar.deviceAdded(id: "hostdev\(index + 1)", host: address)
         }
+        sidecar.waitUntilIdle()
 
         var sidecarTimes: [Double] = []
         var naiveTimes: [Double] = []
+        var slow = (count: 0, withProcessScan: 0, withFullScan: 0, withoutCloseEvent: 0)
+        defer {
+            print(
+                "        sidecar releases over 2 ms: \(slow.count) (with a process scan: \(slow.withProcessScan), "
+                    + "a full QEMU scan: \(slow.withFullScan), no close event: \(slow.withoutCloseEvent))")
+        }
         let delay = UInt32(max(0, closeDelayMs) * 1000)
         for round in 0..<(warmup + iterations) {
             // The sidecar: DEVICE_DELETED while the group is open (pre-2.11 order), then the last close.
             let index = round % count
+            let before = sidecar.statistics()
             sidecar.deviceDeleted(id: "hostdev\(index + 1)")
             // A random phase against the 1 ms poll period (same distribution for both methods).
             usleep(delay + UInt32.random(in: 0..<1000))
             var closed = try qemu.close(groupFDs[index])
             let released = try sidecar.client.readLine()
-            let sidecarLatency = Double(released.time &- closed) / 1e6
+            let sidecarLatency = Double(Int64(bitPattern: released.time &- closed)) / 1e6
+            let after = sidecar.statistics()
+            if round >= warmup && sidecarLatency > 2 {
+                if verbose {
+                    let ms = { (a: UInt64, b: UInt64) in Summary.format(Double(Int64(bitPattern: a &- b)) / 1e6) }
+                    print(
+                        "        slow release: close->inotify handled \(ms(after.lastCloseEventAt, closed)) ms, "
+                            + "->sent \(ms(after.lastReleaseAt, after.lastCloseEventAt)) ms, "
+                            + "->client \(ms(released.time, after.lastReleaseAt)) ms")
+                }
+                slow.count += 1
+                if after.allProcessScans > before.allProcessScans { slow.withProcessScan += 1 }
+                if after.qemuFullScans > before.qemuFullScans { slow.withFullScan += 1 }
+                if after.closeEvents == before.closeEvents { slow.withoutCloseEvent += 1 }
+            }
             let groupMember = "\"group\": \(index + 1)"
             guard released.line.contains("GROUP_RELEASED"),
                 released.line.contains(groupMember + ",") || released.line.contains(groupMember + "}")
             else {
                 throw ValidationError("expected GROUP_RELEASED of group \(index + 1), got \(released.line)")
             }
-            // Attach it again for its next turn.
+            // Attach it again for its next turn; wait until its fds are learned (a full scan, off the
+            // measured path: attaching while another group releases would delay that release by it).
             groupFDs[index] = try qemu.open(host.groupNodePath(index + 1))
             sidecar.deviceAdded(id: "hostdev\(index + 1)", host: addresses[index])
+            sidecar.waitUntilIdle()
 
             // The naive poller: starts polling at DEVICE_DELETED time.
             let fd = try qemu.open(baselineNode)
@@ -117,7 +145,7 @@ struct ReleaseBenchmark: ParsableCommand {
             usleep(delay + UInt32.random(in: 0..<1000))
             closed = try qemu.close(fd)
             let polled = try naive.client.readLine()
-            let naiveLatency = Double(polled.time &- closed) / 1e6
+            let naiveLatency = Double(Int64(bitPattern: polled.time &- closed)) / 1e6
 
             if round >= warmup {
                 sidecarTimes.append(sidecarLatency)
@@ -158,6 +186,7 @@ private struct Summary {
 
     static func format(_ value: Double) -> String {
         guard value.isFinite else { return "n/a" }
+        if value < 0 { return "-" + format(-value) }
         let scaled = Int((value * 1000).rounded())
         let fraction = String(scaled % 1000)
         return "\(scaled / 1000)." + String(repeating: "0", count: 3 - fraction.count) + fraction
@@ -188,18 +217,47 @@ private func monotonicNow() -> UInt64 {
     return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
 }
 
-/// A socketpair: the reactor side writes event lines, the benchmark reads them blocking.
+/// A socketpair: the reactor side writes event lines; a client thread, already waiting in `poll`,
+/// stamps each line the moment it arrives (as a client waiting for the event would see it).
 private final class ClientSocket: Sendable {
     let serverSide: Int32
     let clientSide: Int32
+    private let arrived = Mutex<[(line: String, time: UInt64)]>([])
+    private let signal: (read: Int32, write: Int32)
+    private let reader: ReactorThread
 
     init() throws {
         var pair: [Int32] = [0, 0]
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
             throw ValidationError("socketpair failed: errno \(errno)")
         }
+        var pipeFDs: [Int32] = [0, 0]
+        guard pipe(&pipeFDs) == 0 else { throw ValidationError("pipe failed: errno \(errno)") }
         serverSide = pair[0]
         clientSide = pair[1]
+        signal = (pipeFDs[0], pipeFDs[1])
+        let client = pair[1]
+        let wake = pipeFDs[1]
+        let box = ArrivalBox()
+        reader = try ReactorThread.start(name: "bench-client") { reactor in
+            reactor.register(fd: client, interest: .read) { _ in
+                var buffer = [UInt8](repeating: 0, count: 4096)
+                let count = recv(client, &buffer, buffer.count, Int32(MSG_DONTWAIT))
+                guard count > 0 else { return }
+                let now = monotonicNow()
+                if box.pending.isEmpty { box.firstByte = now }
+                box.pending += buffer[0..<count]
+                while let newline = box.pending.firstIndex(of: 0x0A) {
+                    let line = String(decoding: box.pending[...newline], as: UTF8.self)
+                    box.pending.removeSubrange(...newline)
+                    box.deliver((line, box.firstByte))
+                    box.firstByte = now
+                    var byte: UInt8 = 1
+                    _ = write(wake, &byte, 1)
+                }
+            }
+        }
+        box.sink = { [weak self] entry in self?.arrived.withLock { $0.append(entry) } }
     }
 
     func send(_ line: [UInt8]) {
@@ -213,25 +271,34 @@ private final class ClientSocket: Sendable {
         }
     }
 
-    /// Reads one line (up to LF); the time is taken as soon as its bytes arrived.
+    /// The next line and when its first byte reached the waiting client thread.
     func readLine() throws -> (line: String, time: UInt64) {
-        var bytes: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        var time: UInt64 = 0
-        while !bytes.contains(0x0A) {
-            let count = recv(clientSide, &buffer, buffer.count, 0)
+        var byte: UInt8 = 0
+        while true {
+            let count = read(signal.read, &byte, 1)
+            if count == 1 { break }
             if count < 0 && errno == EINTR { continue }
-            guard count > 0 else { throw ValidationError("client socket closed") }
-            if time == 0 { time = monotonicNow() }
-            bytes += buffer[0..<count]
+            throw ValidationError("client reader stopped")
         }
-        return (String(decoding: bytes, as: UTF8.self), time)
+        return arrived.withLock { $0.removeFirst() }
     }
 
     func close() {
+        reader.handle.stop()
+        while !reader.isFinished { usleep(1000) }
         Glibc.close(serverSide)
         Glibc.close(clientSide)
+        Glibc.close(signal.read)
+        Glibc.close(signal.write)
     }
+}
+
+/// The client thread's buffer (touched only on that thread, except `sink`, set once before use).
+private final class ArrivalBox: @unchecked Sendable {
+    var pending: [UInt8] = []
+    var firstByte: UInt64 = 0
+    var sink: (@Sendable ((line: String, time: UInt64)) -> Void)?
+    func deliver(_ entry: (line: String, time: UInt64)) { sink?(entry) }
 }
 
 /// The commander of the benchmark: event lines go to the client socket; no internal commands.
@@ -240,6 +307,12 @@ private final class SocketCommander: QMPUpstreamCommander {
     init(client: ClientSocket) { self.client = client }
     func sendInternalCommand(_ name: String, arguments: JSONValue?, reply: @escaping (QMPMessage) -> Void) {}
     func broadcastEvent(_ line: [UInt8]) { client.send(line) }
+}
+
+/// Carries statistics from the reactor thread (written there, read after the ack).
+private final class StatisticsBox: @unchecked Sendable {
+    var value = VFIOReleaseMonitor.Statistics()
+    var armed = 0
 }
 
 /// Reactor-thread state, touched only on that thread.
@@ -288,6 +361,23 @@ private final class SidecarUnderTest {
         }
         var byte: UInt8 = 0
         while read(ack.read, &byte, 1) < 0 && errno == EINTR {}
+    }
+
+    /// Waits until the monitor has no timer armed (learning done, nothing detaching).
+    func waitUntilIdle() {
+        while true {
+            let result = StatisticsBox()
+            sync { monitor in result.armed = monitor.armedTimers }
+            if result.armed == 0 { return }
+            usleep(200)
+        }
+    }
+
+    /// The monitor's counters.
+    func statistics() -> VFIOReleaseMonitor.Statistics {
+        let result = StatisticsBox()
+        sync { monitor in result.value = monitor.statistics }
+        return result.value
     }
 
     func deviceAdded(id: String, host: String) {
