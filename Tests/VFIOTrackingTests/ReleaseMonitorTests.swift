@@ -293,6 +293,45 @@ struct ReleaseMonitorTests {
         #expect(h.monitor.statistics.closeEvents == 0)
     }
 
+    @Test func mdevGivenBySysfsdevIsTracked() throws {
+        let uuid = "6f2a3d1c-0000-4000-8000-000000000001"
+        let h = try MonitorHarness(spec: "12=\(uuid)")
+        let fd = try h.openGroup(12)
+        h.ready()
+        h.monitor.deviceAddSucceeded(
+            arguments: .object([
+                JSONMember("driver", .string("vfio-pci")), JSONMember("id", .string("gpu0")),
+                JSONMember("sysfsdev", .string("/sys/bus/mdev/devices/\(uuid)")),
+            ]))
+        try h.settle()
+        #expect(h.monitor.trackedDevices.first?.resolved.name == uuid)
+        #expect(h.monitor.view(ofGroup: 12)?.qemuHolds == true)
+        h.deleted("gpu0")
+        try h.qemu.close(fd)
+        let data = try #require(try h.waitForEvent("GROUP_RELEASED"))
+        #expect(data["group"] == .integer(12))
+    }
+
+    @Test func unknownQEMUPidStillReleasesOnTheCloseAndOnUpstreamClose() throws {
+        // TCP upstream without the pid option: no /proc/<pid>/fd checks, inotify and scans only.
+        let h = try MonitorHarness(spec: "7=0000:01:00.0;8=0000:02:00.0")
+        let fd7 = try h.openGroup(7)
+        let fd8 = try h.openGroup(8)
+        h.monitor.upstreamReady(qemuPID: nil)
+        h.added("a", host: "01:00.0")
+        h.added("b", host: "02:00.0")
+        h.deleted("a")
+        try h.run(for: .milliseconds(30))
+        #expect(h.commander.lines.isEmpty, "released while the stand-in holds the group")
+        try h.qemu.close(fd7)
+        let data = try #require(try h.waitForEvent("GROUP_RELEASED"))
+        #expect(data["group"] == .integer(7))
+        // Upstream closes: with no pid to watch, QEMU counts as gone; attached group 8 is forgotten.
+        h.monitor.upstreamClosed()
+        #expect(h.monitor.view(ofGroup: 8) == nil)
+        try h.qemu.close(fd8)
+    }
+
     @Test func failedOrForeignDeviceAddsAreNotTracked() throws {
         let h = try MonitorHarness(spec: "7=0000:01:00.0")
         try h.openGroup(7)
