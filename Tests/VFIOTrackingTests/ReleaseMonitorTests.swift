@@ -51,7 +51,8 @@ struct ReleaseMonitorTests {
         h.deleted("hostdev0")
         let data = try #require(try h.waitForEvent("GROUP_RELEASED", timeout: .seconds(5)))
         #expect(data["devices"]?.strings == ["hostdev0"])
-        #expect(data["waited-ms"] == .integer(0))
+        // Released at the event itself (0 ms unless this thread was descheduled; the close was 20 ms before).
+        #expect(data["waited-ms"]?.int64Value.map { $0 < 15 } == true)
         #expect(h.monitor.statistics.allProcessScans == 0)
     }
 
