@@ -2,6 +2,9 @@
 #include "CQMPShims.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <time.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -100,4 +103,31 @@ pid_t cqmp_peer_pid(int sock) {
         return -1;
     }
     return cred.pid;
+}
+
+int cqmp_poll_ns(struct pollfd *fds, nfds_t nfds, int64_t timeout_ns) {
+    if (timeout_ns < 0) {
+        return ppoll(fds, nfds, NULL, NULL);
+    }
+    struct timespec ts = {.tv_sec = (time_t)(timeout_ns / 1000000000), .tv_nsec = (long)(timeout_ns % 1000000000)};
+    return ppoll(fds, nfds, &ts, NULL);
+}
+
+int cqmp_accept(int sock) {
+    return accept4(sock, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+}
+
+int cqmp_pipe(int fds[2], int nonblocking) {
+    return pipe2(fds, O_CLOEXEC | (nonblocking ? O_NONBLOCK : 0));
+}
+
+int cqmp_set_thread_name(const char *name) {
+    char buf[16];
+    strncpy(buf, name, sizeof(buf) - 1);
+    buf[sizeof(buf) - 1] = 0;
+    return pthread_setname_np(pthread_self(), buf);
+}
+
+pid_t cqmp_gettid(void) {
+    return (pid_t)syscall(SYS_gettid);
 }

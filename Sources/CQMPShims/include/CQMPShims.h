@@ -2,6 +2,8 @@
 #define CQMP_SHIMS_H
 
 #include <stddef.h>
+#include <poll.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 /// Sends `len` bytes with `nfds` file descriptors attached as one SCM_RIGHTS message.
@@ -24,6 +26,22 @@ int cqmp_eventfd(void);
 
 /// The pid of the peer of a connected unix socket (SO_PEERCRED), or -1.
 pid_t cqmp_peer_pid(int sock);
+
+/// ppoll(2) with a timeout in nanoseconds (-1: wait forever), so timers keep sub-millisecond precision.
+/// Returns what ppoll returns (-1 with errno on failure, EINTR included).
+int cqmp_poll_ns(struct pollfd *fds, nfds_t nfds, int64_t timeout_ns);
+
+/// accept4(2) with SOCK_CLOEXEC | SOCK_NONBLOCK. The caller owns the returned descriptor.
+int cqmp_accept(int sock);
+
+/// pipe2(2) with O_CLOEXEC (and O_NONBLOCK when `nonblocking` is non-zero). Caller owns both ends.
+int cqmp_pipe(int fds[2], int nonblocking);
+
+/// pthread_setname_np(3) on the calling thread (name truncated to 15 bytes). Returns 0 or an errno.
+int cqmp_set_thread_name(const char *name);
+
+/// gettid(2): the kernel id of the calling thread (for /proc/self/task/TID).
+pid_t cqmp_gettid(void);
 
 /// Maximum descriptors accepted in one message (the kernel's SCM_MAX_FD).
 #define CQMP_MAX_FDS 253

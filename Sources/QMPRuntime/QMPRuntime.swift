@@ -1,1 +1,0 @@
-// QMPRuntime: see docs/ARCHITECTURE.md for what belongs here.

@@ -1,0 +1,454 @@
+import CQMPShims
+import Logging
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A `poll()` event loop: file-descriptor readiness handlers and monotonic timers.
+///
+/// One reactor serves all the sockets, inotify and pidfd descriptors of a process (or of one test).
+/// Handlers run on the reactor's thread, one at a time, and may register, unregister or change
+/// interest of any descriptor (their own included), schedule and cancel timers, or call `stop()`.
+/// When no timer is armed the loop waits in `ppoll` with no timeout: an idle reactor never wakes up.
+///
+/// - Important: A `Reactor` is confined to the thread that runs it: call its methods only from that
+///   thread (from handlers, timers, jobs given to ``ReactorHandle/execute(_:)``, or before `run()`
+///   starts on the thread that will run it). Other threads talk to it through ``handle``.
+///   The reactor never closes descriptors that were registered with it: their owners do, after
+///   `unregister`.
+public final class Reactor {
+    /// What a registration wants to be told about.
+    public struct Interest: OptionSet, Hashable, Sendable {
+        public let rawValue: UInt8
+        public init(rawValue: UInt8) { self.rawValue = rawValue }
+        /// Readable (data, EOF, or a pending connection on a listener).
+        public static let read = Interest(rawValue: 1)
+        /// Writable (room in the socket buffer).
+        public static let write = Interest(rawValue: 2)
+    }
+
+    /// What happened to a descriptor, as given to its handler.
+    public struct Events: OptionSet, Hashable, Sendable {
+        public let rawValue: UInt8
+        public init(rawValue: UInt8) { self.rawValue = rawValue }
+        /// POLLIN (also set on POLLHUP when read interest is on, so a reader sees EOF).
+        public static let readable = Events(rawValue: 1)
+        /// POLLOUT.
+        public static let writable = Events(rawValue: 2)
+        /// POLLHUP: the peer hung up.
+        public static let hangup = Events(rawValue: 4)
+        /// POLLERR: an error is pending on the descriptor.
+        public static let error = Events(rawValue: 8)
+    }
+
+    /// Identifies one registration; stays unique for the reactor's lifetime even if the fd is reused.
+    public struct RegistrationID: Hashable, Sendable, CustomStringConvertible {
+        fileprivate let raw: UInt64
+        public var description: String { "reg#\(raw)" }
+    }
+
+    /// Identifies one armed timer.
+    public struct TimerID: Hashable, Sendable, CustomStringConvertible {
+        fileprivate let raw: UInt64
+        public var description: String { "timer#\(raw)" }
+    }
+
+    private final class Registration {
+        let id: RegistrationID
+        let fd: Int32
+        var interest: Interest
+        let handler: (Events) -> Void
+        init(id: RegistrationID, fd: Int32, interest: Interest, handler: @escaping (Events) -> Void) {
+            self.id = id
+            self.fd = fd
+            self.interest = interest
+            self.handler = handler
+        }
+    }
+
+    private struct HeapEntry {
+        var deadline: ContinuousClock.Instant
+        var id: UInt64
+        static func < (a: HeapEntry, b: HeapEntry) -> Bool {
+            a.deadline < b.deadline || (a.deadline == b.deadline && a.id < b.id)
+        }
+    }
+
+    /// The thread-safe way in: other threads wake the loop, run jobs on it, or stop it.
+    public let handle: ReactorHandle
+    /// The logger given at creation.
+    public let logger: Logger
+
+    private var registrations: [RegistrationID: Registration] = [:]
+    private var pollDirty = true
+    private var pollFDs: [pollfd] = []
+    private var pollRegs: [Registration] = []
+    private var nextID: UInt64 = 1
+    private var timers: [UInt64: () -> Void] = [:]
+    private var heap: [HeapEntry] = []
+    private var stopFlag = false
+    private var wakeRegistration: RegistrationID?
+    /// A scratch buffer shared by the connections of this reactor for reads (only used on its thread).
+    var readBuffer = [UInt8](repeating: 0, count: 64 * 1024)
+    /// Scratch space for descriptors received by `recvmsg` (only used on the reactor thread).
+    var fdBuffer = [Int32](repeating: -1, count: Int(CQMP_MAX_FDS))
+
+    /// `true` while `run()` is executing.
+    public private(set) var isRunning = false
+
+    /// Creates a reactor with its own eventfd for cross-thread wake-ups.
+    ///
+    /// - Throws: ``RuntimeError`` if the eventfd cannot be created.
+    public convenience init(logger: Logger = Logger(label: "qmp.runtime")) throws {
+        self.init(channel: try WakeChannel(), logger: logger)
+    }
+
+    init(channel: WakeChannel, logger: Logger) {
+        self.handle = ReactorHandle(channel: channel)
+        self.logger = logger
+        wakeRegistration = register(fd: channel.fd, interest: .read) { [unowned self] _ in
+            self.drainWakeChannel()
+        }
+    }
+
+    deinit {
+        handle.channel.close()
+    }
+
+    // MARK: Descriptors
+
+    /// Registers `fd` and calls `handler` on the reactor thread whenever it is ready.
+    ///
+    /// The handler receives the events that match the current interest (plus hang-up and error).
+    /// With an empty interest the descriptor is not polled at all (no wake-ups from hang-ups either).
+    /// - Important: The reactor does not take ownership of `fd`; keep it open until `unregister`.
+    ///   The handler is retained until `unregister`.
+    @discardableResult
+    public func register(fd: Int32, interest: Interest, handler: @escaping (Events) -> Void) -> RegistrationID {
+        let id = RegistrationID(raw: nextID)
+        nextID += 1
+        registrations[id] = Registration(id: id, fd: fd, interest: interest, handler: handler)
+        pollDirty = true
+        return id
+    }
+
+    /// Changes what a registration is polled for. Unknown ids are ignored.
+    public func setInterest(_ interest: Interest, for id: RegistrationID) {
+        guard let registration = registrations[id], registration.interest != interest else { return }
+        registration.interest = interest
+        pollDirty = true
+    }
+
+    /// The current interest of a registration, or nil when it is not registered.
+    public func interest(of id: RegistrationID) -> Interest? {
+        registrations[id]?.interest
+    }
+
+    /// Removes a registration; its handler is not called again, even for events of the current round.
+    /// Idempotent. Does not close the descriptor.
+    public func unregister(_ id: RegistrationID) {
+        if registrations.removeValue(forKey: id) != nil {
+            pollDirty = true
+        }
+    }
+
+    /// Number of registrations (the reactor's own eventfd excluded).
+    public var registrationCount: Int { registrations.count - (wakeRegistration == nil ? 0 : 1) }
+
+    // MARK: Timers
+
+    /// Runs `body` once on the reactor thread after `delay` (monotonic clock).
+    @discardableResult
+    public func schedule(after delay: Duration, _ body: @escaping () -> Void) -> TimerID {
+        schedule(at: .now + delay, body)
+    }
+
+    /// Runs `body` once on the reactor thread at `deadline`. Timers with equal deadlines fire in the
+    /// order they were scheduled. A deadline in the past fires on the next loop round.
+    @discardableResult
+    public func schedule(at deadline: ContinuousClock.Instant, _ body: @escaping () -> Void) -> TimerID {
+        let id = nextID
+        nextID += 1
+        timers[id] = body
+        heapPush(HeapEntry(deadline: deadline, id: id))
+        return TimerID(raw: id)
+    }
+
+    /// Cancels a timer; it will not fire. Idempotent; cancelling a timer that already fired is a no-op.
+    public func cancel(_ timer: TimerID) {
+        timers.removeValue(forKey: timer.raw)
+        // Cancelled entries stay in the heap until popped; compact when they dominate.
+        if heap.count > 64 && heap.count > 2 * timers.count {
+            heap.removeAll { timers[$0.id] == nil }
+            heap.sort(by: <)
+        }
+    }
+
+    /// Number of armed (not yet fired, not cancelled) timers.
+    public var armedTimerCount: Int { timers.count }
+
+    // MARK: Running
+
+    /// Runs the loop on the calling thread until `stop()` (or ``ReactorHandle/stop()``).
+    ///
+    /// May be called again after it returned. A stop requested through the handle before `run()`
+    /// makes it return at once.
+    /// - Throws: ``RuntimeError`` if `ppoll` fails with anything but EINTR.
+    public func run() throws(RuntimeError) {
+        precondition(!isRunning, "Reactor.run() is not reentrant")
+        isRunning = true
+        defer { isRunning = false }
+        stopFlag = false
+        drainWakeChannel()
+        while !stopFlag {
+            try runOnce(timeoutNanoseconds: nextTimeoutNanoseconds())
+        }
+        stopFlag = false
+    }
+
+    /// Asks `run()` to return after the current handler. Call it on the reactor thread.
+    public func stop() {
+        stopFlag = true
+    }
+
+    private func runOnce(timeoutNanoseconds: Int64) throws(RuntimeError) {
+        if pollDirty {
+            rebuildPollSet()
+        }
+        let regs = pollRegs
+        let count = pollFDs.count
+        let ready = pollFDs.withUnsafeMutableBufferPointer { buffer in
+            cqmp_poll_ns(buffer.baseAddress, nfds_t(count), timeoutNanoseconds)
+        }
+        if ready < 0 {
+            let err = errno
+            if err == EINTR { return }
+            throw RuntimeError.systemCall("ppoll", errno: err, context: "reactor loop")
+        }
+        if ready > 0 {
+            let fds = pollFDs
+            for index in 0..<count where fds[index].revents != 0 {
+                let registration = regs[index]
+                // Unregistered (or replaced) by an earlier handler of this round: skip.
+                guard let current = registrations[registration.id], current === registration else { continue }
+                let revents = Int32(fds[index].revents)
+                if revents & Int32(POLLNVAL) != 0 {
+                    logger.error(
+                        "descriptor closed while registered; unregistering it",
+                        metadata: ["fd": "\(registration.fd)", "registration": "\(registration.id)"])
+                    unregister(registration.id)
+                    continue
+                }
+                var events: Events = []
+                let interest = registration.interest
+                if revents & Int32(POLLIN) != 0, interest.contains(.read) { events.insert(.readable) }
+                if revents & Int32(POLLOUT) != 0, interest.contains(.write) { events.insert(.writable) }
+                if revents & Int32(POLLHUP) != 0 {
+                    events.insert(.hangup)
+                    if interest.contains(.read) { events.insert(.readable) }
+                }
+                if revents & Int32(POLLERR) != 0 { events.insert(.error) }
+                if events.isEmpty { continue }
+                registration.handler(events)
+            }
+        }
+        fireDueTimers()
+    }
+
+    private func rebuildPollSet() {
+        pollDirty = false
+        var fds: [pollfd] = []
+        var regs: [Registration] = []
+        fds.reserveCapacity(registrations.count)
+        regs.reserveCapacity(registrations.count)
+        for registration in registrations.values {
+            var events: Int16 = 0
+            if registration.interest.contains(.read) { events |= Int16(POLLIN) }
+            if registration.interest.contains(.write) { events |= Int16(POLLOUT) }
+            // fd -1 makes poll ignore the entry: no hang-up storms for paused descriptors.
+            fds.append(pollfd(fd: events == 0 ? -1 : registration.fd, events: events, revents: 0))
+            regs.append(registration)
+        }
+        pollFDs = fds
+        pollRegs = regs
+    }
+
+    private func nextTimeoutNanoseconds() -> Int64 {
+        while let top = heap.first, timers[top.id] == nil {
+            _ = heapPop()
+        }
+        guard let top = heap.first else { return -1 }
+        let remaining = ContinuousClock.now.duration(to: top.deadline)
+        if remaining <= .zero { return 0 }
+        let (seconds, attoseconds) = remaining.components
+        // Round up so a timer never fires early.
+        let nanos = seconds * 1_000_000_000 + (attoseconds + 999_999_999) / 1_000_000_000
+        return max(nanos, 0)
+    }
+
+    private func fireDueTimers() {
+        guard !heap.isEmpty else { return }
+        let now = ContinuousClock.now
+        // Timers scheduled by timers fire on a later round, so a zero-delay re-arm cannot starve I/O.
+        let limit = nextID
+        while let top = heap.first, top.deadline <= now, top.id < limit {
+            _ = heapPop()
+            if let body = timers.removeValue(forKey: top.id) {
+                body()
+            }
+        }
+    }
+
+    private func drainWakeChannel() {
+        let (jobs, stop) = handle.channel.drain()
+        for job in jobs {
+            job(self)
+        }
+        if stop {
+            stopFlag = true
+        }
+    }
+
+    /// Drops every registration, timer and pending job (breaking reference cycles through handlers).
+    /// Used when a reactor thread ends. Descriptors are not closed: objects owning them close them
+    /// in their `deinit` once released.
+    func dropAll() {
+        handle.channel.close()
+        let wake = wakeRegistration.flatMap { registrations[$0] }
+        registrations.removeAll()
+        if let wake { registrations[wake.id] = wake }
+        timers.removeAll()
+        heap.removeAll()
+        pollDirty = true
+    }
+
+    // MARK: Heap
+
+    private func heapPush(_ entry: HeapEntry) {
+        heap.append(entry)
+        var child = heap.count - 1
+        while child > 0 {
+            let parent = (child - 1) / 2
+            if heap[child] < heap[parent] {
+                heap.swapAt(child, parent)
+                child = parent
+            } else {
+                break
+            }
+        }
+    }
+
+    private func heapPop() -> HeapEntry? {
+        guard !heap.isEmpty else { return nil }
+        let top = heap[0]
+        let last = heap.removeLast()
+        if !heap.isEmpty {
+            heap[0] = last
+            var parent = 0
+            while true {
+                let left = 2 * parent + 1
+                let right = left + 1
+                var smallest = parent
+                if left < heap.count && heap[left] < heap[smallest] { smallest = left }
+                if right < heap.count && heap[right] < heap[smallest] { smallest = right }
+                if smallest == parent { break }
+                heap.swapAt(parent, smallest)
+                parent = smallest
+            }
+        }
+        return top
+    }
+}
+
+/// The eventfd and job queue behind a ``ReactorHandle``; the fd lives as long as any handle.
+final class WakeChannel: Sendable {
+    private struct State {
+        var jobs: [@Sendable (Reactor) -> Void] = []
+        var stopRequested = false
+        var signalled = false
+        var closed = false
+    }
+
+    let fd: Int32
+    private let state = Mutex(State())
+
+    init() throws(RuntimeError) {
+        let fd = cqmp_eventfd()
+        if fd < 0 {
+            throw RuntimeError.systemCall("eventfd", context: "creating the reactor's wake-up descriptor")
+        }
+        self.fd = fd
+    }
+
+    deinit {
+        Glibc.close(fd)
+    }
+
+    /// Enqueues work; returns false once the reactor is gone.
+    func submit(job: (@Sendable (Reactor) -> Void)?, stop: Bool) -> Bool {
+        let needsSignal: Bool? = state.withLock { state in
+            if state.closed { return nil }
+            if let job { state.jobs.append(job) }
+            if stop { state.stopRequested = true }
+            if state.signalled { return false }
+            state.signalled = true
+            return true
+        }
+        guard let needsSignal else { return false }
+        if needsSignal {
+            var one: UInt64 = 1
+            _ = withUnsafeBytes(of: &one) { Glibc.write(fd, $0.baseAddress, 8) }
+        }
+        return true
+    }
+
+    func drain() -> ([@Sendable (Reactor) -> Void], Bool) {
+        var counter: UInt64 = 0
+        _ = withUnsafeMutableBytes(of: &counter) { Glibc.read(fd, $0.baseAddress, 8) }
+        return state.withLock { state in
+            let jobs = state.jobs
+            let stop = state.stopRequested
+            state.jobs.removeAll()
+            state.stopRequested = false
+            state.signalled = false
+            return (jobs, stop)
+        }
+    }
+
+    func close() {
+        state.withLock { state in
+            state.closed = true
+            state.jobs.removeAll()
+        }
+    }
+}
+
+/// A `Sendable` handle to a ``Reactor``: the only way other threads interact with it.
+///
+/// Each call writes the reactor's eventfd (at most once until the reactor drains it), so the loop
+/// wakes from `ppoll` immediately. Calls made after the reactor was deallocated return `false`.
+public struct ReactorHandle: Sendable {
+    let channel: WakeChannel
+
+    /// Runs `job` on the reactor thread at its next loop round, with the reactor as argument.
+    ///
+    /// Jobs run in submission order. - Returns: false if the reactor no longer exists (job dropped).
+    @discardableResult
+    public func execute(_ job: @escaping @Sendable (Reactor) -> Void) -> Bool {
+        channel.submit(job: job, stop: false)
+    }
+
+    /// Asks the reactor to return from `run()` (jobs submitted before this still run first).
+    @discardableResult
+    public func stop() -> Bool {
+        channel.submit(job: nil, stop: true)
+    }
+
+    /// Wakes the loop without doing anything (useful only to measure wake-ups).
+    @discardableResult
+    public func wakeUp() -> Bool {
+        channel.submit(job: nil, stop: false)
+    }
+}

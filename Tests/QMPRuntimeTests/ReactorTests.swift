@@ -1,0 +1,136 @@
+import CQMPShims
+import QMPRuntime
+import Synchronization
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite("Reactor")
+struct ReactorTests {
+    @Test("timers fire in deadline order; cancelled ones never fire")
+    func timersInOrder() throws {
+        let reactor = try Reactor()
+        var fired: [Int] = []
+        reactor.schedule(after: .milliseconds(30)) { fired.append(3) }
+        reactor.schedule(after: .milliseconds(10)) { fired.append(1) }
+        let cancelled = reactor.schedule(after: .milliseconds(20)) { fired.append(99) }
+        reactor.schedule(after: .milliseconds(20)) { fired.append(2) }
+        reactor.schedule(after: .milliseconds(40)) {
+            fired.append(4)
+            reactor.stop()
+        }
+        reactor.cancel(cancelled)
+        try runUntilStopped(reactor)
+        #expect(fired == [1, 2, 3, 4])
+        #expect(reactor.armedTimerCount == 0)
+    }
+
+    @Test("equal deadlines fire in scheduling order; a timer never fires early")
+    func equalDeadlines() throws {
+        let reactor = try Reactor()
+        let deadline = ContinuousClock.now + .milliseconds(5)
+        var fired: [Int] = []
+        var early = false
+        for index in 0..<5 {
+            reactor.schedule(at: deadline) {
+                if ContinuousClock.now < deadline { early = true }
+                fired.append(index)
+                if index == 4 { reactor.stop() }
+            }
+        }
+        try runUntilStopped(reactor)
+        #expect(fired == [0, 1, 2, 3, 4])
+        #expect(!early)
+    }
+
+    @Test("handlers may unregister other registrations of the same round")
+    func unregisterDuringDispatch() throws {
+        let reactor = try Reactor()
+        let (a, b) = try Sockets.socketPair()
+        let (c, d) = try Sockets.socketPair()
+        defer { for fd in [a, b, c, d] { close(fd) } }
+        writeAll(b, [1])
+        writeAll(d, [1])
+        var calls = 0
+        var first: Reactor.RegistrationID?
+        var second: Reactor.RegistrationID?
+        first = reactor.register(fd: a, interest: .read) { _ in
+            calls += 1
+            reactor.unregister(first!)
+            reactor.unregister(second!)
+            reactor.schedule(after: .milliseconds(20)) { reactor.stop() }
+        }
+        second = reactor.register(fd: c, interest: .read) { _ in
+            calls += 1
+            reactor.unregister(first!)
+            reactor.unregister(second!)
+            reactor.schedule(after: .milliseconds(20)) { reactor.stop() }
+        }
+        try runUntilStopped(reactor)
+        #expect(calls == 1)
+        #expect(reactor.registrationCount == 0)
+    }
+
+    @Test("another thread wakes the loop, runs jobs on it, and stops it")
+    func crossThreadWake() async throws {
+        let counter = Mutex(0)
+        let thread = try ReactorThread.start(name: "test-reactor") { _ in }
+        for _ in 0..<100 {
+            thread.handle.execute { _ in counter.withLock { $0 += 1 } }
+        }
+        let ranOnReactor = Mutex(false)
+        thread.handle.execute { reactor in ranOnReactor.withLock { $0 = reactor.isRunning } }
+        thread.handle.stop()
+        try await thread.wait()
+        #expect(counter.withLock { $0 } == 100)
+        #expect(ranOnReactor.withLock { $0 })
+        #expect(thread.isFinished)
+    }
+
+    @Test("an error thrown by setup is rethrown by wait()")
+    func setupErrorPropagates() async throws {
+        let thread = try ReactorThread.start { _ in
+            throw RuntimeError(code: .closed, message: "boom")
+        }
+        await #expect(throws: RuntimeError.self) { try await thread.wait() }
+    }
+
+    @Test("an idle reactor with no timer armed never wakes up")
+    func idleHasNoWakeups() async throws {
+        let tid = Mutex<pid_t>(0)
+        let thread = try ReactorThread.start { _ in tid.withLock { $0 = cqmp_gettid() } }
+        defer { thread.handle.stop() }
+        // Let the thread reach ppoll, then count its context switches over 200 ms of idleness.
+        try await Task.sleep(for: .milliseconds(50))
+        let id = tid.withLock { $0 }
+        try #require(id > 0)
+        let before = try #require(voluntarySwitches(tid: id))
+        try await Task.sleep(for: .milliseconds(200))
+        let after = try #require(voluntarySwitches(tid: id))
+        #expect(after == before, "the idle reactor thread woke up \(after - before) times")
+        thread.handle.stop()
+        try await thread.wait()
+    }
+}
+
+/// voluntary_ctxt_switches of one of our threads: each return from a blocking ppoll adds one.
+func voluntarySwitches(tid: pid_t) -> Int? {
+    guard let file = fopen("/proc/self/task/\(tid)/status", "r") else { return nil }
+    defer { fclose(file) }
+    var line = [CChar](repeating: 0, count: 512)
+    while fgets(&line, Int32(line.count), file) != nil {
+        let text = line.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+        if text.hasPrefix("voluntary_ctxt_switches:") {
+            return Int(text.dropFirst("voluntary_ctxt_switches:".count).trimmingCharacters(in: " \t\n"))
+        }
+    }
+    return nil
+}
+
+extension Substring {
+    fileprivate func trimmingCharacters(in set: String) -> String {
+        String(self.drop(while: { set.contains($0) }).reversed().drop(while: { set.contains($0) }).reversed())
+    }
+}
