@@ -17,10 +17,11 @@ struct ReleaseBenchmark: ParsableCommand {
         commandName: "release",
         abstract: "Release latency: last close of a VFIO group -> GROUP_RELEASED at a client.",
         discussion: """
-            A python stand-in for QEMU holds the fake group node /dev/vfio/7 plus --fds other fds. Each
-            round: device_add (tracked), DEVICE_DELETED (pre-2.11 order: the group is still open), then the
-            stand-in closes the group and the time from that close to the event line arriving on a client
-            socket is measured. The baseline polls /proc/<pid>/fd every 1 ms in another thread the same way.
+            A python stand-in for QEMU holds the fake group nodes plus --fds other fds. Each round: \
+            DEVICE_DELETED of a tracked device while its group is still open (pre-2.11 order), then the \
+            stand-in closes the group; measured: from a timestamp taken right before that close to the \
+            GROUP_RELEASED line reaching a client thread waiting in poll. The baseline polls \
+            /proc/<pid>/fd every 1 ms in another thread, measured the same way in the same run. \
             Targets: p50 <= 0.3 ms, p99 <= 2 ms with 10 and 10k fds.
             """)
 
