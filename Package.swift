@@ -56,7 +56,7 @@ let package = Package(
         .target(
             name: "QMPMock",
             dependencies: [
-                "QMPWire", "QMPRuntime", "VFIOTracking", "VFIOFakeHost",
+                "QMPWire", "QMPRuntime", "VFIOTracking", "VFIOFakeHost", "CQMPShims",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -82,8 +82,9 @@ let package = Package(
         .executableTarget(
             name: "qmp-bench",
             dependencies: [
-                "QMPWire", "QMPRuntime", "QMPTestKit",
+                "QMPWire", "QMPRuntime", "QMPTestKit", "VFIOTracking", "VFIOFakeHost",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
 
@@ -94,7 +95,7 @@ let package = Package(
         .testTarget(name: "QMPProxyTests", dependencies: ["QMPProxy", "QMPWire"]),
         .testTarget(name: "VFIOTrackingTests", dependencies: ["VFIOTracking", "VFIOFakeHost", "QMPTestKit", "QMPRuntime"]),
         .testTarget(name: "QMPRuntimeTests", dependencies: ["QMPRuntime", "QMPTestKit", "CQMPShims"]),
-        .testTarget(name: "QMPMockTests", dependencies: ["QMPMock", "QMPTestKit", "qmp-mock", "qmp-sidecar"]),
+        .testTarget(name: "QMPMockTests", dependencies: ["QMPMock", "QMPTestKit", "CQMPShims", "qmp-mock", "qmp-sidecar"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["QMPSidecar", "QMPWire", "QMPTestKit", "qmp-sidecar", "qmp-mock"],
