@@ -1,7 +1,9 @@
 import Logging
 import QMPProxy
 import QMPRuntime
+import QMPWire
 import Synchronization
+import VFIOTracking
 
 #if canImport(Glibc)
 import Glibc
@@ -11,7 +13,7 @@ import Glibc
 ///
 /// - Important: Created and used on the reactor thread only. The reactor's registrations (listeners,
 ///   connections, timers) keep it alive while it runs.
-final class SidecarCore: SidecarCommander {
+final class SidecarCore: QMPUpstreamCommander {
     private let reactor: Reactor
     private let configuration: SidecarConfiguration
     private let upstreamAddress: SocketAddress
@@ -192,11 +194,16 @@ final class SidecarCore: SidecarCommander {
         }
     }
 
-    // MARK: SidecarCommander
+    // MARK: QMPUpstreamCommander
 
-    func sendInternalCommand(_ name: String, arguments: [UInt8]?, reply: @escaping ([UInt8]) -> Void) {
-        let (token, actions) = router.sendInternalCommand(name, arguments: arguments)
-        internalReplies[token] = reply
+    func sendInternalCommand(_ name: String, arguments: JSONValue?, reply: @escaping (QMPMessage) -> Void) {
+        let (token, actions) = router.sendInternalCommand(name, arguments: arguments?.qemuBytes)
+        internalReplies[token] = { [logger] bytes in
+            switch QMPMessage.parse(bytes) {
+            case .success(let message): reply(message)
+            case .failure(let error): logger.warning("unparsable reply to the sidecar's \(name): \(error.desc)")
+            }
+        }
         perform(actions)
     }
 

@@ -4,6 +4,7 @@ import QMPRuntime
 import QMPSidecar
 import ServiceLifecycle
 import UnixSignals
+import VFIOTracking
 
 #if canImport(Glibc)
 import Glibc
@@ -128,7 +129,7 @@ struct QMPSidecarCommand: AsyncParsableCommand {
             reconnect: reconnect,
             tracePath: trace,
             clientOutputLimit: clientOutputLimit,
-            vfio: SidecarVFIOOptions(
+            vfio: VFIOConfiguration(
                 sysfsRoot: sysfsRoot, devRoot: devRoot, releaseTimeout: .milliseconds(Int64(releaseTimeout * 1000)),
                 eventPrefix: eventPrefix, holdDeviceDeleted: holdDeviceDeleted))
         let service = SidecarService(configuration: configuration, logger: logger)
