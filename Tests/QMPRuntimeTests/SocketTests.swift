@@ -95,11 +95,14 @@ struct SocketTests {
         defer { dir.remove() }
         let path = dir.file("l")
         let reactor = try Reactor()
+        var served: [Connection] = []
         let listener = Listener(fd: try Sockets.listenUnix(path: path), reactor: reactor, unlinkPath: path) { fd in
             let connection = Connection(fd: fd, reactor: reactor)
             connection.onRead = { bytes, _ in connection.send(bytes) }
             connection.start()
+            served.append(connection)
         }
+        defer { for connection in served { connection.close() } }
         let client = try connectBlocking(path)
         defer { close(client) }
         writeAll(client, Array("echo".utf8))
