@@ -60,8 +60,9 @@ final class SidecarCore: QMPUpstreamCommander {
 
     // MARK: Upstream
 
-    private func connectUpstream(deadline: ContinuousClock.Instant) {
-        retry = ConnectRetry(address: upstreamAddress, reactor: reactor, deadline: deadline) { result in
+    private func connectUpstream(deadline: ContinuousClock.Instant, interval: Duration = .milliseconds(20)) {
+        retry = ConnectRetry(address: upstreamAddress, reactor: reactor, deadline: deadline, interval: interval) {
+            result in
             self.retry = nil
             switch result {
             case .success(let fd): self.upstreamConnected(fd)
@@ -82,6 +83,7 @@ final class SidecarCore: QMPUpstreamCommander {
         connection.onRead = { bytes, fds in
             for fd in fds { Glibc.close(fd) }
             self.perform(self.router.upstreamReceived(bytes))
+            self.updateClientReading()
         }
         connection.onClose = { reason in self.upstreamLost(reason.description) }
         upstream = connection
@@ -101,7 +103,7 @@ final class SidecarCore: QMPUpstreamCommander {
             logger.warning(
                 "QEMU closed the QMP connection; waiting for a new QEMU (--reconnect)",
                 metadata: ["reason": "\(reason)", "clients-disconnected": "\(clientCount)"])
-            connectUpstream(deadline: .now + .seconds(100 * 365 * 24 * 3600))
+            connectUpstream(deadline: .now + .seconds(100 * 365 * 24 * 3600), interval: .milliseconds(100))
         } else {
             fail(
                 SidecarError(
@@ -109,6 +111,22 @@ final class SidecarCore: QMPUpstreamCommander {
                     "QEMU closed the QMP connection (\(reason)); \(clientCount) client(s) disconnected. Use --reconnect to wait for a new QEMU instead of exiting."
                 ))
         }
+    }
+
+    /// Upstream output beyond which clients are not read (QEMU is slower than they are).
+    private static let upstreamBacklogLimit = 4 << 20
+    private var clientsPaused = false
+
+    /// Backpressure: while QEMU lets more than ``upstreamBacklogLimit`` bytes of commands pile up,
+    /// stop reading clients (their commands wait in their own socket buffers, as with QEMU directly);
+    /// resume once QEMU has caught up to half of it.
+    private func updateClientReading() {
+        let backlog = upstream?.pendingBytes ?? 0
+        let pause = clientsPaused ? backlog > Self.upstreamBacklogLimit / 2 : backlog > Self.upstreamBacklogLimit
+        guard pause != clientsPaused else { return }
+        clientsPaused = pause
+        logger.debug("client reading \(pause ? "paused" : "resumed")", metadata: ["upstream-backlog": "\(backlog)"])
+        for client in clients.values { client.isReadingEnabled = !pause }
     }
 
     private func fail(_ error: SidecarError) {
@@ -130,6 +148,7 @@ final class SidecarCore: QMPUpstreamCommander {
             fd: fd, reactor: reactor, maxPendingBytes: configuration.clientOutputLimit, logger: clientLogger)
         connection.onRead = { bytes, fds in
             self.perform(self.router.clientReceived(id, bytes, fds: fds))
+            self.updateClientReading()
         }
         connection.onClose = { reason in
             self.clients[id] = nil
@@ -143,6 +162,7 @@ final class SidecarCore: QMPUpstreamCommander {
             self.clients[id]?.close()
         }
         clients[id] = connection
+        connection.isReadingEnabled = !clientsPaused
         logger.debug(
             "client connected", metadata: ["client": "\(id)", "pid": "\(connection.peerPID.map(String.init) ?? "?")"])
         connection.start()
