@@ -319,4 +319,18 @@ struct ProxyIntegrationTests {
         #expect(forwarded.count == 50)
         #expect(!forwarded.contains { $0.contains("query-vfio-groups") }, "the local command is never forwarded")
     }
+
+    @Test func oobCommandsBehaveAsDirect() throws {
+        let vm = try ProxiedQEMU()
+        let client = try vm.client()
+        let direct = try vm.direct()
+        try client.negotiate(oob: true)
+        try direct.negotiate(oob: true)
+        for request in [
+            #"{"exec-oob": "migrate-pause", "id": "o"}"#, #"{"exec-oob": "query-status", "id": "n"}"#,
+            #"{"exec-oob": "x-oob-test", "id": 1}"#, #"{"execute": "query-status", "id": 2}"#,
+        ] {
+            #expect(try client.command(request) == direct.command(request), "request \(request)")
+        }
+    }
 }
