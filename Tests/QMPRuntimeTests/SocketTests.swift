@@ -1,5 +1,6 @@
-import QMPRuntime
 import Testing
+
+@testable import QMPRuntime
 
 #if canImport(Glibc)
 import Glibc
@@ -219,5 +220,32 @@ struct SocketTests {
         var info = stat()
         #expect(lstat(path, &info) != 0)
         #expect(lstat(takeOver.upstreamPath, &info) != 0)
+    }
+
+    @Test("systemd activation adopts LISTEN_FDS listening sockets from the first fd on")
+    func systemdActivationAdopts() throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let first = try Sockets.listenUnix(path: dir.file("a"))
+        let second = try Sockets.listenUnix(path: dir.file("b"))
+        // Two consecutive descriptor numbers nobody else uses, as systemd passes them from 3 on.
+        let base: Int32 = 900
+        try #require(fcntl(base, F_GETFD) < 0 && fcntl(base + 1, F_GETFD) < 0)
+        try #require(dup2(first, base) == base && dup2(second, base + 1) == base + 1)
+        close(first)
+        close(second)
+        defer { close(base); close(base + 1) }
+        let fds = try Sockets.adoptSystemdSockets(listenPID: "\(getpid())", listenFDs: "2", firstFD: base)
+        #expect(fds == [base, base + 1])
+        #expect(fds.allSatisfy { fcntl($0, F_GETFD) & FD_CLOEXEC != 0 && fcntl($0, F_GETFL) & O_NONBLOCK != 0 })
+        let client = try Sockets.connect(to: .unix(path: dir.file("b")))
+        close(client)
+        let served = accept(base + 1, nil, nil)
+        #expect(served >= 0)
+        close(served)
+        // A count that runs past the passed sockets names the bad descriptor.
+        #expect(throws: RuntimeError.self) {
+            _ = try Sockets.adoptSystemdSockets(listenPID: "\(getpid())", listenFDs: "3", firstFD: base)
+        }
     }
 }
