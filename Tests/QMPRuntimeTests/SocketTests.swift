@@ -184,15 +184,17 @@ struct SocketTests {
 
     @Test("systemd activation: variables for another pid are ignored, malformed ones are errors")
     func systemdActivation() throws {
-        setenv("LISTEN_PID", "\(getpid() + 100_000)", 1)
-        setenv("LISTEN_FDS", "1", 1)
-        #expect(try Sockets.systemdListeningSockets().isEmpty)
-        setenv("LISTEN_PID", "\(getpid())", 1)
-        setenv("LISTEN_FDS", "x", 1)
-        #expect(throws: RuntimeError.self) { _ = try Sockets.systemdListeningSockets() }
-        unsetenv("LISTEN_PID")
-        unsetenv("LISTEN_FDS")
-        #expect(try Sockets.systemdListeningSockets().isEmpty)
+        // The environment itself is not touched: setenv races with other tests spawning processes.
+        let me = "\(getpid())"
+        #expect(try Sockets.adoptSystemdSockets(listenPID: nil, listenFDs: "1", firstFD: 3).isEmpty)
+        #expect(try Sockets.adoptSystemdSockets(listenPID: "\(getpid() + 100_000)", listenFDs: "1", firstFD: 3).isEmpty)
+        #expect(throws: RuntimeError.self) {
+            _ = try Sockets.adoptSystemdSockets(listenPID: "x", listenFDs: "1", firstFD: 3)
+        }
+        #expect {
+            _ = try Sockets.adoptSystemdSockets(listenPID: me, listenFDs: "x", firstFD: 3)
+        } throws: { "\($0)".contains("LISTEN_FDS=x") }
+        #expect(try Sockets.adoptSystemdSockets(listenPID: me, listenFDs: "0", firstFD: 3).isEmpty)
     }
 
     @Test("TCP listen on port 0, connect, and read the port back")
