@@ -67,6 +67,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
         .executableTarget(
@@ -81,8 +82,9 @@ let package = Package(
         .executableTarget(
             name: "qmp-bench",
             dependencies: [
-                "QMPWire", "QMPRuntime", "QMPTestKit",
+                "QMPWire", "QMPRuntime", "QMPTestKit", "VFIOTracking", "VFIOFakeHost",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
 
@@ -96,7 +98,8 @@ let package = Package(
         .testTarget(name: "QMPMockTests", dependencies: ["QMPMock", "QMPTestKit", "CQMPShims", "qmp-mock", "qmp-sidecar"]),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["QMPSidecar", "QMPWire", "QMPTestKit", "qmp-sidecar", "qmp-mock"]
+            dependencies: ["QMPSidecar", "QMPWire", "QMPTestKit", "qmp-sidecar", "qmp-mock"],
+            exclude: ["python"]
         ),
     ]
 )

@@ -18,7 +18,9 @@ import Glibc
 /// pending; EAGAIN waits for POLLOUT, never spins.
 ///
 /// Closing: EOF, ECONNRESET, EPIPE or any other socket error closes the connection and calls
-/// ``onClose`` exactly once; ``close()`` does the same (reason `.local`) and is idempotent.
+/// ``onClose`` exactly once; ``close()`` does the same (reason `.local`) and is idempotent. A write
+/// error met inside ``send(_:fds:)`` closes the socket at once but reports ``onClose`` on the next loop
+/// round, never from within `send`. ``onOverflow`` is called from within `send`.
 ///
 /// - Important: Use only on the reactor's thread. The connection owns its socket descriptor and the
 ///   descriptors queued with ``send(_:fds:)`` (closed once sent, or when the connection closes).
@@ -73,6 +75,9 @@ public final class Connection {
     private var readingEnabled = true
     private var started = false
     private var closeNotified = false
+    /// Set while `send` runs: closes it causes (write errors) notify on the next loop round, so the
+    /// owner never sees `onClose` re-entrantly from its own `send` call.
+    private var sending = false
 
     /// Bytes queued and not yet accepted by the kernel.
     public private(set) var pendingBytes = 0
@@ -138,6 +143,8 @@ public final class Connection {
     /// - Important: The connection takes ownership of `fds`: they are closed once sent or when the
     ///   connection closes. Pass duplicates if you need to keep them.
     public func send(_ bytes: [UInt8], fds: [Int32] = []) {
+        sending = true
+        defer { sending = false }
         guard fd >= 0 else {
             for pending in fds { Glibc.close(pending) }
             return
@@ -319,7 +326,11 @@ public final class Connection {
             onClose = nil
             onRead = nil
             onOverflow = nil
-            callback?(reason)
+            if sending, case .error = reason {
+                reactor.schedule(after: .zero) { callback?(reason) }
+            } else {
+                callback?(reason)
+            }
         }
     }
 }

@@ -163,4 +163,51 @@ struct ConnectionTests {
         #expect(read(pipe.read, &buffer, 8) == 0)
         close(b)
     }
+
+    @Test("a write error inside send closes at once but reports onClose on the next round")
+    func writeErrorDeferred() throws {
+        let reactor = try Reactor()
+        let (a, b) = try Sockets.socketPair()
+        close(b)
+        let connection = Connection(fd: a, reactor: reactor)
+        var reasons: [String] = []
+        connection.onClose = { reason in
+            reasons.append("\(reason)")
+            reactor.stop()
+        }
+        connection.start()
+        connection.send(Array("lost".utf8))
+        #expect(connection.isClosed)
+        #expect(reasons.isEmpty)
+        try runUntilStopped(reactor)
+        #expect(reasons.count == 1)
+        #expect(reasons.first?.contains("sendmsg") == true)
+        connection.send(Array("ignored".utf8))
+        connection.close()
+        #expect(reasons.count == 1)
+    }
+
+    @Test("paused reading delivers nothing until resumed; peerPID names this process")
+    func pauseReading() throws {
+        let reactor = try Reactor()
+        let (a, b) = try Sockets.socketPair()
+        defer { close(b) }
+        let connection = Connection(fd: a, reactor: reactor)
+        #expect(connection.peerPID == getpid())
+        var received: [UInt8] = []
+        connection.onRead = { bytes, _ in
+            received += bytes
+            reactor.stop()
+        }
+        connection.isReadingEnabled = false
+        connection.start()
+        writeAll(b, Array("queued".utf8))
+        reactor.schedule(after: .milliseconds(30)) {
+            #expect(received.isEmpty)
+            connection.isReadingEnabled = true
+        }
+        try runUntilStopped(reactor)
+        #expect(received == Array("queued".utf8))
+        connection.close()
+    }
 }

@@ -177,4 +177,44 @@ struct SocketTests {
         defer { dir.remove() }
         #expect { _ = try SocketTakeOver(path: dir.file("none")) } throws: { "\($0)".contains("-qmp unix:") }
     }
+
+    @Test("systemd activation: variables for another pid are ignored, malformed ones are errors")
+    func systemdActivation() throws {
+        setenv("LISTEN_PID", "\(getpid() + 100_000)", 1)
+        setenv("LISTEN_FDS", "1", 1)
+        #expect(try Sockets.systemdListeningSockets().isEmpty)
+        setenv("LISTEN_PID", "\(getpid())", 1)
+        setenv("LISTEN_FDS", "x", 1)
+        #expect(throws: RuntimeError.self) { _ = try Sockets.systemdListeningSockets() }
+        unsetenv("LISTEN_PID")
+        unsetenv("LISTEN_FDS")
+        #expect(try Sockets.systemdListeningSockets().isEmpty)
+    }
+
+    @Test("TCP listen on port 0, connect, and read the port back")
+    func tcp() throws {
+        let listening = try Sockets.listenTCP(host: "127.0.0.1", port: 0)
+        defer { close(listening) }
+        let port = try #require(Sockets.localPort(listening))
+        #expect(port != 0)
+        let client = try Sockets.connect(to: .tcp(host: "127.0.0.1", port: port))
+        close(client)
+    }
+
+    @Test("after QEMU quit (it unlinks its path, i.e. ours) restore removes the stale upstream file")
+    func takeOverAfterQEMUQuit() throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let path = dir.file("qmp")
+        let qemu = try Sockets.listenUnix(path: path)
+        let takeOver = try SocketTakeOver(path: path)
+        defer { close(takeOver.listeningFD) }
+        // What QEMU 7.2 does on quit: unlink its configured path, close its listener.
+        unlink(path)
+        close(qemu)
+        try takeOver.restore()
+        var info = stat()
+        #expect(lstat(path, &info) != 0)
+        #expect(lstat(takeOver.upstreamPath, &info) != 0)
+    }
 }

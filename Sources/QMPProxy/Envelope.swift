@@ -1,0 +1,58 @@
+import QMPWire
+
+/// The parts of a parsed message the router looks at. Keeps every use of the wire layer's member
+/// ranges in one place.
+struct Envelope {
+    let message: QMPMessage
+
+    init(_ message: QMPMessage) {
+        self.message = message
+    }
+
+    var bytes: [UInt8] { message.bytes }
+
+    private func slice(_ range: Range<Int>?) -> ArraySlice<UInt8>? {
+        range.map { message.bytes[$0] }
+    }
+
+    private func string(_ range: Range<Int>?) -> String? {
+        slice(range).flatMap { QMPMessage.decodeString($0) }
+    }
+
+    /// The value of `execute` when it is a string.
+    var executeName: String? { string(message.execute) }
+    /// The value of `exec-oob` when it is a string.
+    var execOOBName: String? { string(message.execOOB) }
+    var hasExecOOB: Bool { message.execOOB != nil }
+    /// QEMU's `qmp_is_oob`: `exec-oob` present and `execute` absent.
+    var isOOBRequest: Bool { message.execOOB != nil && message.execute == nil }
+    /// The command name QEMU would look up.
+    var commandName: String? { message.execute != nil ? executeName : execOOBName }
+    var idBytes: [UInt8]? { slice(message.id).map(Array.init) }
+    var argumentBytes: [UInt8]? { slice(message.arguments).map(Array.init) }
+    var eventName: String? { string(message.event) }
+    var isGreeting: Bool { message.qmp != nil }
+    var isReply: Bool { message.returnValue != nil || message.error != nil }
+    var isSuccess: Bool { message.returnValue != nil }
+
+    /// The capabilities QEMU's greeting offers.
+    var offeredCapabilities: [String] {
+        guard let greeting = slice(message.qmp), case .array(let list)? = QEMUValue.read(greeting)?["capabilities"]
+        else { return [] }
+        return list.compactMap { if case .string(let s) = $0 { s } else { nil } }
+    }
+
+    /// The id as an id of the sidecar's namespace (a non-negative decimal integer), or nil.
+    var sidecarID: UInt64? {
+        guard let id = slice(message.id), !id.isEmpty, id.count <= 20 else { return nil }
+        var value: UInt64 = 0
+        for byte in id {
+            guard byte >= 0x30, byte <= 0x39 else { return nil }
+            let (times, overflow1) = value.multipliedReportingOverflow(by: 10)
+            let (sum, overflow2) = times.addingReportingOverflow(UInt64(byte - 0x30))
+            guard !overflow1, !overflow2 else { return nil }
+            value = sum
+        }
+        return value
+    }
+}

@@ -1,0 +1,517 @@
+import QMPWire
+
+/// The proxy's protocol core: one upstream QMP session shared by any number of clients.
+///
+/// A pure state machine. The I/O shell feeds it bytes (and fds) read from QEMU and from clients and
+/// performs the returned ``Action``s in order. What it guarantees:
+///
+/// - The sidecar negotiates with QEMU itself (enabling `oob` when offered). Each client gets QEMU's
+///   greeting bytes unchanged and negotiates on its own; until then it gets exactly QEMU 7.2's
+///   capabilities-mode replies, produced locally, and no events.
+/// - Every forwarded command carries an id of the sidecar's namespace (a decimal integer). QEMU's reply
+///   goes back to the client that sent it, with the client's id restored as QEMU would have echoed it
+///   (or removed when the client sent none); all other bytes are QEMU's.
+/// - In-band replies reach each client in the order of its commands, including replies the sidecar
+///   produces itself (malformed input, negotiation, local commands). OOB replies may overtake.
+/// - Malformed input gets QEMU's error text on that client only and never reaches QEMU.
+/// - File descriptors: per client, the fds of the latest read that carried fds are held, and a
+///   `getfd`/`add-fd` whose bytes ended after that read began takes them (QEMU's char-socket rule).
+///   Upstream, an fd batch travels with the first bytes of its command, and no second fd-carrying
+///   command is sent before QEMU replied to the previous one (QEMU would replace the first batch).
+///   The `getfd` namespace is QEMU's, one per QEMU connection, so all clients share it.
+///
+/// - Important: fds handed in become the router's; every one leaves again in exactly one
+///   ``Action/sendUpstream(_:fds:)`` or ``Action/closeFDs(_:)``.
+public struct ProxyRouter: Sendable {
+    public typealias ClientID = Int
+
+    public struct Configuration: Sendable {
+        /// Commands answered by the sidecar itself (``Action/localCommand(client:token:name:arguments:)``).
+        public var localCommands: Set<String>
+        /// Emit ``Action/trace(_:)`` for every message (off: no cost).
+        public var tracing: Bool
+
+        public init(localCommands: Set<String> = [], tracing: Bool = false) {
+            self.localCommands = localCommands
+            self.tracing = tracing
+        }
+    }
+
+    /// Directions of the trace format (docs/ARCHITECTURE.md "Trace format").
+    public enum TraceDirection: String, Sendable {
+        case clientToQEMU = "client-to-qemu"
+        case qemuToClient = "qemu-to-client"
+        case sidecarToQEMU = "sidecar-to-qemu"
+        case qemuToSidecar = "qemu-to-sidecar"
+        case sidecarToClient = "sidecar-to-client"
+    }
+
+    /// One traced message: `message` holds its bytes without a trailing CR/LF.
+    public struct TraceRecord: Equatable, Sendable {
+        public var direction: TraceDirection
+        /// The client number, 0 for none or for all (events).
+        public var client: Int
+        public var fds: Int
+        public var message: [UInt8]
+    }
+
+    /// The answer to a local command.
+    public enum LocalReply: Equatable, Sendable {
+        /// `{"return": value}`; `value` is one JSON value, QEMU-style text.
+        case success([UInt8])
+        case failure(QMPErrorText)
+    }
+
+    public enum Action: Equatable, Sendable {
+        /// Write these bytes (one or more complete lines) to the client.
+        case sendToClient(ClientID, [UInt8])
+        /// Write to QEMU; when `fds` is not empty they go in one `sendmsg` with the first bytes, and
+        /// the performer closes its copies afterwards.
+        case sendUpstream([UInt8], fds: [Int32])
+        /// Close these fds (nobody will consume them).
+        case closeFDs([Int32])
+        /// Close the client's connection (QEMU went away).
+        case disconnectClient(ClientID)
+        /// The sidecar's own negotiation with QEMU succeeded.
+        case upstreamReady(oob: Bool)
+        /// QEMU refused the sidecar's negotiation: treat the upstream as failed.
+        case upstreamFailed(String)
+        /// An event from QEMU (the whole line, CRLF included). Broadcast it with
+        /// ``ProxyRouter/broadcastEvent(_:synthesized:)`` unless it is held back.
+        case event(name: String, line: [UInt8])
+        /// A client's `device_add` succeeded; `arguments` is the text of its arguments object.
+        case deviceAddSucceeded(arguments: [UInt8])
+        /// A command the sidecar answers itself; reply with ``ProxyRouter/completeLocalCommand(token:reply:)``.
+        case localCommand(client: ClientID, token: UInt64, name: String, arguments: [UInt8]?)
+        /// The reply to one of the sidecar's own commands (never shown to a client).
+        case internalReply(token: UInt64, message: [UInt8])
+        /// Something unexpected worth a log line (e.g. QEMU output the proxy cannot route).
+        case warning(String)
+        case trace(TraceRecord)
+    }
+
+    private enum UpstreamPhase: Equatable {
+        case awaitingGreeting
+        case negotiating
+        case ready
+    }
+
+    private enum Pending {
+        case negotiation
+        case sidecar
+        case client(ClientID, originalID: [UInt8]?, oob: Bool, deviceAddArguments: [UInt8]?)
+    }
+
+    private struct UpstreamItem {
+        var bytes: [UInt8]
+        var fds: [Int32]
+        var id: UInt64
+    }
+
+    private let configuration: Configuration
+    private var phase = UpstreamPhase.awaitingGreeting
+    private var upstreamFramer = QMPFramer()
+    /// QEMU's greeting line, CRLF included, once received.
+    public private(set) var greeting: [UInt8]?
+    private var offered: [String] = []
+    private var clients: [ClientID: ClientSession] = [:]
+    private var nextID: UInt64 = 1
+    private var pending: [UInt64: Pending] = [:]
+    private var localPending: [UInt64: (client: ClientID, originalID: [UInt8]?)] = [:]
+    private var upstreamQueue: [UpstreamItem] = []
+    private var upstreamHead = 0
+    private var fdCommandInFlight: UInt64?
+
+    public init(configuration: Configuration = Configuration()) {
+        self.configuration = configuration
+    }
+
+    /// Number of connected clients.
+    public var clientCount: Int { clients.count }
+
+    /// Number of commands sent to (or queued for) QEMU whose reply has not arrived.
+    public var commandsInFlight: Int { pending.count }
+
+    // MARK: - Upstream
+
+    /// Bytes read from QEMU.
+    public mutating func upstreamReceived(_ bytes: some Collection<UInt8>) -> [Action] {
+        var actions: [Action] = []
+        for frame in upstreamFramer.append(bytes) {
+            switch frame {
+            case .invalid(let error, _):
+                actions.append(.warning("unparsable output from QEMU: \(error.desc)"))
+            case .message(let bytes, _):
+                switch QMPMessage.parse(bytes) {
+                case .failure(let error):
+                    actions.append(.warning("unparsable output from QEMU: \(error.desc)"))
+                case .success(let message):
+                    handleUpstream(Envelope(message), into: &actions)
+                }
+            }
+        }
+        return actions
+    }
+
+    private mutating func handleUpstream(_ message: Envelope, into actions: inout [Action]) {
+        if message.isGreeting {
+            guard phase == .awaitingGreeting else {
+                actions.append(.warning("second greeting from QEMU ignored"))
+                return
+            }
+            trace(.qemuToSidecar, client: 0, fds: 0, message.bytes, into: &actions)
+            greeting = message.bytes + QEMUReply.crlf
+            offered = message.offeredCapabilities
+            phase = .negotiating
+            let id = allocateID()
+            pending[id] = .negotiation
+            let arguments = offered.contains("oob") ? ", \"arguments\": {\"enable\": [\"oob\"]}" : ""
+            let request = Array("{\"execute\": \"qmp_capabilities\"\(arguments), \"id\": \(id)}".utf8)
+            trace(.sidecarToQEMU, client: 0, fds: 0, request, into: &actions)
+            actions.append(.sendUpstream(request + QEMUReply.crlf, fds: []))
+            for clientID in clients.keys.sorted() where clients[clientID]!.phase == .awaitingGreeting {
+                var session = clients.removeValue(forKey: clientID)!
+                sendGreeting(clientID, &session, into: &actions)
+                let frames = session.deferred
+                session.deferred = []
+                for frame in frames {
+                    handleClientFrame(frame, clientID, &session, into: &actions)
+                }
+                flushClient(clientID, &session, into: &actions)
+                clients[clientID] = session
+            }
+            return
+        }
+        if let name = message.eventName {
+            trace(.qemuToClient, client: 0, fds: 0, message.bytes, into: &actions)
+            actions.append(.event(name: name, line: message.bytes + QEMUReply.crlf))
+            return
+        }
+        guard message.isReply, let id = message.sidecarID, let entry = pending.removeValue(forKey: id) else {
+            actions.append(.warning("QEMU sent a message the sidecar cannot route: \(Self.excerpt(message.bytes))"))
+            return
+        }
+        if id == fdCommandInFlight {
+            fdCommandInFlight = nil
+            flushUpstream(into: &actions)
+        }
+        switch entry {
+        case .negotiation:
+            trace(.qemuToSidecar, client: 0, fds: 0, message.bytes, into: &actions)
+            guard message.isSuccess else {
+                actions.append(.upstreamFailed("QEMU refused qmp_capabilities: \(Self.excerpt(message.bytes))"))
+                return
+            }
+            phase = .ready
+            actions.append(.upstreamReady(oob: offered.contains("oob")))
+            flushUpstream(into: &actions)
+        case .sidecar:
+            trace(.qemuToSidecar, client: 0, fds: 0, message.bytes, into: &actions)
+            actions.append(.internalReply(token: id, message: message.bytes))
+        case .client(let clientID, let originalID, let oob, let deviceAddArguments):
+            trace(.qemuToClient, client: clientID, fds: 0, message.bytes, into: &actions)
+            if let deviceAddArguments, message.isSuccess {
+                actions.append(.deviceAddSucceeded(arguments: deviceAddArguments))
+            }
+            guard var session = clients.removeValue(forKey: clientID) else { return }  // gone: drop quietly
+            let line = message.message.replacingID(with: originalID.map(Self.echo)) + QEMUReply.crlf
+            if oob {
+                actions.append(.sendToClient(clientID, line))
+            } else {
+                _ = session.fill(id, with: line)
+                flushClient(clientID, &session, into: &actions)
+            }
+            clients[clientID] = session
+        }
+    }
+
+    /// QEMU closed the connection (or the sidecar gave up on it). Every client is disconnected, held
+    /// and unsent fds are closed, and the router waits for a new QEMU greeting.
+    public mutating func upstreamClosed() -> [Action] {
+        var actions: [Action] = []
+        for clientID in clients.keys.sorted() {
+            if let held = clients[clientID]!.heldFDs {
+                actions.append(.closeFDs(held.fds))
+            }
+            actions.append(.disconnectClient(clientID))
+        }
+        for item in upstreamQueue[upstreamHead...] where !item.fds.isEmpty {
+            actions.append(.closeFDs(item.fds))
+        }
+        clients = [:]
+        pending = [:]
+        localPending = [:]
+        upstreamQueue = []
+        upstreamHead = 0
+        fdCommandInFlight = nil
+        upstreamFramer = QMPFramer()
+        greeting = nil
+        offered = []
+        phase = .awaitingGreeting
+        return actions
+    }
+
+    /// Sends a command of the sidecar's own; its reply comes back as
+    /// ``Action/internalReply(token:message:)`` with the returned token and never reaches a client.
+    ///
+    /// - Parameter arguments: the text of a JSON object, or nil.
+    public mutating func sendInternalCommand(_ name: String, arguments: [UInt8]?) -> (token: UInt64, actions: [Action])
+    {
+        var actions: [Action] = []
+        let id = allocateID()
+        pending[id] = .sidecar
+        var request = Array("{\"execute\": \(QEMUString.quoted(name))".utf8)
+        if let arguments {
+            request += Array(", \"arguments\": ".utf8) + arguments
+        }
+        request += Array(", \"id\": \(id)}".utf8)
+        trace(.sidecarToQEMU, client: 0, fds: 0, request, into: &actions)
+        upstreamQueue.append(UpstreamItem(bytes: request + QEMUReply.crlf, fds: [], id: id))
+        flushUpstream(into: &actions)
+        return (id, actions)
+    }
+
+    // MARK: - Clients
+
+    /// A client connected; it gets QEMU's greeting now, or as soon as the sidecar has it.
+    public mutating func clientConnected(_ clientID: ClientID) -> [Action] {
+        var actions: [Action] = []
+        var session = ClientSession(phase: .awaitingGreeting)
+        if greeting != nil {
+            sendGreeting(clientID, &session, into: &actions)
+        }
+        clients[clientID] = session
+        return actions
+    }
+
+    /// Bytes (and the fds of the same `recvmsg`) read from a client.
+    public mutating func clientReceived(_ clientID: ClientID, _ bytes: some Collection<UInt8>, fds: [Int32] = [])
+        -> [Action]
+    {
+        var actions: [Action] = []
+        guard var session = clients.removeValue(forKey: clientID) else {
+            if !fds.isEmpty { actions.append(.closeFDs(fds)) }
+            return actions
+        }
+        let start = session.received
+        session.received += bytes.count
+        if !fds.isEmpty {
+            if let old = session.heldFDs {
+                actions.append(.closeFDs(old.fds))
+            }
+            session.heldFDs = (start, fds)
+        }
+        let frames = session.framer.append(bytes)
+        if session.phase == .awaitingGreeting {
+            session.deferred += frames
+        } else {
+            for frame in frames {
+                handleClientFrame(frame, clientID, &session, into: &actions)
+            }
+            flushClient(clientID, &session, into: &actions)
+        }
+        clients[clientID] = session
+        return actions
+    }
+
+    /// The client went away. Replies to its commands in flight will be dropped quietly.
+    public mutating func clientClosed(_ clientID: ClientID) -> [Action] {
+        guard let session = clients.removeValue(forKey: clientID) else { return [] }
+        if let held = session.heldFDs {
+            return [.closeFDs(held.fds)]
+        }
+        return []
+    }
+
+    /// Sends an event line (CRLF included) to every negotiated client.
+    ///
+    /// - Parameter synthesized: true for the sidecar's own events (only changes the trace direction).
+    public mutating func broadcastEvent(_ line: [UInt8], synthesized: Bool = false) -> [Action] {
+        var actions: [Action] = []
+        if synthesized {
+            trace(.sidecarToClient, client: 0, fds: 0, Self.trimmed(line), into: &actions)
+        }
+        for clientID in clients.keys.sorted() where clients[clientID]!.isNegotiated {
+            actions.append(.sendToClient(clientID, line))
+        }
+        return actions
+    }
+
+    /// Completes a ``Action/localCommand(client:token:name:arguments:)``; its reply takes its place in
+    /// the client's in-band order.
+    public mutating func completeLocalCommand(token: UInt64, reply: LocalReply) -> [Action] {
+        guard let entry = localPending.removeValue(forKey: token),
+            var session = clients.removeValue(forKey: entry.client)
+        else { return [] }
+        let echoed = entry.originalID.map(Self.echo)
+        let line: [UInt8]
+        switch reply {
+        case .success(let value): line = QEMUReply.success(value, echoedID: echoed)
+        case .failure(let error): line = QEMUReply.error(error, echoedID: echoed)
+        }
+        var actions: [Action] = []
+        trace(.sidecarToClient, client: entry.client, fds: 0, Self.trimmed(line), into: &actions)
+        _ = session.fill(token, with: line)
+        flushClient(entry.client, &session, into: &actions)
+        clients[entry.client] = session
+        return actions
+    }
+
+    // MARK: - Client input
+
+    private mutating func handleClientFrame(
+        _ frame: QMPFrame, _ clientID: ClientID, _ session: inout ClientSession, into actions: inout [Action]
+    ) {
+        switch frame {
+        case .invalid(let error, _):
+            replyLocally(QMPBuilder.error(error), clientID, &session, into: &actions)
+        case .message(let bytes, let end):
+            switch QMPMessage.parse(bytes) {
+            case .failure(let error):
+                replyLocally(QMPBuilder.error(error), clientID, &session, into: &actions)
+            case .success(let message):
+                handleClientMessage(Envelope(message), end: end, clientID, &session, into: &actions)
+            }
+        }
+    }
+
+    private mutating func handleClientMessage(
+        _ message: Envelope, end: Int, _ clientID: ClientID, _ session: inout ClientSession,
+        into actions: inout [Action]
+    ) {
+        let members = { QEMUValue.read(message.bytes)?.members ?? [] }
+        switch session.phase {
+        case .awaitingGreeting:
+            preconditionFailure("frames of a client without greeting are deferred")
+        case .capabilities:
+            switch QEMURequestRules.negotiate(members(), offered: offered) {
+            case .error(let error):
+                replyLocally(error, id: message.idBytes, clientID, &session, into: &actions)
+            case .negotiated(let oob):
+                session.phase = .negotiated(oob: oob)
+                let line = QEMUReply.success(Array("{}".utf8), echoedID: message.idBytes.map(Self.echo))
+                trace(.sidecarToClient, client: clientID, fds: 0, Self.trimmed(line), into: &actions)
+                session.enqueue(.ready(line))
+            }
+        case .negotiated(let oob):
+            if message.hasExecOOB && !oob {
+                replyLocally(
+                    QEMURequestRules.rejectWithoutOOB(members()), id: message.idBytes, clientID, &session,
+                    into: &actions)
+                return
+            }
+            if let name = message.executeName, configuration.localCommands.contains(name) {
+                if let error = QEMURequestRules.checkRequest(members(), allowOOB: oob) {
+                    replyLocally(error, id: message.idBytes, clientID, &session, into: &actions)
+                    return
+                }
+                let token = allocateID()
+                localPending[token] = (clientID, message.idBytes)
+                session.enqueue(.waiting(token))
+                actions.append(
+                    .localCommand(client: clientID, token: token, name: name, arguments: message.argumentBytes))
+                return
+            }
+            forward(message, end: end, clientID, &session, into: &actions)
+        }
+    }
+
+    private mutating func forward(
+        _ message: Envelope, end: Int, _ clientID: ClientID, _ session: inout ClientSession,
+        into actions: inout [Action]
+    ) {
+        let id = allocateID()
+        let name = message.commandName
+        let oob = message.isOOBRequest
+        var fds: [Int32] = []
+        if name == "getfd" || name == "add-fd", let held = session.heldFDs, held.start < end {
+            fds = held.fds
+            session.heldFDs = nil
+        }
+        let bytes = message.message.replacingID(with: Array(String(id).utf8))
+        pending[id] = .client(
+            clientID, originalID: message.idBytes, oob: oob,
+            deviceAddArguments: name == "device_add" ? (message.argumentBytes ?? Array("{}".utf8)) : nil)
+        if !oob {
+            session.enqueue(.waiting(id))
+        }
+        trace(.clientToQEMU, client: clientID, fds: fds.count, bytes, into: &actions)
+        upstreamQueue.append(UpstreamItem(bytes: bytes + QEMUReply.crlf, fds: fds, id: id))
+        flushUpstream(into: &actions)
+    }
+
+    private mutating func replyLocally(
+        _ error: QMPErrorText, id: [UInt8]?, _ clientID: ClientID, _ session: inout ClientSession,
+        into actions: inout [Action]
+    ) {
+        replyLocally(QEMUReply.error(error, echoedID: id.map(Self.echo)), clientID, &session, into: &actions)
+    }
+
+    private func replyLocally(
+        _ line: [UInt8], _ clientID: ClientID, _ session: inout ClientSession, into actions: inout [Action]
+    ) {
+        trace(.sidecarToClient, client: clientID, fds: 0, Self.trimmed(line), into: &actions)
+        session.enqueue(.ready(line))
+    }
+
+    /// The id QEMU would echo for the client's id bytes.
+    private static func echo(_ id: [UInt8]) -> [UInt8] {
+        QMPJSON.echoed(id) ?? id
+    }
+
+    // MARK: - Helpers
+
+    private mutating func sendGreeting(
+        _ clientID: ClientID, _ session: inout ClientSession, into actions: inout [Action]
+    ) {
+        guard let greeting else { return }
+        session.phase = .capabilities
+        trace(.sidecarToClient, client: clientID, fds: 0, Self.trimmed(greeting), into: &actions)
+        actions.append(.sendToClient(clientID, greeting))
+    }
+
+    private func flushClient(_ clientID: ClientID, _ session: inout ClientSession, into actions: inout [Action]) {
+        let lines = session.takeReady()
+        guard !lines.isEmpty else { return }
+        actions.append(.sendToClient(clientID, lines.count == 1 ? lines[0] : Array(lines.joined())))
+    }
+
+    private mutating func flushUpstream(into actions: inout [Action]) {
+        guard phase == .ready else { return }
+        while upstreamHead < upstreamQueue.count {
+            let item = upstreamQueue[upstreamHead]
+            if !item.fds.isEmpty {
+                guard fdCommandInFlight == nil else { break }
+                fdCommandInFlight = item.id
+            }
+            actions.append(.sendUpstream(item.bytes, fds: item.fds))
+            upstreamHead += 1
+        }
+        if upstreamHead == upstreamQueue.count {
+            upstreamQueue.removeAll(keepingCapacity: true)
+            upstreamHead = 0
+        }
+    }
+
+    private mutating func allocateID() -> UInt64 {
+        defer { nextID += 1 }
+        return nextID
+    }
+
+    private func trace(
+        _ direction: TraceDirection, client: Int, fds: Int, _ message: [UInt8], into actions: inout [Action]
+    ) {
+        guard configuration.tracing else { return }
+        actions.append(.trace(TraceRecord(direction: direction, client: client, fds: fds, message: message)))
+    }
+
+    private static func trimmed(_ line: [UInt8]) -> [UInt8] {
+        var end = line.count
+        while end > 0, line[end - 1] == 0x0A || line[end - 1] == 0x0D { end -= 1 }
+        return Array(line[..<end])
+    }
+
+    private static func excerpt(_ bytes: [UInt8]) -> String {
+        String(decoding: bytes.prefix(200), as: UTF8.self)
+    }
+}

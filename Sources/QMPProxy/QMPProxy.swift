@@ -1,1 +1,0 @@
-// QMPProxy: see docs/ARCHITECTURE.md for what belongs here.

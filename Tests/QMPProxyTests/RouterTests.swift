@@ -1,0 +1,252 @@
+import Testing
+
+@testable import QMPProxy
+
+@Suite struct RouterTests {
+    @Test func replyGetsClientIDBackAndOtherBytesUnchanged() throws {
+        var h = RouterHarness()
+        h.negotiated(1)
+        h.send(1, #"{'execute': 'query-status', 'id': 'a\'b'}"#)
+        try #require(h.upstream.count == 1)
+        let id = h.upstreamID(0)
+        #expect(!h.upstream[0].text.contains("a'b"), "the client's id never reaches QEMU")
+        h.feedUpstream(#"{"return": {"status": "prelaunch", "running": false}, "id": \#(id)}"# + "\r\n")
+        #expect(h.take(1) == #"{"return": {"status": "prelaunch", "running": false}, "id": "a'b"}"# + "\r\n")
+    }
+
+    @Test func commandWithoutIDGetsReplyWithoutID() throws {
+        var h = RouterHarness()
+        h.negotiated(1)
+        h.send(1, #"{"execute":"query-status"}"#)
+        let id = h.upstreamID(0)
+        h.feedUpstream(#"{"return": {"big": 18446744073709551615}, "id": \#(id)}"# + "\r\n")
+        #expect(h.take(1) == #"{"return": {"big": 18446744073709551615}}"# + "\r\n")
+    }
+
+    @Test func repliesGoToTheirOwnClients() {
+        var h = RouterHarness()
+        h.negotiated(1)
+        h.negotiated(2)
+        h.send(1, #"{"execute":"a","id":1}"#)
+        h.send(2, #"{"execute":"b","id":1}"#)
+        let (a, b) = (h.upstreamID(0), h.upstreamID(1))
+        #expect(a != b)
+        h.feedUpstream(#"{"return": "A", "id": \#(a)}"# + "\r\n" + #"{"return": "B", "id": \#(b)}"# + "\r\n")
+        #expect(h.take(1) == #"{"return": "A", "id": 1}"# + "\r\n")
+        #expect(h.take(2) == #"{"return": "B", "id": 1}"# + "\r\n")
+    }
+
+    @Test func localRepliesKeepInBandOrder() {
+        var h = RouterHarness()
+        h.negotiated(1)
+        // A forwarded command, then malformed input, then another forwarded command.
+        h.send(1, #"{"execute":"a","id":1}[1]{"execute":"b","id":2}"#)
+        #expect(h.take(1) == "", "the error waits behind the reply to command 1")
+        #expect(h.upstream.count == 2)
+        h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(0))}"# + "\r\n")
+        #expect(
+            h.take(1)
+                == #"{"return": {}, "id": 1}"# + "\r\n"
+                + #"{"error": {"class": "GenericError", "desc": "QMP input must be a JSON object"}}"# + "\r\n")
+        h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(1))}"# + "\r\n")
+        #expect(h.take(1) == #"{"return": {}, "id": 2}"# + "\r\n")
+    }
+
+    @Test func oobReplyOvertakesInBand() {
+        var h = RouterHarness()
+        h.negotiated(1, oob: true)
+        h.send(1, #"{"execute":"slow","id":"s"}{"exec-oob":"migrate-pause","id":"o"}"#)
+        #expect(h.upstream.count == 2)
+        h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(1))}"# + "\r\n")
+        #expect(h.take(1) == #"{"return": {}, "id": "o"}"# + "\r\n")
+        h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(0))}"# + "\r\n")
+        #expect(h.take(1) == #"{"return": {}, "id": "s"}"# + "\r\n")
+    }
+
+    @Test func eventsReachOnlyNegotiatedClientsUnchanged() {
+        var h = RouterHarness()
+        h.negotiated(1)
+        h.negotiated(2)
+        h.connect(3)
+        _ = h.take(3)
+        let event =
+            #"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "DEVICE_DELETED", "data": {"path": "/machine/peripheral/k"}}"#
+            + "\r\n"
+        h.feedUpstream(event)
+        #expect(h.take(1) == event)
+        #expect(h.take(2) == event)
+        #expect(h.take(3) == "", "no event before negotiation")
+        #expect(h.events.map(\.name) == ["DEVICE_DELETED"])
+    }
+
+    @Test func malformedInputStaysOnItsClient() {
+        var h = RouterHarness()
+        h.negotiated(1)
+        h.negotiated(2)
+        h.send(1, #"{"execute": bad}"#)
+        #expect(h.take(1).hasPrefix(#"{"error": {"class": "GenericError", "desc": "JSON parse error"#))
+        #expect(h.take(2) == "")
+        #expect(h.upstream.isEmpty)
+        h.send(2, #"{"execute":"query-status","id":7}"#)
+        h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(0))}"# + "\r\n")
+        #expect(h.take(2) == #"{"return": {}, "id": 7}"# + "\r\n")
+    }
+
+    @Test func disconnectedClientsRepliesAreDroppedQuietly() {
+        var h = RouterHarness()
+        h.negotiated(1)
+        h.negotiated(2)
+        h.send(1, #"{"execute":"a","id":1}"#)
+        h.perform(h.router.clientClosed(1))
+        h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(0))}"# + "\r\n")
+        #expect(h.clientOutput[1, default: ""] == "")
+        #expect(h.take(2) == "")
+        #expect(!h.other.contains { if case .warning = $0 { true } else { false } })
+        #expect(h.router.commandsInFlight == 0)
+    }
+
+    @Test func clientConnectingBeforeGreetingGetsItLater() {
+        var h = RouterHarness(greeting: nil)
+        h.connect(1)
+        h.send(1, #"{"execute":"qmp_capabilities","id":1}{"execute":"query-status","id":2}"#)
+        #expect(h.take(1) == "")
+        h.feedUpstream(qemuGreeting)
+        #expect(h.take(1) == qemuGreeting + #"{"return": {}, "id": 1}"# + "\r\n")
+        // The sidecar's negotiation is in flight: the client's command waits for it.
+        #expect(h.upstream.count == 1)
+        h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(0))}"# + "\r\n")
+        #expect(h.upstream.count == 2)
+        #expect(h.upstream[1].text.contains("query-status"))
+    }
+
+    @Test func upstreamClosedDisconnectsEveryClientAndClosesFDs() {
+        var h = RouterHarness()
+        h.negotiated(1)
+        h.negotiated(2)
+        h.send(1, " ", fds: [40])
+        h.perform(h.router.upstreamClosed())
+        #expect(h.disconnected == [1, 2])
+        #expect(h.closed == [40])
+        #expect(h.router.clientCount == 0)
+        #expect(h.router.greeting == nil)
+        // A new QEMU: the router negotiates again.
+        h.upstream.removeAll()
+        h.feedUpstream(qemuGreeting)
+        #expect(h.upstream.count == 1)
+    }
+
+    @Test func deviceAddSuccessIsReported() {
+        var h = RouterHarness()
+        h.negotiated(1)
+        h.send(1, #"{"execute":"device_add","arguments":{"driver":"vfio-pci","host":"0000:01:00.0","id":"h"},"id":1}"#)
+        h.send(1, #"{"execute":"device_add","arguments":{"driver":"vfio-pci","id":"x"},"id":2}"#)
+        h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(0))}"# + "\r\n")
+        h.feedUpstream(
+            #"{"id": \#(h.upstreamID(1)), "error": {"class": "GenericError", "desc": "no host"}}"# + "\r\n")
+        let reported = h.other.compactMap { action -> String? in
+            if case .deviceAddSucceeded(let arguments) = action {
+                String(decoding: arguments, as: UTF8.self)
+            } else {
+                nil
+            }
+        }
+        #expect(reported == [#"{"driver":"vfio-pci","host":"0000:01:00.0","id":"h"}"#])
+        #expect(h.take(1).contains(#""id": 2"#))
+    }
+
+    @Test func internalCommandRepliesNeverReachClients() throws {
+        var h = RouterHarness()
+        h.negotiated(1)
+        let (token, actions) = h.router.sendInternalCommand(
+            "qom-list", arguments: Array(#"{"path": "/machine/peripheral"}"#.utf8))
+        h.perform(actions)
+        #expect(
+            h.upstream.last?.text
+                == #"{"execute": "qom-list", "arguments": {"path": "/machine/peripheral"}, "id": \#(token)}"#)
+        h.feedUpstream(#"{"return": [], "id": \#(token)}"# + "\r\n")
+        #expect(h.take(1) == "")
+        #expect(
+            h.other.contains(.internalReply(token: token, message: Array(#"{"return": [], "id": \#(token)}"#.utf8))))
+    }
+
+    @Test func localCommandIsAnsweredInOrderAndNeverForwarded() throws {
+        var h = RouterHarness(configuration: .init(localCommands: ["x-query-vfio-groups"]))
+        h.negotiated(1)
+        h.send(1, #"{"execute":"query-status","id":1}{"execute":"x-query-vfio-groups","id":2}"#)
+        #expect(h.upstream.count == 1)
+        let token = try #require(
+            h.other.compactMap {
+                if case .localCommand(1, let token, "x-query-vfio-groups", nil) = $0 { token } else { nil }
+            }
+            .first)
+        h.perform(h.router.completeLocalCommand(token: token, reply: .success(Array("[]".utf8))))
+        #expect(h.take(1) == "", "waits for the reply to command 1")
+        h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(0))}"# + "\r\n")
+        #expect(h.take(1) == #"{"return": {}, "id": 1}"# + "\r\n" + #"{"return": [], "id": 2}"# + "\r\n")
+    }
+}
+
+@Suite struct FDPassingTests {
+    @Test func fdsSentWithASpaceBeforeGetfdReachQEMUWithIt() {
+        // qemu.qmp's send_fd_scm: sendmsg(" ", fd), then the getfd command in a later write.
+        var h = RouterHarness()
+        h.negotiated(1)
+        h.send(1, " ", fds: [50])
+        h.send(1, #"{"execute": "getfd", "arguments": {"fdname": "f"}, "id": 1}"#)
+        #expect(h.upstream.count == 1)
+        #expect(h.upstream[0].fds == [50])
+        #expect(h.closed.isEmpty)
+    }
+
+    @Test func fdsWithTheCommandBytesTravelWithTheCommand() {
+        var h = RouterHarness()
+        h.negotiated(1)
+        h.send(
+            1, #"{"execute":"query-status","id":0}{"execute": "add-fd", "arguments": {"fdset-id": 1}, "id": 1}"#,
+            fds: [51, 52])
+        #expect(h.upstream.map(\.fds) == [[], [51, 52]])
+    }
+
+    @Test func otherCommandsNeverCarryFDsAndLaterBatchesWait() {
+        var h = RouterHarness()
+        h.negotiated(1)
+        h.send(1, #"{"execute":"query-status","id":0}"#, fds: [60])
+        #expect(h.upstream.map(\.fds) == [[]])
+        // A newer batch replaces the older unconsumed one, as QEMU's char-socket does.
+        h.send(1, #"{"execute":"getfd","arguments":{"fdname":"a"}"#, fds: [61])
+        #expect(h.closed == [60])
+        h.send(1, #","id":1}"#)
+        #expect(h.upstream.last?.fds == [61])
+        // A getfd with no fds of its own gets none (QEMU answers with its own error).
+        h.send(1, #"{"execute":"getfd","arguments":{"fdname":"b"},"id":2}"#)
+        #expect(h.upstream.count == 3, "an fd-less command is not held back")
+        #expect(h.upstream[2].fds == [])
+    }
+
+    @Test func secondFDCommandWaitsForTheFirstReply() {
+        var h = RouterHarness()
+        h.negotiated(1)
+        h.negotiated(2)
+        h.send(1, #"{"execute":"getfd","arguments":{"fdname":"a"},"id":1}"#, fds: [70])
+        h.send(2, #"{"execute":"getfd","arguments":{"fdname":"b"},"id":1}"#, fds: [71])
+        h.send(2, #"{"execute":"query-status","id":2}"#)
+        #expect(h.upstream.map(\.fds) == [[70]], "QEMU would replace the first batch with the second")
+        h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(0))}"# + "\r\n")
+        #expect(h.upstream.map(\.fds) == [[70], [71], []])
+        #expect(h.take(1) == #"{"return": {}, "id": 1}"# + "\r\n")
+    }
+
+    @Test func disconnectClosesHeldFDs() {
+        var h = RouterHarness()
+        h.negotiated(1)
+        h.send(1, " ", fds: [80, 81])
+        h.perform(h.router.clientClosed(1))
+        #expect(h.closed == [80, 81])
+    }
+
+    @Test func fdsOfUnknownClientAreClosed() {
+        var h = RouterHarness()
+        h.send(9, " ", fds: [90])
+        #expect(h.closed == [90])
+    }
+}
