@@ -279,3 +279,25 @@ final class MockTestClient: @unchecked Sendable {
         throw QMPTestKitError("EOF before a line with \(text); got \(lines)")
     }
 }
+
+/// The package root (three levels above this file).
+func packageRoot() -> String {
+    var parts = #filePath.split(separator: "/", omittingEmptySubsequences: false)
+    parts.removeLast(4)
+    return parts.joined(separator: "/")
+}
+
+/// A whole file, or nil.
+func readAll(_ path: String) -> [UInt8]? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { Glibc.close(fd) }
+    var out: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = read(fd, &chunk, chunk.count)
+        if n <= 0 { break }
+        out += chunk[0..<n]
+    }
+    return out
+}
