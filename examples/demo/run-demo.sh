@@ -3,9 +3,9 @@
 # client that unplugs both devices and prints the timeline (DEVICE_DELETED x2, the group fd close seen
 # with inotify, GROUP_RELEASED). Exits non-zero, saying what is missing, if an event does not come.
 #
-#   examples/demo/run-demo.sh [--hotplug] [--finalize-delay SECONDS] [--event-order before-close|after-close]
+#   examples/demo/run-demo.sh [BIN_DIR] [--hotplug] [--finalize-delay SECONDS] [--event-order before-close|after-close]
 #
-# Binaries come from $QMP_SIDECAR_BIN (a directory) or `swift build` in this package.
+# Binaries come from BIN_DIR (e.g. .build/debug), $QMP_SIDECAR_BIN, or `swift build` in this package.
 set -euo pipefail
 
 finalize_delay=0.2
@@ -17,7 +17,8 @@ while [ $# -gt 0 ]; do
         --finalize-delay) finalize_delay="$2"; shift ;;
         --event-order) event_order="$2"; shift ;;
         -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
-        *) echo "run-demo.sh: unknown option $1 (see --help)" >&2; exit 64 ;;
+        -*) echo "run-demo.sh: unknown option $1 (see --help)" >&2; exit 64 ;;
+        *) QMP_SIDECAR_BIN="$1" ;;
     esac
     shift
 done
