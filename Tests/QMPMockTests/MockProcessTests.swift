@@ -2,6 +2,8 @@ import Glibc
 import QMPTestKit
 import Testing
 
+@testable import QMPMock
+
 /// Watches one file for close events (IN_CLOSE_WRITE | IN_CLOSE_NOWRITE), as the sidecar does.
 final class CloseWatcher {
     let fd: Int32
@@ -200,5 +202,48 @@ struct MockFaultProcessTests {
         try client.send(#"{"execute":"query-version","id":1}{"execute":"query-status","id":2}"#)
         #expect(try client.readLine()?.hasSuffix(#""id": 1}"#) == true)
         #expect(try client.readLine()?.hasSuffix(#""id": 2}"#) == true)
+    }
+}
+
+@Suite("qmp-mock command line")
+struct MockCommandLineTests {
+    @Test func helpDocumentsEveryOption() throws {
+        let directory = try makeTempDirectory()
+        defer { removeTree(directory) }
+        let process = try ChildProcess(
+            productsDirectory() + "/qmp-mock", ["--help"], logPath: directory + "/help.log")
+        var help = ""
+        while let line = try? process.waitForLine(containing: "", timeout: 10) { help += line + "\n" }
+        #expect(process.waitForExit() == 0)
+        for option in [
+            "--listen", "--sysfs-root", "--dev-root", "--device", "--fake-host", "--fake-host-root", "--keep-fake-host",
+            "--finalize-delay", "--event-order", "--qemu-version", "--qemu-package", "--running", "--leak-group",
+            "--second-holder", "--slow-reply", "--drop-mid-reply", "--exit-on", "--scenario", "--replay",
+            "--replay-fallback-model", "--log-level",
+        ] {
+            #expect(help.contains("  \(option) "), "--help lacks \(option)")
+        }
+    }
+
+    @Test func badOptionsNameTheFix() throws {
+        let directory = try makeTempDirectory()
+        defer { removeTree(directory) }
+        let process = try ChildProcess(
+            productsDirectory() + "/qmp-mock",
+            ["--listen", "unix:\(directory)/m.sock", "--event-order", "sometimes"], logPath: directory + "/err.log")
+        #expect(process.waitForExit() == 64)
+        #expect(process.log.contains("--event-order must be before-close or after-close"))
+    }
+
+    @Test func deviceSpecsAndVersionsParse() throws {
+        let spec = try MockDeviceSpec(parsing: "vfio-pci,host=0000:01:00.0,id=hostdev0,romfile=a,,b")
+        #expect(spec.driver == "vfio-pci")
+        #expect(spec.properties.map(\.0) == ["host", "id", "romfile"])
+        #expect(spec.properties.last?.1 == "a,b")
+        #expect(throws: MockError.self) { try MockDeviceSpec(parsing: "vfio-pci,host") }
+        #expect(MockQEMUVersion(parsing: "7.2") == MockQEMUVersion(major: 7, minor: 2, micro: 0))
+        #expect(MockQEMUVersion(parsing: "7.x.1") == nil)
+        #expect(MockMachine.canonicalBDF("1:0.7") == "0000:01:00.7")
+        #expect(MockMachine.canonicalBDF("0000:01:20.0") == nil)
     }
 }
