@@ -59,6 +59,9 @@ public final class VFIOReleaseMonitor {
     private var queue: [VFIOGroupStateMachine.Action] = []
     private var performing = false
     private var stopped = false
+    private var warnedUnreadable = false
+    private var pendingLearn: Set<Int> = []
+    private var learnTimer: Reactor.TimerID?
 
     private struct Node {
         /// The node under `--dev-root`.
@@ -160,6 +163,24 @@ public final class VFIOReleaseMonitor {
         return disposition
     }
 
+    /// Byte-level form of ``deviceAddSucceeded(arguments:)``: the text of the `arguments` object.
+    public func deviceAddSucceeded(argumentsText: [UInt8]) {
+        guard let arguments = try? JSONValue(parsing: argumentsText) else { return }
+        deviceAddSucceeded(arguments: arguments)
+    }
+
+    /// Byte-level form of ``deviceDeleted(_:)``: one event line (a trailing CRLF is ignored).
+    /// Returns true when the event is held (hold mode).
+    public func deviceDeleted(line: [UInt8]) -> Bool {
+        var bytes = line
+        while let last = bytes.last, last == 0x0A || last == 0x0D { bytes.removeLast() }
+        guard case .success(let message) = QMPMessage.parse(bytes) else { return false }
+        return deviceDeleted(message) == .hold
+    }
+
+    /// The commands ``localCommand(_:arguments:)`` answers (the proxy checks these before forwarding).
+    public var localCommandNames: Set<String> { [configuration.queryCommandName] }
+
     /// Answers the sidecar's own query command; nil for any other command (the proxy forwards it).
     public func localCommand(_ name: String, arguments: JSONValue?) -> LocalReply? {
         guard name == configuration.queryCommandName else { return nil }
@@ -182,6 +203,8 @@ public final class VFIOReleaseMonitor {
         for timer in timeoutTimers.values { reactor.cancel(timer) }
         pollTimers.removeAll()
         timeoutTimers.removeAll()
+        if let learnTimer { reactor.cancel(learnTimer) }
+        learnTimer = nil
         exitWatcher?.cancel()
         exitWatcher = nil
         inotify?.close()
@@ -198,7 +221,7 @@ public final class VFIOReleaseMonitor {
     public var trackedDevices: [TrackedVFIODevice] { registry.all }
 
     /// Number of timers this monitor has armed (zero when nothing is detaching).
-    public var armedTimers: Int { pollTimers.count + timeoutTimers.count }
+    public var armedTimers: Int { pollTimers.count + timeoutTimers.count + (learnTimer == nil ? 0 : 1) }
 
     // MARK: Tracking
 
@@ -280,14 +303,16 @@ public final class VFIOReleaseMonitor {
         switch action {
         case .learnQEMUHolders(let group):
             refreshNodes(group)
-            var holds = false
-            if let pid = livePID, let identities = nodes[group]?.identities {
-                statistics.qemuFullScans += 1
-                let found = scanner.fds(of: pid, matching: identities) ?? [:]
-                nodes[group]?.qemuFDs = found.isEmpty ? nil : found
-                holds = !found.isEmpty
+            // Batched: devices attached in one loop round (cold-plug discovery of many groups) share
+            // one full scan of QEMU's fd table.
+            pendingLearn.insert(group)
+            if learnTimer == nil {
+                learnTimer = reactor.schedule(after: .zero) { [weak self] in
+                    guard let self else { return }
+                    self.learnTimer = nil
+                    self.learnPending()
+                }
             }
-            queue += machine.holdersLearned(group: group, qemuHolds: holds)
         case .watchNodes(let group):
             refreshNodes(group)
             watch(group)
@@ -352,6 +377,33 @@ public final class VFIOReleaseMonitor {
             flushHeld(group)
             nodes[group] = nil
         }
+    }
+
+    /// One full scan of QEMU's fds for every group waiting to learn, then the results to the machine.
+    private func learnPending() {
+        let groups = pendingLearn.sorted()
+        pendingLearn.removeAll()
+        var found: [Int32: NodeIdentity] = [:]
+        if let pid = livePID {
+            let identities = groups.reduce(into: Set<NodeIdentity>()) { $0.formUnion(nodes[$1]?.identities ?? []) }
+            statistics.qemuFullScans += 1
+            let scanned = scanner.fds(of: pid, matching: identities)
+            if scanned == nil && scanner.processExists(pid) && !warnedUnreadable {
+                warnedUnreadable = true
+                logger.warning(
+                    "cannot read QEMU's fd table: run qmp-sidecar as root or as QEMU's user",
+                    metadata: ["path": "\(configuration.procRoot)/\(pid)/fd"])
+            }
+            found = scanned ?? [:]
+        }
+        var actions: [VFIOGroupStateMachine.Action] = []
+        for group in groups where nodes[group] != nil {
+            let identities = nodes[group]?.identities ?? []
+            let mine = found.filter { identities.contains($0.value) }
+            nodes[group]?.qemuFDs = mine.isEmpty ? nil : mine
+            actions += machine.holdersLearned(group: group, qemuHolds: !mine.isEmpty)
+        }
+        run(actions)
     }
 
     private var livePID: pid_t? { qemuGone ? nil : qemuPID }

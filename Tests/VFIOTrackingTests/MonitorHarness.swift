@@ -101,12 +101,14 @@ final class MonitorHarness {
 
     func ready() { monitor.upstreamReady(qemuPID: qemu.pid) }
 
+    /// A successful `device_add`; lets the monitor learn QEMU's fds (one loop round).
     func added(_ id: String, host address: String, driver: String = "vfio-pci") {
         monitor.deviceAddSucceeded(
             arguments: .object([
                 JSONMember("driver", .string(driver)), JSONMember("id", .string(id)),
                 JSONMember("host", .string(address)),
             ]))
+        try? settle()
     }
 
     /// The bytes QEMU would send for `DEVICE_DELETED` of `id` (or of an anonymous QOM path).
@@ -155,6 +157,13 @@ final class MonitorHarness {
         if let tickTimer { reactor.cancel(tickTimer) }
         commander.onBroadcast = nil
         return met || condition()
+    }
+
+    /// Runs the reactor until what is already due has run (e.g. the batched learning of QEMU's fds).
+    func settle() throws {
+        let reactor = self.reactor
+        reactor.schedule(after: .zero) { reactor.stop() }
+        try reactor.run()
     }
 
     /// Runs the reactor for `duration` (for "nothing happens" checks, bounded).

@@ -226,6 +226,7 @@ struct ReleaseMonitorTests {
         h.ready()
         let monitor = h.monitor
         #expect(try h.run(until: { monitor.trackedDevices.count == 2 }, timeout: .seconds(5)))
+        try h.settle()
         let byPath = Dictionary(uniqueKeysWithValues: h.monitor.trackedDevices.map { ($0.qomPath, $0) })
         #expect(byPath["/machine/peripheral/hostdev0"]?.id == "hostdev0")
         #expect(byPath["/machine/peripheral/hostdev0"]?.group == 7)
@@ -265,6 +266,32 @@ struct ReleaseMonitorTests {
         #expect(data["devices"]?.strings == ["a", "b"])
     }
 
+    @Test func characterDeviceSeenThroughAPrivateCopyMatchesByRdev() throws {
+        // libvirt mknods a private /dev/vfio/N for QEMU: another inode, same device number. Here the
+        // group node and QEMU's copy are both char devices 1:7 (/dev/full, which nobody holds).
+        let h = try MonitorHarness(spec: "7=0000:01:00.0")
+        let node = h.host.groupNodePath(7)
+        let privateCopy = h.host.root + "/private-vfio-7"
+        unlink(node)
+        guard mknod(node, S_IFCHR | 0o600, dev_t(0x107)) == 0 else {
+            print("skipped characterDeviceSeenThroughAPrivateCopyMatchesByRdev: mknod needs root (errno \(errno))")
+            return
+        }
+        try #require(mknod(privateCopy, S_IFCHR | 0o600, dev_t(0x107)) == 0)
+        let fd = try h.qemu.open(privateCopy)
+        h.ready()
+        h.added("hostdev0", host: "01:00.0")
+        #expect(h.monitor.view(ofGroup: 7)?.qemuHolds == true)
+        h.deleted("hostdev0")
+        try h.run(for: .milliseconds(20))
+        #expect(h.commander.lines.isEmpty, "released while QEMU holds its private copy")
+        // The close is on an inode nobody watches: the detaching poll and a process scan decide.
+        try h.qemu.close(fd)
+        #expect(try h.waitForEvent("GROUP_RELEASED", timeout: .seconds(5)) != nil)
+        #expect(h.monitor.statistics.allProcessScans >= 1)
+        #expect(h.monitor.statistics.closeEvents == 0)
+    }
+
     @Test func failedOrForeignDeviceAddsAreNotTracked() throws {
         let h = try MonitorHarness(spec: "7=0000:01:00.0")
         try h.openGroup(7)
@@ -297,6 +324,38 @@ struct ReleaseMonitorTests {
         #expect(group["members"]?.strings == ["0000:01:00.0", "0000:01:00.1"])
         #expect(group["devices"]?.arrayValue?.first?["id"] == .string("hostdev0"))
         #expect(group["holders"]?.arrayValue?.map { $0["pid"] } == [.integer(Int64(h.qemu.pid))])
+    }
+
+    @Test func byteLevelEntryPointsForTheSidecar() throws {
+        let h = try MonitorHarness(spec: "7=0000:01:00.0", hold: true)
+        let fd = try h.openGroup(7)
+        h.ready()
+        h.monitor.deviceAddSucceeded(
+            argumentsText: Array(#"{'driver': 'vfio-pci', 'id': 'hd0', 'host': '01:00.0'}"#.utf8))
+        #expect(h.monitor.trackedDevices.map(\.id) == ["hd0"])
+        #expect(h.monitor.localCommandNames == [VFIOConfiguration.defaultQueryCommandName])
+        let line = MonitorHarness.deletedEvent(id: "hd0", path: "/machine/peripheral/hd0").bytes + [0x0D, 0x0A]
+        try h.qemu.close(fd)
+        #expect(h.monitor.deviceDeleted(line: line) == true)
+        #expect(try h.waitForEvent("GROUP_RELEASED") != nil)
+        #expect(h.commander.lines.first == line)
+    }
+
+    @Test func devicesAttachedInOneRoundShareOneFullScan() throws {
+        let h = try MonitorHarness(spec: "7=0000:01:00.0;8=0000:02:00.0;9=0000:03:00.0")
+        for group in [7, 8, 9] { try h.openGroup(group) }
+        try h.qemu.fill(toExtraFDs: 100)
+        h.ready()
+        for (id, address) in [("a", "01:00.0"), ("b", "02:00.0"), ("c", "03:00.0")] {
+            h.monitor.deviceAddSucceeded(
+                arguments: .object([
+                    JSONMember("driver", .string("vfio-pci")), JSONMember("id", .string(id)),
+                    JSONMember("host", .string(address)),
+                ]))
+        }
+        try h.settle()
+        #expect(h.monitor.statistics.qemuFullScans == 1)
+        #expect([7, 8, 9].allSatisfy { h.monitor.view(ofGroup: $0)?.qemuHolds == true })
     }
 
     @Test func nothingDetachingMeansNoTimers() throws {
