@@ -522,54 +522,63 @@ def scenario_B(lab, hold=False):
     """Two-device group: the first unplug releases nothing; the second (and the group close) does."""
     qemu = lab.start_l2()
     client, _ = lab.connect(qemu, ["--hold-device-deleted"] if hold else [])
+    return pair_unplug(lab, client, qemu, hold)
+
+
+def pair_unplug(lab, client, qemu, hold, ids=("b1", "b2"), slots=(5, 6), eject=True, timeout=15, guest_settle=0):
+    """Hot-add both devices of the two-device group, unplug them one after the other (B, and C's second
+    half with a guest doing the eject)."""
     b1, b2 = lab.pair
     g = lab.group(b1)
-    lab.hot_add(client, b1, "b1", 5)
-    lab.hot_add(client, b2, "b2", 6)
-    lab.wait(lambda: lab.obs.holds(qemu.pid, g) and lab.obs.device_fds(qemu.pid) == 2, 10,
+    lab.hot_add(client, b1, ids[0], slots[0])
+    lab.hot_add(client, b2, ids[1], slots[1])
+    lab.wait(lambda: lab.obs.holds(qemu.pid, g) and lab.obs.device_fds(qemu.pid) == 2, 20,
              "the L2 QEMU to hold the group and two vfio-device fds")
+    lab.settle(guest_settle)
     fig = {}
     # First device: QEMU closes only that device's fd; the group stays open.
     t1 = mono()
-    lab.unplug(client, "b1", 5)
-    lab.wait(lambda: lab.obs.device_fds(qemu.pid) == 1, 10, "the L2 QEMU to close b1's vfio-device fd")
+    lab.unplug(client, ids[0], slots[0], eject)
+    lab.wait(lambda: lab.obs.device_fds(qemu.pid) == 1, timeout, f"the L2 QEMU to close {ids[0]}'s vfio-device fd")
     if hold:
         lab.settle(2.0)
-        if client.named("DEVICE_DELETED"):
-            raise ScenarioFailed("--hold-device-deleted: DEVICE_DELETED of b1 reached the client while b2 still "
-                                 "holds the group")
+        if client.named("DEVICE_DELETED", lambda d: d.get("device") in ids):
+            raise ScenarioFailed(f"--hold-device-deleted: DEVICE_DELETED of {ids[0]} reached the client while "
+                                 f"{ids[1]} still holds the group")
     else:
-        dd1 = lab.wait_event(client, "DEVICE_DELETED", lambda d: d.get("device") == "b1", 10, "DEVICE_DELETED of b1")
+        dd1 = lab.wait_event(client, "DEVICE_DELETED", lambda d: d.get("device") == ids[0], timeout,
+                             f"DEVICE_DELETED of {ids[0]}")
         fig["first-unplug-ms"] = round((dd1.t - t1) * 1000, 1)
         lab.settle(1.5)
     if lab.obs.first("inotify-close", g, t1) is not None:
         raise ScenarioFailed(f"/dev/vfio/{g} was closed after the first device only (lab topology wrong?)")
     if not lab.obs.holds(qemu.pid, g):
         raise ScenarioFailed("the L2 QEMU dropped the group fd after the first device")
-    if client.named(lab.ev("GROUP_RELEASED")):
+    if client.named(lab.ev("GROUP_RELEASED"), lambda d: d.get("group") == g):
         raise ScenarioFailed("GROUP_RELEASED after the first device of a two-device group")
     # Second device: the group closes.
     t2 = mono()
-    lab.unplug(client, "b2", 6)
-    lab.wait(lambda: lab.obs.first("inotify-close", g, t2) is not None, 15, f"the observer to see /dev/vfio/{g} closed")
+    lab.unplug(client, ids[1], slots[1], eject)
+    lab.wait(lambda: lab.obs.first("inotify-close", g, t2) is not None, timeout, f"the observer to see /dev/vfio/{g} closed")
     close_t = lab.obs.first("inotify-close", g, t2)
-    dd2 = lab.wait_event(client, "DEVICE_DELETED", lambda d: d.get("device") == "b2", 15, "DEVICE_DELETED of b2")
+    dd2 = lab.wait_event(client, "DEVICE_DELETED", lambda d: d.get("device") == ids[1], timeout,
+                         f"DEVICE_DELETED of {ids[1]}")
     fig["device-deleted-minus-close-ms"] = round((dd2.t - close_t) * 1000, 2)
     if lab.sidecar:
-        rel = lab.wait_event(client, lab.ev("GROUP_RELEASED"), lambda d: d.get("group") == g, 15,
+        rel = lab.wait_event(client, lab.ev("GROUP_RELEASED"), lambda d: d.get("group") == g, timeout,
                              f"GROUP_RELEASED of group {g}")
-        lab.check_released(rel, g, ["b1", "b2"], close_t, "release")
+        lab.check_released(rel, g, list(ids), close_t, "release")
         fig.update(lab.release_figures(rel, close_t, dd2.t))
         if hold:
-            dds = [e for e in client.events if e.name == "DEVICE_DELETED"]
+            dds = [e for e in client.events if e.name == "DEVICE_DELETED" and e.data.get("device") in ids]
             order = [e.data.get("device") for e in dds]
-            if order != ["b1", "b2"]:
-                raise ScenarioFailed(f"held DEVICE_DELETED events: {order}, expected b1 then b2")
+            if order != list(ids):
+                raise ScenarioFailed(f"held DEVICE_DELETED events: {order}, expected {ids[0]} then {ids[1]}")
             if any(e.t < close_t for e in dds):
                 raise ScenarioFailed("a held DEVICE_DELETED reached the client before the group closed")
             if client.events.index(rel) < client.events.index(dds[-1]):
                 raise ScenarioFailed("GROUP_RELEASED came before the held DEVICE_DELETED events")
-            fig["held-device-deleted-b1-delay-ms"] = round((dds[0].t - t1) * 1000, 1)
+            fig["held-first-device-deleted-delay-ms"] = round((dds[0].t - t1) * 1000, 1)
     return fig
 
 
@@ -590,6 +599,10 @@ def scenario_C(lab):
     lab.settle(2.0)  # the guest enumerates the new slot
     fig = single_unplug(lab, client, qemu, "c0", 5, eject=False, timeout=30)
     fig["l2-boot-s"] = round(boot_s, 1)
+    # The same guest, the two-device group: the guest ejects each device.
+    pair = pair_unplug(lab, client, qemu, False, ids=("p1", "p2"), slots=(6, 7), eject=False, timeout=30,
+                       guest_settle=2.0)
+    fig.update({f"pair-{k}": v for k, v in pair.items()})
     return fig
 
 
@@ -740,7 +753,7 @@ SCENARIOS = {
     "A": (scenario_A, "single-device group, hot-unplug, HMP eject"),
     "B": (lambda lab: scenario_B(lab), "two-device group"),
     "B-hold": (lambda lab: scenario_B(lab, hold=True), "two-device group, --hold-device-deleted"),
-    "C": (scenario_C, "real L2 guest kernel ejects (L2 on kvm)"),
+    "C": (scenario_C, "real L2 guest kernel ejects (L2 on kvm): single-device group, then the two-device group"),
     "D": (scenario_D, "cold-plugged device discovered, then unplugged"),
     "E": (scenario_E, "quit with a device attached"),
     "F": (scenario_F, "second process holds a pidfd_getfd copy of the group fd"),
