@@ -56,7 +56,7 @@ let package = Package(
         .target(
             name: "QMPMock",
             dependencies: [
-                "QMPWire", "QMPRuntime", "VFIOTracking", "VFIOFakeHost",
+                "QMPWire", "QMPRuntime", "VFIOTracking", "VFIOFakeHost", "CQMPShims",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -67,6 +67,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
         .executableTarget(
@@ -81,8 +82,9 @@ let package = Package(
         .executableTarget(
             name: "qmp-bench",
             dependencies: [
-                "QMPWire", "QMPRuntime", "QMPTestKit",
+                "QMPWire", "QMPRuntime", "QMPTestKit", "VFIOTracking", "VFIOFakeHost",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
 
@@ -93,10 +95,11 @@ let package = Package(
         .testTarget(name: "QMPProxyTests", dependencies: ["QMPProxy", "QMPWire"]),
         .testTarget(name: "VFIOTrackingTests", dependencies: ["VFIOTracking", "VFIOFakeHost", "QMPTestKit", "QMPRuntime"]),
         .testTarget(name: "QMPRuntimeTests", dependencies: ["QMPRuntime", "QMPTestKit", "CQMPShims"]),
-        .testTarget(name: "QMPMockTests", dependencies: ["QMPMock", "QMPTestKit", "qmp-mock", "qmp-sidecar"]),
+        .testTarget(name: "QMPMockTests", dependencies: ["QMPMock", "QMPTestKit", "CQMPShims", "qmp-mock", "qmp-sidecar"]),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["QMPSidecar", "QMPWire", "QMPTestKit", "qmp-sidecar", "qmp-mock"]
+            dependencies: ["QMPSidecar", "QMPWire", "QMPTestKit", "qmp-sidecar", "qmp-mock"],
+            exclude: ["python"]
         ),
     ]
 )

@@ -1,3 +1,5 @@
+import QMPWire
+
 /// One client's side of the proxy: its input stream, its negotiation state, its held file
 /// descriptors and its ordered reply queue. Owned and driven by ``ProxyRouter``.
 struct ClientSession: Sendable {

@@ -1,3 +1,5 @@
+import QMPWire
+
 /// The parts of a parsed message the router looks at. Keeps every use of the wire layer's member
 /// ranges in one place.
 struct Envelope {
@@ -14,7 +16,7 @@ struct Envelope {
     }
 
     private func string(_ range: Range<Int>?) -> String? {
-        slice(range).flatMap { QEMUValue.decodeString($0) }
+        slice(range).flatMap { QMPMessage.decodeString($0) }
     }
 
     /// The value of `execute` when it is a string.
@@ -29,13 +31,13 @@ struct Envelope {
     var idBytes: [UInt8]? { slice(message.id).map(Array.init) }
     var argumentBytes: [UInt8]? { slice(message.arguments).map(Array.init) }
     var eventName: String? { string(message.event) }
-    var isGreeting: Bool { message.greeting != nil }
+    var isGreeting: Bool { message.qmp != nil }
     var isReply: Bool { message.returnValue != nil || message.error != nil }
     var isSuccess: Bool { message.returnValue != nil }
 
     /// The capabilities QEMU's greeting offers.
     var offeredCapabilities: [String] {
-        guard let greeting = slice(message.greeting), case .array(let list)? = QEMUValue.read(greeting)?["capabilities"]
+        guard let greeting = slice(message.qmp), case .array(let list)? = QEMUValue.read(greeting)?["capabilities"]
         else { return [] }
         return list.compactMap { if case .string(let s) = $0 { s } else { nil } }
     }

@@ -1,3 +1,5 @@
+import QMPWire
+
 /// The proxy's protocol core: one upstream QMP session shared by any number of clients.
 ///
 /// A pure state machine. The I/O shell feeds it bytes (and fds) read from QEMU and from clients and
@@ -212,7 +214,7 @@ public struct ProxyRouter: Sendable {
                 actions.append(.deviceAddSucceeded(arguments: deviceAddArguments))
             }
             guard var session = clients.removeValue(forKey: clientID) else { return }  // gone: drop quietly
-            let line = message.message.replacingID(with: originalID.map { QMPJSON.echoed($0) }) + QEMUReply.crlf
+            let line = message.message.replacingID(with: originalID.map(Self.echo)) + QEMUReply.crlf
             if oob {
                 actions.append(.sendToClient(clientID, line))
             } else {
@@ -341,7 +343,7 @@ public struct ProxyRouter: Sendable {
         guard let entry = localPending.removeValue(forKey: token),
             var session = clients.removeValue(forKey: entry.client)
         else { return [] }
-        let echoed = entry.originalID.map { QMPJSON.echoed($0) }
+        let echoed = entry.originalID.map(Self.echo)
         let line: [UInt8]
         switch reply {
         case .success(let value): line = QEMUReply.success(value, echoedID: echoed)
@@ -362,11 +364,11 @@ public struct ProxyRouter: Sendable {
     ) {
         switch frame {
         case .invalid(let error, _):
-            replyLocally(.generic(error.desc), id: nil, clientID, &session, into: &actions)
+            replyLocally(QMPBuilder.error(error), clientID, &session, into: &actions)
         case .message(let bytes, let end):
             switch QMPMessage.parse(bytes) {
             case .failure(let error):
-                replyLocally(.generic(error.desc), id: nil, clientID, &session, into: &actions)
+                replyLocally(QMPBuilder.error(error), clientID, &session, into: &actions)
             case .success(let message):
                 handleClientMessage(Envelope(message), end: end, clientID, &session, into: &actions)
             }
@@ -387,7 +389,7 @@ public struct ProxyRouter: Sendable {
                 replyLocally(error, id: message.idBytes, clientID, &session, into: &actions)
             case .negotiated(let oob):
                 session.phase = .negotiated(oob: oob)
-                let line = QEMUReply.success(Array("{}".utf8), echoedID: message.idBytes.map { QMPJSON.echoed($0) })
+                let line = QEMUReply.success(Array("{}".utf8), echoedID: message.idBytes.map(Self.echo))
                 trace(.sidecarToClient, client: clientID, fds: 0, Self.trimmed(line), into: &actions)
                 session.enqueue(.ready(line))
             }
@@ -442,9 +444,19 @@ public struct ProxyRouter: Sendable {
         _ error: QMPErrorText, id: [UInt8]?, _ clientID: ClientID, _ session: inout ClientSession,
         into actions: inout [Action]
     ) {
-        let line = QEMUReply.error(error, echoedID: id.map { QMPJSON.echoed($0) })
+        replyLocally(QEMUReply.error(error, echoedID: id.map(Self.echo)), clientID, &session, into: &actions)
+    }
+
+    private func replyLocally(
+        _ line: [UInt8], _ clientID: ClientID, _ session: inout ClientSession, into actions: inout [Action]
+    ) {
         trace(.sidecarToClient, client: clientID, fds: 0, Self.trimmed(line), into: &actions)
         session.enqueue(.ready(line))
+    }
+
+    /// The id QEMU would echo for the client's id bytes.
+    private static func echo(_ id: [UInt8]) -> [UInt8] {
+        QMPJSON.echoed(id) ?? id
     }
 
     // MARK: - Helpers

@@ -12,6 +12,9 @@ import Glibc
 /// back to renaming QEMU's socket aside, with a short window where `PATH` is missing.)
 /// ``restore()`` renames QEMU's socket back onto `PATH` (atomically replacing ours).
 ///
+/// QEMU 7.2 unlinks its `-qmp` path on a clean exit (checked here): after a take-over that removes
+/// *our* socket file, so new clients get ENOENT once QEMU has quit, as they would without the sidecar.
+///
 /// - Important: The caller owns ``listeningFD`` (give it to a ``Listener`` without `unlinkPath`:
 ///   `restore()` handles the file). Call ``restore()`` on every exit path; it is idempotent.
 ///   Not thread-safe: use from one thread.
@@ -113,29 +116,35 @@ public final class SocketTakeOver {
 
     /// Puts QEMU's socket back at ``path`` (replacing ours) and removes ours. Idempotent.
     ///
-    /// If QEMU's socket file is gone (QEMU exited and unlinked it), our socket file is removed only
-    /// if it still is ours. If something else now occupies ``path``, it is left alone and QEMU's socket
-    /// stays at ``upstreamPath`` (the error says so). Does not close ``listeningFD``.
+    /// QEMU unlinks the path it was given when it exits cleanly — that removes *our* socket at
+    /// ``path`` and leaves its own file at ``upstreamPath``. So: if ``path`` still is ours, QEMU's file
+    /// is renamed back over it (what QEMU would have left, live or stale); if ``path`` is gone and
+    /// nobody listens at ``upstreamPath``, that stale file is removed (as QEMU would have done); if
+    /// something else now occupies ``path`` it is left alone and QEMU's file stays at ``upstreamPath``
+    /// (the error says so). Does not close ``listeningFD``.
     public func restore() throws(RuntimeError) {
         guard !restored else { return }
         restored = true
         var current = stat()
-        let pathIsOurs = lstat(path, &current) == 0 && current.st_ino == ourInode
-        let pathIsFree = !pathIsOurs && lstat(path, &current) != 0
+        let pathExists = lstat(path, &current) == 0
+        let pathIsOurs = pathExists && current.st_ino == ourInode
         var upstream = stat()
-        if lstat(upstreamPath, &upstream) == 0 {
-            guard pathIsOurs || pathIsFree else {
-                throw RuntimeError(
-                    code: .takeOver,
-                    message:
-                        "not restoring \(upstreamPath) to \(path): another file now occupies \(path); move it back by hand if needed"
-                )
-            }
+        guard lstat(upstreamPath, &upstream) == 0 else {
+            if pathIsOurs { unlink(path) }
+            return
+        }
+        if pathIsOurs || (!pathExists && Sockets.isLive(upstreamPath)) {
             if rename(upstreamPath, path) != 0 {
                 throw RuntimeError.systemCall("rename", context: "restoring QEMU's socket \(upstreamPath) to \(path)")
             }
-        } else if pathIsOurs {
-            unlink(path)
+        } else if !pathExists {
+            unlink(upstreamPath)
+        } else {
+            throw RuntimeError(
+                code: .takeOver,
+                message:
+                    "not restoring \(upstreamPath) to \(path): another file now occupies \(path); move it back by hand if needed"
+            )
         }
     }
 }

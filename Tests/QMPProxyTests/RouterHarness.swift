@@ -1,3 +1,5 @@
+import QMPWire
+
 @testable import QMPProxy
 
 /// QEMU 7.2's greeting as the real one sends it (Debian 12 build).

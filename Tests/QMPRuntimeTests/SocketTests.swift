@@ -200,4 +200,21 @@ struct SocketTests {
         let client = try Sockets.connect(to: .tcp(host: "127.0.0.1", port: port))
         close(client)
     }
+
+    @Test("after QEMU quit (it unlinks its path, i.e. ours) restore removes the stale upstream file")
+    func takeOverAfterQEMUQuit() throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let path = dir.file("qmp")
+        let qemu = try Sockets.listenUnix(path: path)
+        let takeOver = try SocketTakeOver(path: path)
+        defer { close(takeOver.listeningFD) }
+        // What QEMU 7.2 does on quit: unlink its configured path, close its listener.
+        unlink(path)
+        close(qemu)
+        try takeOver.restore()
+        var info = stat()
+        #expect(lstat(path, &info) != 0)
+        #expect(lstat(takeOver.upstreamPath, &info) != 0)
+    }
 }

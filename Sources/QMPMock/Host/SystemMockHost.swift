@@ -1,0 +1,86 @@
+import Glibc
+
+/// The real ``MockHost``: reads `<sysfs-root>`, opens nodes under `<dev-root>`, spawns holder processes.
+///
+/// - Important: not thread-safe; used from the mock's reactor thread only.
+public final class SystemMockHost: MockHost {
+    private let sysfsRoot: String
+    private var holders: [Int: pid_t] = [:]
+
+    public init(sysfsRoot: String) {
+        self.sysfsRoot = sysfsRoot
+    }
+
+    deinit {
+        for group in Array(holders.keys) { stopHolder(group: group) }
+    }
+
+    public func lookup(bdf: String) -> MockHostLookup {
+        let device = "\(sysfsRoot)/bus/pci/devices/\(bdf)"
+        var st = stat()
+        guard stat(device, &st) == 0 else { return .noDevice }
+        guard let target = Self.readLink(device + "/iommu_group"),
+            let last = target.split(separator: "/").last, let group = Int(last)
+        else { return .noGroup }
+        var cdev: String?
+        if let dir = opendir(device + "/vfio-dev") {
+            while let entry = readdir(dir) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                    String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+                }
+                if name.hasPrefix("vfio") {
+                    cdev = name
+                    break
+                }
+            }
+            closedir(dir)
+        }
+        return .found(group: group, cdev: cdev)
+    }
+
+    public func open(_ path: String) -> Result<Int32, MockHostErrno> {
+        let fd = Glibc.open(path, O_RDWR | O_CLOEXEC)
+        return fd >= 0 ? .success(fd) : .failure(MockHostErrno(errno))
+    }
+
+    public func close(_ fd: Int32) {
+        _ = Glibc.close(fd)
+    }
+
+    /// Spawns `sleep infinity` with a copy of `fd` as its descriptor 3: another process holding the group.
+    public func startHolder(group: Int, fd: Int32) {
+        guard holders[group] == nil else { return }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, fd, 3)
+        var pid: pid_t = 0
+        let argv: [UnsafeMutablePointer<CChar>?] = [strdup("sleep"), strdup("infinity"), nil]
+        defer { argv.forEach { free($0) } }
+        if posix_spawnp(&pid, "sleep", &actions, nil, argv, environ) == 0 {
+            holders[group] = pid
+        }
+    }
+
+    public func stopHolder(group: Int) {
+        guard let pid = holders.removeValue(forKey: group) else { return }
+        kill(pid, SIGKILL)
+        var status: Int32 = 0
+        _ = waitpid(pid, &status, 0)
+    }
+
+    /// Ends every holder process (at exit: a mock must not leave `sleep` processes behind).
+    public func stopAllHolders() {
+        for group in Array(holders.keys) { stopHolder(group: group) }
+    }
+
+    /// The pids of running holder processes, by group.
+    public var holderPIDs: [Int: pid_t] { holders }
+
+    private static func readLink(_ path: String) -> String? {
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let n = readlink(path, &buffer, buffer.count - 1)
+        guard n > 0 else { return nil }
+        return String(decoding: buffer.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}

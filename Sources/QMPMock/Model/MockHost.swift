@@ -1,0 +1,35 @@
+/// What the model learns about a host PCI device from sysfs.
+public enum MockHostLookup: Sendable, Equatable {
+    /// No `<sysfs>/bus/pci/devices/<BDF>`.
+    case noDevice
+    /// The device exists but has no `iommu_group` link.
+    case noGroup
+    /// IOMMU group number and, when the device has one, its iommufd cdev name (`vfio3`).
+    case found(group: Int, cdev: String?)
+}
+
+/// The model's only window on the host: sysfs lookups, opening and closing VFIO nodes, a second holder.
+///
+/// The real implementation (``SystemMockHost``) reads an injected sysfs root and opens files under the
+/// dev root; unit tests use an in-memory one. Keeping this behind a protocol keeps ``MockMachine`` free
+/// of I/O while still letting it decide, synchronously, whether `device_add` succeeds.
+public protocol MockHost: AnyObject {
+    /// Resolves `<sysfs>/bus/pci/devices/<bdf>`.
+    func lookup(bdf: String) -> MockHostLookup
+    /// Opens `path` read-write. Returns the descriptor, or the errno.
+    ///
+    /// - Important: the model owns the descriptor and gives it back through ``close(_:)``.
+    func open(_ path: String) -> Result<Int32, MockHostErrno>
+    /// Closes a descriptor the model owns (opened by ``open(_:)`` or received with SCM_RIGHTS).
+    func close(_ fd: Int32)
+    /// Starts a second process holding a copy of `fd`'s open file (fault injection).
+    func startHolder(group: Int, fd: Int32)
+    /// Ends the second process of `group`, dropping its copy.
+    func stopHolder(group: Int)
+}
+
+/// An errno from ``MockHost/open(_:)``.
+public struct MockHostErrno: Error, Sendable, Equatable {
+    public var value: Int32
+    public init(_ value: Int32) { self.value = value }
+}

@@ -1,1 +1,0 @@
-// QMPMock: see docs/ARCHITECTURE.md for what belongs here.

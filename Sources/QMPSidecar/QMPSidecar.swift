@@ -1,1 +1,0 @@
-// QMPSidecar: see docs/ARCHITECTURE.md for what belongs here.

@@ -1,0 +1,217 @@
+import Logging
+import QMPProxy
+import QMPRuntime
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The sidecar on its reactor thread: performs the ``ProxyRouter``'s actions on real sockets.
+///
+/// - Important: Created and used on the reactor thread only. The reactor's registrations (listeners,
+///   connections, timers) keep it alive while it runs.
+final class SidecarCore: SidecarCommander {
+    private let reactor: Reactor
+    private let configuration: SidecarConfiguration
+    private let upstreamAddress: SocketAddress
+    private let logger: Logger
+    private let trace: TraceWriter?
+    private let outcome: SidecarOutcome
+    private var router: ProxyRouter
+    private var hooks: (any SidecarVFIOHooks)?
+    private var upstream: Connection?
+    private var qemuPID: pid_t?
+    private var retry: ConnectRetry?
+    private var listeners: [Listener] = []
+    private var clients: [Int: Connection] = [:]
+    private var nextClient = 1
+    private var internalReplies: [UInt64: ([UInt8]) -> Void] = [:]
+
+    init(
+        reactor: Reactor, configuration: SidecarConfiguration, upstreamAddress: SocketAddress, trace: TraceWriter?,
+        outcome: SidecarOutcome, logger: Logger
+    ) {
+        self.reactor = reactor
+        self.configuration = configuration
+        self.upstreamAddress = upstreamAddress
+        self.trace = trace
+        self.outcome = outcome
+        self.logger = logger
+        self.router = ProxyRouter(configuration: .init(tracing: trace != nil))
+    }
+
+    /// Installs the VFIO hooks (before ``start(listeningFDs:)``).
+    func install(hooks: any SidecarVFIOHooks) {
+        self.hooks = hooks
+        router = ProxyRouter(configuration: .init(localCommands: hooks.localCommandNames, tracing: trace != nil))
+    }
+
+    /// Starts accepting on the listening sockets and connecting to QEMU.
+    func start(listeningFDs: [Int32]) {
+        for fd in listeningFDs {
+            listeners.append(
+                Listener(fd: fd, reactor: reactor, logger: logger) { client in self.accept(client) })
+        }
+        connectUpstream(deadline: .now + configuration.connectTimeout)
+    }
+
+    // MARK: Upstream
+
+    private func connectUpstream(deadline: ContinuousClock.Instant) {
+        retry = ConnectRetry(address: upstreamAddress, reactor: reactor, deadline: deadline) { result in
+            self.retry = nil
+            switch result {
+            case .success(let fd): self.upstreamConnected(fd)
+            case .failure(let error): self.fail(SidecarError(.upstream, error.message))
+            }
+        }
+    }
+
+    private func upstreamConnected(_ fd: Int32) {
+        var connectionLogger = logger
+        connectionLogger[metadataKey: "upstream"] = "\(upstreamAddress)"
+        let connection = Connection(fd: fd, reactor: reactor, maxPendingBytes: .max, logger: connectionLogger)
+        if case .unix = upstreamAddress {
+            qemuPID = configuration.qemuPID ?? connection.peerPID
+        } else {
+            qemuPID = configuration.qemuPID
+        }
+        connection.onRead = { bytes, fds in
+            for fd in fds { Glibc.close(fd) }
+            self.perform(self.router.upstreamReceived(bytes))
+        }
+        connection.onClose = { reason in self.upstreamLost(reason.description) }
+        upstream = connection
+        connection.start()
+        logger.info(
+            "connected to QEMU",
+            metadata: ["upstream": "\(upstreamAddress)", "qemu-pid": "\(qemuPID.map(String.init) ?? "unknown")"])
+    }
+
+    private func upstreamLost(_ reason: String) {
+        upstream = nil
+        internalReplies = [:]
+        hooks?.upstreamClosed()
+        let clientCount = clients.count
+        perform(router.upstreamClosed())
+        if configuration.reconnect {
+            logger.warning(
+                "QEMU closed the QMP connection; waiting for a new QEMU (--reconnect)",
+                metadata: ["reason": "\(reason)", "clients-disconnected": "\(clientCount)"])
+            connectUpstream(deadline: .now + .seconds(100 * 365 * 24 * 3600))
+        } else {
+            fail(
+                SidecarError(
+                    .upstreamClosed,
+                    "QEMU closed the QMP connection (\(reason)); \(clientCount) client(s) disconnected. Use --reconnect to wait for a new QEMU instead of exiting."
+                ))
+        }
+    }
+
+    private func fail(_ error: SidecarError) {
+        logger.error("\(error.message)")
+        outcome.fail(error)
+        for client in clients.values { client.close() }
+        for listener in listeners { listener.close() }
+        reactor.stop()
+    }
+
+    // MARK: Clients
+
+    private func accept(_ fd: Int32) {
+        let id = nextClient
+        nextClient += 1
+        var clientLogger = logger
+        clientLogger[metadataKey: "client"] = "\(id)"
+        let connection = Connection(
+            fd: fd, reactor: reactor, maxPendingBytes: configuration.clientOutputLimit, logger: clientLogger)
+        connection.onRead = { bytes, fds in
+            self.perform(self.router.clientReceived(id, bytes, fds: fds))
+        }
+        connection.onClose = { reason in
+            self.clients[id] = nil
+            self.logger.debug("client disconnected", metadata: ["client": "\(id)", "reason": "\(reason)"])
+            self.perform(self.router.clientClosed(id))
+        }
+        connection.onOverflow = {
+            self.logger.warning(
+                "client stopped reading: disconnecting it",
+                metadata: ["client": "\(id)", "limit-bytes": "\(self.configuration.clientOutputLimit)"])
+            self.clients[id]?.close()
+        }
+        clients[id] = connection
+        logger.debug(
+            "client connected", metadata: ["client": "\(id)", "pid": "\(connection.peerPID.map(String.init) ?? "?")"])
+        connection.start()
+        perform(router.clientConnected(id))
+    }
+
+    // MARK: Actions
+
+    private func perform(_ actions: [ProxyRouter.Action]) {
+        for action in actions {
+            switch action {
+            case .sendToClient(let id, let bytes):
+                clients[id]?.send(bytes)
+            case .sendUpstream(let bytes, let fds):
+                if let upstream {
+                    upstream.send(bytes, fds: fds)
+                } else {
+                    for fd in fds { Glibc.close(fd) }
+                }
+            case .closeFDs(let fds):
+                for fd in fds { Glibc.close(fd) }
+            case .disconnectClient(let id):
+                clients[id]?.close()
+            case .upstreamReady(let oob):
+                logger.info("QMP session with QEMU negotiated", metadata: ["oob": "\(oob)"])
+                hooks?.upstreamReady(qemuPID: qemuPID)
+            case .upstreamFailed(let reason):
+                logger.error("\(reason)")
+                upstream?.close()
+            case .event(let name, let line):
+                if name == "DEVICE_DELETED", let hooks, hooks.deviceDeleted(line) {
+                    continue
+                }
+                perform(router.broadcastEvent(line))
+            case .deviceAddSucceeded(let arguments):
+                hooks?.deviceAddSucceeded(arguments: arguments)
+            case .localCommand(_, let token, let name, let arguments):
+                let reply =
+                    hooks?.localCommand(name, arguments: arguments)
+                    ?? .failure(QMPErrorText("CommandNotFound", "The command \(name) has not been found"))
+                perform(router.completeLocalCommand(token: token, reply: reply))
+            case .internalReply(let token, let message):
+                internalReplies.removeValue(forKey: token)?(message)
+            case .warning(let text):
+                logger.warning("\(text)")
+            case .trace(let record):
+                trace?.record(record)
+            }
+        }
+    }
+
+    // MARK: SidecarCommander
+
+    func sendInternalCommand(_ name: String, arguments: [UInt8]?, reply: @escaping ([UInt8]) -> Void) {
+        let (token, actions) = router.sendInternalCommand(name, arguments: arguments)
+        internalReplies[token] = reply
+        perform(actions)
+    }
+
+    func broadcastEvent(_ line: [UInt8]) {
+        perform(router.broadcastEvent(line, synthesized: true))
+    }
+}
+
+/// How the sidecar ended, written on the reactor thread and read after it stopped.
+final class SidecarOutcome: Sendable {
+    private let failure = Mutex<SidecarError?>(nil)
+
+    func fail(_ error: SidecarError) {
+        failure.withLock { if $0 == nil { $0 = error } }
+    }
+
+    var error: SidecarError? { failure.withLock { $0 } }
+}

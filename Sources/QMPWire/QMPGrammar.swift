@@ -1,0 +1,426 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// QEMU 7.2's `json-parser.c` grammar over the bytes of one unit, in one pass.
+///
+/// Mirrors QEMU's recursive descent, so the first error it reports is the one QEMU reports. In scan
+/// mode it builds nothing but the top-level member table; in tree mode it builds a ``JSONValue``.
+struct QMPGrammar {
+    enum Kind: UInt8 {
+        case lcurly, rcurly, lsquare, rsquare, colon, comma, integer, float, keyword, string
+    }
+
+    struct Token {
+        var kind: Kind
+        var start: Int
+        var end: Int
+    }
+
+    /// What the scan learned about the top-level object.
+    struct TopLevel {
+        var ranges = [Range<Int>?](repeating: nil, count: QMPMessage.Member.allCases.count)
+        var isObject = false
+        /// `id` member: start of its key.
+        var idKeyStart: Int?
+        /// End of the value before the `id` member (nil when `id` is first).
+        var valueEndBeforeID: Int?
+        /// Start of the key after the `id` member (nil when `id` is last).
+        var keyStartAfterID: Int?
+        /// End of the last member's value (nil for `{}`).
+        var lastValueEnd: Int?
+        /// Index of the closing brace.
+        var closingBrace = 0
+    }
+
+    let bytes: UnsafeBufferPointer<UInt8>
+    let build: Bool
+    let maxDepth: Int
+    /// Accept `inf`, `-inf`, `nan`, `-nan`: QEMU's writer prints non-finite doubles that way
+    /// (`%.17g`), so its output can hold them although its parser rejects them.
+    var acceptNonFinite = false
+    var position = 0
+    var peeked: Token?
+    var top = TopLevel()
+    private var scratch: [UInt8] = []
+
+    init(bytes: UnsafeBufferPointer<UInt8>, build: Bool, maxDepth: Int = QMPFramer.Limits.qemu.nesting) {
+        self.bytes = bytes
+        self.build = build
+        self.maxDepth = maxDepth
+    }
+
+    // MARK: - Entry points
+
+    /// Validates `bytes` as one QMP JSON value; returns what the top-level object holds.
+    static func scan(_ bytes: UnsafeBufferPointer<UInt8>, acceptNonFinite: Bool = false) throws(QMPInputError)
+        -> TopLevel
+    {
+        var parser = QMPGrammar(bytes: bytes, build: false)
+        parser.acceptNonFinite = acceptNonFinite
+        _ = try parser.parseWhole()
+        return parser.top
+    }
+
+    /// Parses `bytes` as one QMP JSON value into a tree.
+    static func parseTree(_ bytes: [UInt8]) throws(QMPInputError) -> JSONValue {
+        try bytes.withUnsafeBufferPointer { (buffer) throws(QMPInputError) -> JSONValue in
+            var parser = QMPGrammar(bytes: buffer, build: true)
+            return try parser.parseWhole() ?? .null
+        }
+    }
+
+    private mutating func parseWhole() throws(QMPInputError) -> JSONValue? {
+        let value = try parseValue(depth: 0)
+        if try peek() != nil {
+            // Never happens for a unit from QMPFramer: QEMU's streamer ends a unit with its value.
+            throw .parse("unexpected input after the value")
+        }
+        return value
+    }
+
+    // MARK: - Tokens
+
+    private mutating func peek() throws(QMPInputError) -> Token? {
+        if let peeked { return peeked }
+        peeked = try lexToken()
+        return peeked
+    }
+
+    private mutating func pop() throws(QMPInputError) -> Token? {
+        if let token = peeked {
+            peeked = nil
+            return token
+        }
+        return try lexToken()
+    }
+
+    @inline(__always) private static func isDigit(_ b: UInt8) -> Bool { b >= 0x30 && b <= 0x39 }
+
+    /// The lexer of `json-lexer.c` over the unit's bytes.
+    private mutating func lexToken() throws(QMPInputError) -> Token? {
+        let n = bytes.count
+        var i = position
+        while i < n, bytes[i] == 0x20 || bytes[i] == 0x0A || bytes[i] == 0x0D || bytes[i] == 0x09 {
+            i += 1
+        }
+        guard i < n else {
+            position = i
+            return nil
+        }
+        let start = i
+        func stray(_ end: Int) -> QMPInputError { .stray(UnsafeBufferPointer(rebasing: bytes[start..<min(end, n)])) }
+        let kind: Kind
+        switch bytes[i] {
+        case UInt8(ascii: "{"): kind = .lcurly; i += 1
+        case UInt8(ascii: "}"): kind = .rcurly; i += 1
+        case UInt8(ascii: "["): kind = .lsquare; i += 1
+        case UInt8(ascii: "]"): kind = .rsquare; i += 1
+        case UInt8(ascii: ":"): kind = .colon; i += 1
+        case UInt8(ascii: ","): kind = .comma; i += 1
+        case UInt8(ascii: "\""), UInt8(ascii: "'"):
+            let quote = bytes[i]
+            i += 1
+            while true {
+                guard i < n else { throw stray(n) }
+                let b = bytes[i]
+                if b < 0x20 || b >= 0xFE { throw stray(i + 1) }
+                i += 1
+                if b == quote { break }
+                if b == 0x5C {
+                    guard i < n else { throw stray(n) }
+                    if bytes[i] < 0x20 || bytes[i] >= 0xFE { throw stray(i + 1) }
+                    i += 1
+                }
+            }
+            kind = .string
+        case UInt8(ascii: "a")...UInt8(ascii: "z"):
+            while i < n, bytes[i] >= UInt8(ascii: "a"), bytes[i] <= UInt8(ascii: "z") { i += 1 }
+            kind = .keyword
+        case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            if bytes[i] == UInt8(ascii: "-") {
+                i += 1
+                if acceptNonFinite, i < n, bytes[i] == UInt8(ascii: "i") || bytes[i] == UInt8(ascii: "n") {
+                    var j = i
+                    while j < n, bytes[j] >= UInt8(ascii: "a"), bytes[j] <= UInt8(ascii: "z") { j += 1 }
+                    let word = UnsafeBufferPointer(rebasing: bytes[i..<j])
+                    if word.elementsEqual("inf".utf8) || word.elementsEqual("nan".utf8) {
+                        position = j
+                        return Token(kind: .float, start: start, end: j)
+                    }
+                }
+                guard i < n, Self.isDigit(bytes[i]) else { throw stray(i + 1) }
+            }
+            var isFloat = false
+            if bytes[i] == UInt8(ascii: "0") {
+                i += 1
+                if i < n, Self.isDigit(bytes[i]) { throw stray(i + 1) }
+            } else {
+                while i < n, Self.isDigit(bytes[i]) { i += 1 }
+            }
+            if i < n, bytes[i] == UInt8(ascii: ".") {
+                isFloat = true
+                i += 1
+                guard i < n, Self.isDigit(bytes[i]) else { throw stray(i + 1) }
+                while i < n, Self.isDigit(bytes[i]) { i += 1 }
+            }
+            // `0e5` is not a number for QEMU's lexer: only non-zero integers and mantissas take
+            // an exponent.
+            let zeroInteger =
+                !isFloat && bytes[start..<i].last == UInt8(ascii: "0") && i - start <= 2
+                && (i - start == 1 || bytes[start] == UInt8(ascii: "-"))
+            if i < n, bytes[i] == UInt8(ascii: "e") || bytes[i] == UInt8(ascii: "E"), !zeroInteger {
+                isFloat = true
+                i += 1
+                if i < n, bytes[i] == UInt8(ascii: "+") || bytes[i] == UInt8(ascii: "-") {
+                    i += 1
+                    guard i < n, Self.isDigit(bytes[i]) else { throw stray(i + 1) }
+                } else {
+                    guard i < n, Self.isDigit(bytes[i]) else { throw stray(i + 1) }
+                }
+                while i < n, Self.isDigit(bytes[i]) { i += 1 }
+            }
+            kind = isFloat ? .float : .integer
+        default:
+            throw stray(i + 1)
+        }
+        position = i
+        return Token(kind: kind, start: start, end: i)
+    }
+
+    // MARK: - Values
+
+    private mutating func parseValue(depth: Int) throws(QMPInputError) -> JSONValue? {
+        guard let token = try peek() else { throw .parse("premature EOI") }
+        switch token.kind {
+        case .lcurly: return try parseObject(depth: depth + 1)
+        case .lsquare: return try parseArray(depth: depth + 1)
+        case .integer, .float, .string:
+            _ = try pop()
+            return try literal(token)
+        case .keyword:
+            _ = try pop()
+            let word = UnsafeBufferPointer(rebasing: bytes[token.start..<token.end])
+            if acceptNonFinite && (word.elementsEqual("inf".utf8) || word.elementsEqual("nan".utf8)) {
+                return try literal(Token(kind: .float, start: token.start, end: token.end))
+            }
+            if word.elementsEqual("true".utf8) { return build ? .bool(true) : nil }
+            if word.elementsEqual("false".utf8) { return build ? .bool(false) : nil }
+            if word.elementsEqual("null".utf8) { return build ? .null : nil }
+            throw .parse(Array("invalid keyword '".utf8) + word + [0x27])
+        default:
+            throw .parse("expecting value")
+        }
+    }
+
+    private mutating func literal(_ token: Token) throws(QMPInputError) -> JSONValue? {
+        switch token.kind {
+        case .string:
+            if build {
+                var out: [UInt8] = []
+                try decodeString(token, into: &out, keep: true)
+                return .string(ModifiedUTF8.string(out))
+            }
+            try decodeString(token, into: &scratch, keep: false)
+            return nil
+        case .integer:
+            guard build else { return nil }
+            let text = String(decoding: UnsafeBufferPointer(rebasing: bytes[token.start..<token.end]), as: UTF8.self)
+            if let v = Int64(text) { return .integer(v) }
+            if bytes[token.start] != UInt8(ascii: "-"), let v = UInt64(text) { return .unsigned(v) }
+            return .double(Self.strtod(text))
+        default:
+            guard build else { return nil }
+            let text = String(decoding: UnsafeBufferPointer(rebasing: bytes[token.start..<token.end]), as: UTF8.self)
+            return .double(Self.strtod(text))
+        }
+    }
+
+    static func strtod(_ text: String) -> Double {
+        text.withCString { Glibc.strtod($0, nil) }
+    }
+
+    private mutating func parseObject(depth: Int) throws(QMPInputError) -> JSONValue? {
+        if depth > maxDepth { throw .nesting }
+        _ = try pop()
+        var members: [JSONMember] = []
+        var keys = KeySet()
+        let isTop = depth == 1
+        if isTop { top.isObject = true }
+        guard let first = try peek() else { throw .parse("premature EOI") }
+        var previousValueEnd: Int? = nil
+        var idJustSeen = false
+        if first.kind != .rcurly {
+            while true {
+                // parse_pair
+                guard let keyToken = try peek() else { throw .parse("premature EOI") }
+                if isTop && idJustSeen {
+                    top.keyStartAfterID = keyToken.start
+                    idJustSeen = false
+                }
+                var key: [UInt8] = []
+                if keyToken.kind == .string {
+                    _ = try pop()
+                    try decodeString(keyToken, into: &key, keep: true)
+                } else {
+                    _ = try parseValue(depth: depth)
+                    throw .parse("key is not a string in object")
+                }
+                guard let colon = try pop() else { throw .parse("premature EOI") }
+                if colon.kind != .colon { throw .parse("missing : in object pair") }
+                let valueStart = try peek()?.start ?? bytes.count
+                let value = try parseValue(depth: depth)
+                let valueEnd = position
+                if !keys.insert(key) { throw .parse("duplicate key") }
+                if build { members.append(JSONMember(ModifiedUTF8.string(key), value ?? .null)) }
+                if isTop {
+                    if let member = QMPMessage.Member(keyBytes: key) {
+                        top.ranges[member.index] = valueStart..<valueEnd
+                        if member == .id {
+                            top.idKeyStart = keyToken.start
+                            top.valueEndBeforeID = previousValueEnd
+                            idJustSeen = true
+                        }
+                    }
+                    top.lastValueEnd = valueEnd
+                }
+                previousValueEnd = valueEnd
+                // separator or end
+                guard let next = try pop() else { throw .parse("premature EOI") }
+                if next.kind == .rcurly {
+                    if isTop { top.closingBrace = next.start }
+                    break
+                }
+                if next.kind != .comma { throw .parse("expected separator in dict") }
+            }
+        } else {
+            let close = try pop()!
+            if isTop { top.closingBrace = close.start }
+        }
+        return build ? .object(members) : nil
+    }
+
+    private mutating func parseArray(depth: Int) throws(QMPInputError) -> JSONValue? {
+        if depth > maxDepth { throw .nesting }
+        _ = try pop()
+        var elements: [JSONValue] = []
+        guard let first = try peek() else { throw .parse("premature EOI") }
+        if first.kind != .rsquare {
+            while true {
+                let value = try parseValue(depth: depth)
+                if build { elements.append(value ?? .null) }
+                guard let next = try pop() else { throw .parse("premature EOI") }
+                if next.kind == .rsquare { break }
+                if next.kind != .comma { throw .parse("expected separator in list") }
+            }
+        } else {
+            _ = try pop()
+        }
+        return build ? .array(elements) : nil
+    }
+
+    // MARK: - Strings
+
+    @inline(__always) private static func hexValue(_ b: UInt8) -> Int {
+        switch b {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): Int(b) - 0x30
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): Int(b) - 0x61 + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): Int(b) - 0x41 + 10
+        default: -1
+        }
+    }
+
+    /// `parse_string`: validates (and with `keep`, appends the modified UTF-8 of) a string token.
+    private func decodeString(_ token: Token, into out: inout [UInt8], keep: Bool) throws(QMPInputError) {
+        try Self.decodeString(bytes, start: token.start, end: token.end, into: &out, keep: keep)
+    }
+
+    static func decodeString(
+        _ bytes: UnsafeBufferPointer<UInt8>, start: Int, end: Int, into out: inout [UInt8], keep: Bool
+    ) throws(QMPInputError) {
+        let quote = bytes[start]
+        var p = start + 1
+        while p < end, bytes[p] != quote {
+            let b = bytes[p]
+            if b == 0x5C {
+                let begin = p
+                p += 1
+                let e = p < end ? bytes[p] : 0
+                p += 1
+                var simple: UInt8? = nil
+                switch e {
+                case UInt8(ascii: "\""): simple = 0x22
+                case UInt8(ascii: "'"): simple = 0x27
+                case UInt8(ascii: "\\"): simple = 0x5C
+                case UInt8(ascii: "/"): simple = 0x2F
+                case UInt8(ascii: "b"): simple = 0x08
+                case UInt8(ascii: "f"): simple = 0x0C
+                case UInt8(ascii: "n"): simple = 0x0A
+                case UInt8(ascii: "r"): simple = 0x0D
+                case UInt8(ascii: "t"): simple = 0x09
+                case UInt8(ascii: "u"):
+                    var cp = cvt4hexStatic(bytes, p, end: end)
+                    p += 4
+                    if cp >= 0xD800 && cp <= 0xDBFF && p + 1 < end && bytes[p] == 0x5C
+                        && bytes[p + 1] == UInt8(ascii: "u")
+                    {
+                        cp = 0x10000 + ((cp & 0x3FF) << 10)
+                        let trailing = cvt4hexStatic(bytes, p + 2, end: end)
+                        if trailing >= 0xDC00 && trailing <= 0xDFFF {
+                            cp |= trailing & 0x3FF
+                            p += 6
+                        } else {
+                            cp = -1
+                        }
+                    }
+                    var sink: [UInt8] = []
+                    if !(keep ? ModifiedUTF8.encode(cp, into: &out) : ModifiedUTF8.encode(cp, into: &sink)) {
+                        // "%.*s": the escape as written, cut at the token's end (its C string's NUL).
+                        let shown = UnsafeBufferPointer(rebasing: bytes[begin..<min(p, end)])
+                        throw .parse(Array(shown) + Array(" is not a valid Unicode character".utf8))
+                    }
+                default:
+                    throw .parse("invalid escape sequence in string")
+                }
+                if let simple, keep { out.append(simple) }
+            } else if b < 0x80 {
+                if keep { out.append(b) }
+                p += 1
+            } else {
+                let (cp, next) = ModifiedUTF8.codepoint(bytes, at: p, limit: end)
+                if cp < 0 { throw .parse("invalid UTF-8 sequence in string") }
+                if keep { out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[p..<next])) }
+                p = next
+            }
+        }
+    }
+
+    private static func cvt4hexStatic(_ bytes: UnsafeBufferPointer<UInt8>, _ at: Int, end: Int) -> Int {
+        var cp = 0
+        for k in 0..<4 {
+            let p = at + k
+            let v = p < end ? hexValue(bytes[p]) : -1
+            if v < 0 { return -1 }
+            cp = (cp << 4) | v
+        }
+        return cp
+    }
+}
+
+/// The keys of one object, for QEMU's duplicate-key check.
+struct KeySet {
+    private var small: [[UInt8]] = []
+    private var large: Set<[UInt8]>? = nil
+
+    /// Inserts `key`; false when it was already there.
+    mutating func insert(_ key: [UInt8]) -> Bool {
+        if large != nil { return large!.insert(key).inserted }
+        if small.contains(key) { return false }
+        small.append(key)
+        if small.count > 16 {
+            large = Set(small)
+            small = []
+        }
+        return true
+    }
+}

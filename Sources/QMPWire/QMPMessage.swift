@@ -1,0 +1,183 @@
+/// One valid QMP message (a JSON object) with the byte ranges of its top-level members' values.
+///
+/// No tree is built: parsing is one pass over the bytes, so it works on 64 MiB replies and on
+/// integers above `INT64_MAX`. The bytes themselves are kept unchanged, to be forwarded as they are.
+public struct QMPMessage: Hashable, Sendable {
+    /// The top-level members whose value ranges are recorded.
+    public enum Member: String, CaseIterable, Hashable, Sendable {
+        case execute
+        case execOOB = "exec-oob"
+        case arguments
+        case id
+        case event
+        case data
+        case returnValue = "return"
+        case error
+        case qmp = "QMP"
+
+        var index: Int {
+            switch self {
+            case .execute: 0
+            case .execOOB: 1
+            case .arguments: 2
+            case .id: 3
+            case .event: 4
+            case .data: 5
+            case .returnValue: 6
+            case .error: 7
+            case .qmp: 8
+            }
+        }
+
+        init?(keyBytes: [UInt8]) {
+            switch keyBytes.count {
+            case 2 where keyBytes == Array("id".utf8): self = .id
+            case 3 where keyBytes == Array("QMP".utf8): self = .qmp
+            case 4 where keyBytes == Array("data".utf8): self = .data
+            case 5 where keyBytes == Array("event".utf8): self = .event
+            case 5 where keyBytes == Array("error".utf8): self = .error
+            case 6 where keyBytes == Array("return".utf8): self = .returnValue
+            case 7 where keyBytes == Array("execute".utf8): self = .execute
+            case 8 where keyBytes == Array("exec-oob".utf8): self = .execOOB
+            case 9 where keyBytes == Array("arguments".utf8): self = .arguments
+            default: return nil
+            }
+        }
+    }
+
+    /// The message's bytes, unchanged.
+    public let bytes: [UInt8]
+    private let top: TopLevelInfo
+
+    /// Splicing facts about the top-level object (indices into `bytes`).
+    private struct TopLevelInfo: Hashable, Sendable {
+        var ranges: [Range<Int>?]
+        var idKeyStart: Int?
+        var valueEndBeforeID: Int?
+        var keyStartAfterID: Int?
+        var lastValueEnd: Int?
+        var closingBrace: Int
+    }
+
+    /// Validates `bytes` with QEMU 7.2's JSON grammar and requires a JSON object.
+    ///
+    /// Accepts what QEMU accepts (single-quoted strings, `\'`, integers of any size) and rejects
+    /// what it rejects (invalid UTF-8, invalid `\u` escapes, noncharacters, duplicate keys, ...),
+    /// with QEMU's error text. `bytes` is one unit as ``QMPFramer`` delivers it.
+    public static func parse(_ bytes: [UInt8]) -> Result<QMPMessage, QMPInputError> {
+        parse(bytes, acceptNonFinite: false)
+    }
+
+    /// Parses one line of QEMU *output* (without its CRLF): QEMU's grammar plus the `inf`, `-inf`,
+    /// `nan` and `-nan` its writer prints for non-finite doubles.
+    ///
+    /// - Important: split QEMU's output on `\n`, not with ``QMPFramer``: `-inf` is a lexer error
+    ///   for QEMU's own parser, so a framer would cut such a reply in pieces.
+    public static func parseOutput(_ line: [UInt8]) -> Result<QMPMessage, QMPInputError> {
+        parse(line, acceptNonFinite: true)
+    }
+
+    private static func parse(_ bytes: [UInt8], acceptNonFinite: Bool) -> Result<QMPMessage, QMPInputError> {
+        let scanned = bytes.withUnsafeBufferPointer { buffer in
+            Result { () throws(QMPInputError) -> QMPGrammar.TopLevel in
+                try QMPGrammar.scan(buffer, acceptNonFinite: acceptNonFinite)
+            }
+        }
+        switch scanned {
+        case .failure(let error):
+            return .failure(error)
+        case .success(let top):
+            guard top.isObject else { return .failure(.notAnObject) }
+            let info = TopLevelInfo(
+                ranges: top.ranges, idKeyStart: top.idKeyStart, valueEndBeforeID: top.valueEndBeforeID,
+                keyStartAfterID: top.keyStartAfterID, lastValueEnd: top.lastValueEnd,
+                closingBrace: top.closingBrace)
+            return .success(QMPMessage(bytes: bytes, top: info))
+        }
+    }
+
+    private init(bytes: [UInt8], top: TopLevelInfo) {
+        self.bytes = bytes
+        self.top = top
+    }
+
+    /// The byte range in ``bytes`` of the value of a top-level member, if present.
+    public func range(of member: Member) -> Range<Int>? { top.ranges[member.index] }
+
+    /// The bytes of the value of a top-level member, if present.
+    public subscript(member: Member) -> ArraySlice<UInt8>? {
+        range(of: member).map { bytes[$0] }
+    }
+
+    /// The value of a top-level member decoded as a string, if present and a string.
+    public func string(_ member: Member) -> String? {
+        self[member].flatMap { Self.decodeString($0) }
+    }
+
+    /// The value of a top-level member as a ``JSONValue`` (through jansson), if present.
+    public func jsonValue(_ member: Member) -> JSONValue? {
+        self[member].flatMap { try? JSONValue(parsing: $0) }
+    }
+
+    /// `execute`'s value range.
+    public var execute: Range<Int>? { range(of: .execute) }
+    /// `exec-oob`'s value range.
+    public var execOOB: Range<Int>? { range(of: .execOOB) }
+    /// `arguments`' value range.
+    public var arguments: Range<Int>? { range(of: .arguments) }
+    /// `id`'s value range.
+    public var id: Range<Int>? { range(of: .id) }
+    /// `event`'s value range.
+    public var event: Range<Int>? { range(of: .event) }
+    /// `data`'s value range.
+    public var data: Range<Int>? { range(of: .data) }
+    /// `return`'s value range.
+    public var returnValue: Range<Int>? { range(of: .returnValue) }
+    /// `error`'s value range.
+    public var error: Range<Int>? { range(of: .error) }
+    /// `QMP`'s value range (the greeting).
+    public var qmp: Range<Int>? { range(of: .qmp) }
+
+    /// The command name (`execute` or `exec-oob`), when it is a string.
+    public var commandName: String? { string(.execute) ?? string(.execOOB) }
+
+    /// Decodes a single- or double-quoted QMP string token to a Swift string; `nil` when the bytes
+    /// are not exactly one valid string.
+    public static func decodeString(_ token: some Collection<UInt8>) -> String? {
+        let bytes = Array(token)
+        guard bytes.count >= 2, let quote = bytes.first, quote == 0x22 || quote == 0x27,
+            bytes.last == quote
+        else { return nil }
+        guard
+            case .success(let value) = Result(catching: { () throws(QMPInputError) in try QMPGrammar.parseTree(bytes) }),
+            case .string(let string) = value
+        else { return nil }
+        return string
+    }
+
+    /// The message with its top-level `id` member replaced, added or (for `nil`) removed, at byte
+    /// level: every other byte is unchanged.
+    ///
+    /// - Parameter newID: the bytes of the new id value (inserted verbatim), or `nil` to remove it.
+    public func replacingID(with newID: [UInt8]?) -> [UInt8] {
+        if let range = top.ranges[Member.id.index] {
+            if let newID {
+                return Array(bytes[..<range.lowerBound]) + newID + bytes[range.upperBound...]
+            }
+            if let before = top.valueEndBeforeID {
+                return Array(bytes[..<before]) + bytes[range.upperBound...]
+            }
+            let keyStart = top.idKeyStart ?? range.lowerBound
+            if let after = top.keyStartAfterID {
+                return Array(bytes[..<keyStart]) + bytes[after...]
+            }
+            return Array(bytes[..<keyStart]) + bytes[range.upperBound...]
+        }
+        guard let newID else { return bytes }
+        let member = Array("\"id\": ".utf8) + newID
+        if let last = top.lastValueEnd {
+            return Array(bytes[..<last]) + Array(", ".utf8) + member + bytes[last...]
+        }
+        return Array(bytes[..<top.closingBrace]) + member + bytes[top.closingBrace...]
+    }
+}

@@ -1,1 +1,0 @@
-// QMPWire: see docs/ARCHITECTURE.md for what belongs here.

@@ -1,0 +1,181 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// How a node is recognised among a process's open files (DESIGN §5).
+///
+/// Character devices compare by `st_rdev`: libvirt mknods a private copy of `/dev/vfio/N` inside QEMU's
+/// mount namespace, a different inode with the same device number. Regular files (tests, the mock)
+/// compare by (`st_dev`, `st_ino`).
+public enum NodeIdentity: Sendable, Hashable, CustomStringConvertible {
+    /// A character device, by device number.
+    case characterDevice(rdev: UInt64)
+    /// Anything else, by file identity.
+    case file(dev: UInt64, ino: UInt64)
+
+    /// The identity of what `path` names (following symlinks), or nil when it cannot be stat'ed.
+    ///
+    /// - Important: uses `stat(2)`, never `open(2)`: opening a group node would hold the group.
+    public init?(path: String) {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        self.init(info)
+    }
+
+    init(_ info: stat) {
+        if (info.st_mode & S_IFMT) == S_IFCHR {
+            self = .characterDevice(rdev: UInt64(info.st_rdev))
+        } else {
+            self = .file(dev: UInt64(info.st_dev), ino: UInt64(info.st_ino))
+        }
+    }
+
+    /// Whether an open file with this `stat` is this node.
+    func matches(_ info: stat) -> Bool {
+        switch self {
+        case .characterDevice(let rdev):
+            return (info.st_mode & S_IFMT) == S_IFCHR && UInt64(info.st_rdev) == rdev
+        case .file(let dev, let ino):
+            return (info.st_mode & S_IFMT) != S_IFCHR && UInt64(info.st_dev) == dev && UInt64(info.st_ino) == ino
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .characterDevice(let rdev): "chr rdev \(rdev)"
+        case .file(let dev, let ino): "file \(dev)/\(ino)"
+        }
+    }
+}
+
+/// A process holding a node open.
+public struct NodeHolder: Sendable, Hashable {
+    /// Its pid.
+    public var pid: Int32
+    /// Its `comm` (`/proc/<pid>/comm`), empty when unreadable.
+    public var comm: String
+    /// The fd numbers it holds on the nodes.
+    public var fds: [Int32]
+
+    public init(pid: Int32, comm: String, fds: [Int32]) {
+        self.pid = pid
+        self.comm = comm
+        self.fds = fds
+    }
+}
+
+/// Holder checks through an injected procfs root: `stat` of `<proc>/<pid>/fd/<n>` (which follows the
+/// magic link to the open file), compared with ``NodeIdentity``.
+///
+/// Costs: one known fd is one `stat` (~6 µs); a full scan of a process is one `stat` per fd (30–45 ms at
+/// 10k fds); an all-process scan adds every process. Keep full scans off the hot path.
+public struct HolderScanner: Sendable {
+    /// The procfs root (default `/proc`).
+    public var procRoot: String
+
+    public init(procRoot: String = "/proc") {
+        var root = procRoot
+        while root.count > 1 && root.hasSuffix("/") { root.removeLast() }
+        self.procRoot = root
+    }
+
+    /// `<proc>/<pid>/root<path>`: a node as a process in another mount namespace sees it.
+    public func pathAsSeenBy(pid: Int32, _ path: String) -> String { "\(procRoot)/\(pid)/root\(path)" }
+
+    /// Full scan of `pid`'s fds: the fd numbers open on any of `nodes`, with the node they match.
+    /// Nil when the process's fd directory cannot be read (gone, or no permission).
+    public func fds(of pid: Int32, matching nodes: Set<NodeIdentity>) -> [Int32: NodeIdentity]? {
+        guard !nodes.isEmpty else { return [:] }
+        let directory = "\(procRoot)/\(pid)/fd"
+        guard let dir = opendir(directory) else { return nil }
+        defer { closedir(dir) }
+        let dirFD = dirfd(dir)
+        var result: [Int32: NodeIdentity] = [:]
+        var info = stat()
+        while let entry = readdir(dir) {
+            let number: Int32? = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                Self.parseFD(raw)
+            }
+            guard let number else { continue }
+            let ok = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                fstatat(dirFD, raw.bindMemory(to: CChar.self).baseAddress!, &info, 0) == 0
+            }
+            guard ok else { continue }
+            for node in nodes where node.matches(info) {
+                result[number] = node
+                break
+            }
+        }
+        return result
+    }
+
+    /// Re-checks known fd numbers of `pid`: those still open on the node they were learned for.
+    /// Each costs one `stat`.
+    public func stillHeld(pid: Int32, fds: [Int32: NodeIdentity]) -> [Int32: NodeIdentity] {
+        recheck(pid: pid, fds: fds).held
+    }
+
+    /// Like ``stillHeld(pid:fds:)``, and also tells whether a known number now names another open file
+    /// (closed and reused): then the knowledge is stale and only a full scan can tell.
+    public func recheck(pid: Int32, fds: [Int32: NodeIdentity]) -> (held: [Int32: NodeIdentity], stale: Bool) {
+        var held: [Int32: NodeIdentity] = [:]
+        var stale = false
+        var info = stat()
+        for (number, node) in fds where stat("\(procRoot)/\(pid)/fd/\(number)", &info) == 0 {
+            if node.matches(info) {
+                held[number] = node
+            } else {
+                stale = true
+            }
+        }
+        return (held, stale)
+    }
+
+    /// Every process holding any of `nodes` (all of `<proc>/*/fd`), by pid.
+    public func allHolders(of nodes: Set<NodeIdentity>) -> [NodeHolder] {
+        guard !nodes.isEmpty, let dir = opendir(procRoot) else { return [] }
+        var pids: [Int32] = []
+        while let entry = readdir(dir) {
+            if let pid = withUnsafeBytes(of: entry.pointee.d_name, { Self.parseFD($0) }) { pids.append(pid) }
+        }
+        closedir(dir)
+        var holders: [NodeHolder] = []
+        for pid in pids.sorted() {
+            guard let held = fds(of: pid, matching: nodes), !held.isEmpty else { continue }
+            holders.append(NodeHolder(pid: pid, comm: comm(of: pid), fds: held.keys.sorted()))
+        }
+        return holders
+    }
+
+    /// `/proc/<pid>/comm` without the newline; empty when unreadable.
+    public func comm(of pid: Int32) -> String {
+        let fd = open("\(procRoot)/\(pid)/comm", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return "" }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 64)
+        let count = read(fd, &buffer, buffer.count)
+        guard count > 0 else { return "" }
+        var text = String(decoding: buffer[0..<count], as: UTF8.self)
+        while text.hasSuffix("\n") { text.removeLast() }
+        return text
+    }
+
+    /// Whether `pid` exists under the procfs root.
+    public func processExists(_ pid: Int32) -> Bool {
+        access("\(procRoot)/\(pid)", F_OK) == 0
+    }
+
+    private static func parseFD(_ raw: UnsafeRawBufferPointer) -> Int32? {
+        var value: Int32 = 0
+        var digits = 0
+        for byte in raw {
+            if byte == 0 { break }
+            guard byte >= 0x30 && byte <= 0x39, digits < 9 else { return nil }
+            value = value * 10 + Int32(byte - 0x30)
+            digits += 1
+        }
+        return digits > 0 ? value : nil
+    }
+}

@@ -1,1 +1,0 @@
-// VFIOTracking: see docs/ARCHITECTURE.md for what belongs here.

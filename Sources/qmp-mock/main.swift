@@ -1,2 +1,0 @@
-// Placeholder entry point until the command is written.
-print("qmp-mock: not built yet")

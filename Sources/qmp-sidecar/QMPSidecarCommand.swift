@@ -1,0 +1,142 @@
+import ArgumentParser
+import Logging
+import QMPRuntime
+import QMPSidecar
+import ServiceLifecycle
+import UnixSignals
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@main
+struct QMPSidecarCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "qmp-sidecar",
+        abstract: "A transparent proxy on QEMU's QMP socket that tells clients when a VFIO IOMMU group is really free.",
+        discussion: """
+            qmp-sidecar holds the one connection to QEMU's QMP monitor and serves any number of clients. \
+            Each client sees QEMU exactly as if it were connected directly: the same greeting, the same \
+            negotiation replies, its own ids on replies, QEMU's events byte for byte, and file descriptors \
+            passed with getfd/add-fd (SCM_RIGHTS). Note: the getfd name space is QEMU's and is shared by \
+            all clients of one sidecar.
+
+            Examples:
+              # QEMU started with -qmp unix:/run/vm1.qmp,server=on,wait=off
+              qmp-sidecar --upstream unix:/run/vm1.qmp --listen unix:/run/vm1.sidecar.qmp
+
+              # Take QEMU's socket path over (QEMU moves to /run/vm1.qmp.qmp-sidecar-upstream meanwhile)
+              qmp-sidecar --take-over /run/vm1.qmp
+
+              # Accept on a listening socket inherited as fd 3 (libvirt-style); or via systemd .socket units
+              qmp-sidecar --upstream unix:/run/vm1.qmp --listen-fd 3
+
+            Exit status: 0 after SIGTERM/SIGINT; non-zero when QEMU cannot be reached within \
+            --connect-timeout or closes the connection (unless --reconnect).
+            """
+    )
+
+    @Option(help: "QEMU's QMP socket: unix:PATH or tcp:HOST:PORT.")
+    var upstream: String?
+
+    @Option(help: "Seconds to keep retrying while the upstream socket is not there yet.")
+    var connectTimeout: Double = 30
+
+    @Option(help: "Listen for clients on unix:PATH (repeatable). A stale socket file is replaced.")
+    var listen: [String] = []
+
+    @Option(help: "Mode of the sockets qmp-sidecar creates (octal).")
+    var socketMode: String = "0600"
+
+    @Option(help: "Accept clients on an inherited listening socket N (repeatable).")
+    var listenFd: [Int32] = []
+
+    @Option(
+        help: ArgumentHelp(
+            "QEMU already listens at PATH: move its socket aside, listen at PATH, restore on exit.",
+            valueName: "path"))
+    var takeOver: String?
+
+    @Option(help: "QEMU's pid (for tcp upstreams; unix upstreams use SO_PEERCRED).")
+    var qemuPid: Int32?
+
+    @Flag(help: "When QEMU goes away, wait for a new one at the same upstream instead of exiting.")
+    var reconnect = false
+
+    @Option(help: "Record every message in both directions as JSON lines to FILE.")
+    var trace: String?
+
+    @Option(help: "Disconnect a client whose unread output exceeds this many bytes.")
+    var clientOutputLimit: Int = 16 << 20
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    @Option(help: "Where sysfs is (device to IOMMU group lookups).")
+    var sysfsRoot: String = "/sys"
+
+    @Option(help: "Where device nodes are (/dev/vfio/N).")
+    var devRoot: String = "/dev"
+
+    @Option(help: "Seconds a detaching group may take before GROUP_RELEASE_TIMEOUT.")
+    var releaseTimeout: Double = 30
+
+    @Option(help: "Prefix for the sidecar's event names (e.g. __com.example_).")
+    var eventPrefix: String = ""
+
+    @Flag(help: "Withhold DEVICE_DELETED of VFIO devices until their group is released.")
+    var holdDeviceDeleted = false
+
+    func validate() throws {
+        guard upstream != nil || takeOver != nil else {
+            throw ValidationError("give --upstream unix:PATH|tcp:HOST:PORT (QEMU's -qmp socket) or --take-over PATH")
+        }
+        guard upstream == nil || takeOver == nil else {
+            throw ValidationError("--take-over PATH already names the upstream; drop --upstream")
+        }
+        guard mode_t(socketMode, radix: 8) != nil else {
+            throw ValidationError("--socket-mode \(socketMode) is not an octal mode such as 0660")
+        }
+        guard Logger.Level(rawValue: logLevel) != nil else {
+            throw ValidationError("--log-level \(logLevel): use trace, debug, info, notice, warning, error or critical")
+        }
+        for address in listen where !address.hasPrefix("unix:") {
+            throw ValidationError("--listen \(address): only unix:PATH is supported")
+        }
+    }
+
+    func run() async throws {
+        let level = Logger.Level(rawValue: logLevel)!
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "qmp-sidecar")
+        let mode = mode_t(socketMode, radix: 8)!
+        var listeners: [SidecarConfiguration.ListenSpec] = listen.map {
+            .unix(path: String($0.dropFirst(5)), mode: mode)
+        }
+        listeners += listenFd.map { .inheritedFD($0) }
+        let configuration = SidecarConfiguration(
+            upstream: try upstream.map { try SocketAddress(parsing: $0) },
+            connectTimeout: .milliseconds(Int64(connectTimeout * 1000)),
+            listeners: listeners,
+            takeOver: takeOver,
+            socketMode: mode,
+            qemuPID: qemuPid,
+            reconnect: reconnect,
+            tracePath: trace,
+            clientOutputLimit: clientOutputLimit,
+            vfio: SidecarVFIOOptions(
+                sysfsRoot: sysfsRoot, devRoot: devRoot, releaseTimeout: .milliseconds(Int64(releaseTimeout * 1000)),
+                eventPrefix: eventPrefix, holdDeviceDeleted: holdDeviceDeleted))
+        let service = SidecarService(configuration: configuration, logger: logger)
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        try await group.run()
+    }
+}

@@ -1,0 +1,450 @@
+import Testing
+
+@testable import QMPMock
+
+/// In-memory host: two-device group 7, one-device group 8 (with cdevs), records opens and closes.
+final class FakeMockHost: MockHost {
+    var opened: [(path: String, fd: Int32)] = []
+    var closed: [Int32] = []
+    var holders: Set<Int> = []
+    var failOpen: Set<String> = []
+    private var nextFD: Int32 = 100
+    let topology: [String: MockHostLookup] = [
+        "0000:01:00.0": .found(group: 7, cdev: "vfio0"),
+        "0000:01:00.1": .found(group: 7, cdev: "vfio1"),
+        "0000:02:00.0": .found(group: 8, cdev: "vfio2"),
+        "0000:03:00.0": .noGroup,
+    ]
+
+    func lookup(bdf: String) -> MockHostLookup { topology[bdf] ?? .noDevice }
+
+    func open(_ path: String) -> Result<Int32, MockHostErrno> {
+        if failOpen.contains(path) { return .failure(MockHostErrno(16)) }
+        nextFD += 1
+        opened.append((path, nextFD))
+        return .success(nextFD)
+    }
+
+    func close(_ fd: Int32) { closed.append(fd) }
+    func startHolder(group: Int, fd: Int32) { holders.insert(group) }
+    func stopHolder(group: Int) { holders.remove(group) }
+
+    /// Descriptors opened and not closed.
+    var openFDs: Set<Int32> { Set(opened.map(\.fd)).subtracting(closed) }
+}
+
+/// Drives a ``MockMachine`` with messages, as a client would.
+struct Harness {
+    var machine: MockMachine
+    let host: FakeMockHost
+    var client = 0
+    var pendingTimers: [(timer: Int, after: Int64)] = []
+    var lastActions: [MockAction] = []
+    let now = MockTimestamp(seconds: 1_700_000_000, microseconds: 42)
+
+    init(_ configure: (inout MockConfiguration) throws -> Void = { _ in }, script: (any MockScript)? = nil) throws {
+        var configuration = MockConfiguration()
+        try configure(&configuration)
+        host = FakeMockHost()
+        machine = MockMachine(configuration: configuration, host: host, script: script)
+        _ = try machine.start()
+        client = machine.clientConnected(now: now).client
+    }
+
+    /// Sends a message and returns the text sent back to this client, in order.
+    mutating func send(_ message: MockJSON, id: MockJSON? = nil, fds: [Int32] = []) -> [String] {
+        collect(machine.receive(.message(message, id: id), fds: fds, from: client, now: now))
+    }
+
+    mutating func negotiate() {
+        _ = send(.object([("execute", .string("qmp_capabilities"))]))
+    }
+
+    mutating func execute(_ name: String, _ arguments: [(String, MockJSON)]? = nil, id: Int64? = nil, fds: [Int32] = [])
+        -> [String]
+    {
+        var members: [(String, MockJSON)] = [("execute", .string(name))]
+        if let arguments { members.append(("arguments", .object(arguments))) }
+        return send(.object(members), id: id.map { .int($0) }, fds: fds)
+    }
+
+    /// Fires every scheduled timer (in scheduling order, including ones scheduled meanwhile).
+    mutating func fireTimers() -> [String] {
+        var lines: [String] = []
+        while !pendingTimers.isEmpty {
+            let next = pendingTimers.removeFirst()
+            lines += collect(machine.timerFired(next.timer, now: now))
+        }
+        return lines
+    }
+
+    mutating func collect(_ actions: [MockAction]) -> [String] {
+        lastActions = actions
+        var lines: [String] = []
+        for action in actions {
+            switch action {
+            case .send(let to, let bytes) where to == client:
+                lines.append(String(decoding: bytes, as: UTF8.self))
+            case .schedule(let timer, let after):
+                pendingTimers.append((timer, after))
+            default: break
+            }
+        }
+        return lines
+    }
+}
+
+@Suite("QEMU JSON writer")
+struct MockJSONTests {
+    /// Member orders observed on QEMU 7.2 (the differential test compares live); keys in QAPI insertion
+    /// order, which decides the order of keys sharing a bucket (status/singlestep, micro/minor).
+    @Test(arguments: [
+        (["return", "id"], "{\"return\": 1, \"id\": 1}"),
+        (["error", "id"], "{\"id\": 1, \"error\": 1}"),
+        (["timestamp", "event", "data"], "{\"timestamp\": 1, \"event\": 1, \"data\": 1}"),
+        (["running", "singlestep", "status"], "{\"status\": 1, \"singlestep\": 1, \"running\": 1}"),
+        (["fdset-id", "fd"], "{\"fd\": 1, \"fdset-id\": 1}"),
+        (["major", "minor", "micro"], "{\"micro\": 1, \"minor\": 1, \"major\": 1}"),
+        (["singlestep", "status"], "{\"status\": 1, \"singlestep\": 1}"),
+        (["device", "path"], "{\"device\": 1, \"path\": 1}"),
+        (["class", "desc"], "{\"class\": 1, \"desc\": 1}"),
+        (["seconds", "microseconds"], "{\"seconds\": 1, \"microseconds\": 1}"),
+        (["guest", "reason"], "{\"guest\": 1, \"reason\": 1}"),
+        (["version", "capabilities"], "{\"version\": 1, \"capabilities\": 1}"),
+        (["qemu", "package"], "{\"qemu\": 1, \"package\": 1}"),
+        (["name", "type"], "{\"name\": 1, \"type\": 1}"),
+    ])
+    func qdictOrder(keys: [String], expected: String) {
+        let value = MockJSON.object(keys.map { ($0, .int(1)) })
+        #expect(String(decoding: value.serialized(), as: UTF8.self) == expected)
+    }
+
+    @Test func escapesLikeQEMU() {
+        let text = MockJSON.string("a\"b\\c\n\u{01}é😀/'").serialized()
+        #expect(String(decoding: text, as: UTF8.self) == #""a\"b\\c\n\u0001\u00E9\uD83D\uDE00/'""#)
+    }
+
+    @Test func linesEndInCRLF() {
+        #expect(MockJSON.array([.int(1), .null, .bool(true)]).line() == Array("[1, null, true]\r\n".utf8))
+        #expect(MockJSON.object([]).line() == Array("{}\r\n".utf8))
+    }
+}
+
+@Suite("Mock QMP negotiation and dispatch")
+struct MockNegotiationTests {
+    @Test func greetingHasVersionAndOOB() throws {
+        var configuration = MockConfiguration()
+        configuration.version = MockQEMUVersion(major: 7, minor: 2, micro: 22, package: "Debian")
+        var machine = MockMachine(configuration: configuration, host: FakeMockHost())
+        let (client, actions) = machine.clientConnected(now: MockTimestamp(seconds: 0, microseconds: 0))
+        let expected =
+            #"{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian"}, "capabilities": ["oob"]}}"#
+            + "\r\n"
+        #expect(actions == [.send(client: client, bytes: Array(expected.utf8))])
+    }
+
+    @Test func commandsBeforeNegotiationAreRefused() throws {
+        var h = try Harness()
+        #expect(
+            h.execute("query-status", id: 1) == [
+                #"{"id": 1, "error": {"class": "CommandNotFound", "desc": "Expecting capabilities negotiation with 'qmp_capabilities'"}}"#
+                    + "\r\n"
+            ])
+        #expect(
+            h.execute("qmp_capabilities", [("enable", .array([.string("foo")]))], id: 2) == [
+                #"{"id": 2, "error": {"class": "GenericError", "desc": "Parameter 'null' does not accept value 'foo'"}}"#
+                    + "\r\n"
+            ])
+        #expect(
+            h.execute("qmp_capabilities", [("enable", .array([.string("oob")]))], id: 3) == [
+                #"{"return": {}, "id": 3}"# + "\r\n"
+            ])
+        #expect(
+            h.execute("qmp_capabilities", id: 4) == [
+                #"{"id": 4, "error": {"class": "CommandNotFound", "desc": "Capabilities negotiation is already complete, command ignored"}}"#
+                    + "\r\n"
+            ])
+        #expect(
+            h.send(.object([("exec-oob", .string("query-status"))]), id: .string("o")) == [
+                #"{"id": "o", "error": {"class": "GenericError", "desc": "The command query-status does not support OOB"}}"#
+                    + "\r\n"
+            ])
+    }
+
+    @Test func malformedInputGetsQEMUErrors() throws {
+        var h = try Harness()
+        #expect(
+            h.send(.array([.int(1)])) == [
+                #"{"error": {"class": "GenericError", "desc": "QMP input must be a JSON object"}}"# + "\r\n"
+            ])
+        #expect(
+            h.send(.object([])) == [
+                #"{"error": {"class": "GenericError", "desc": "QMP input lacks member 'execute'"}}"# + "\r\n"
+            ])
+        #expect(
+            h.send(.object([("execute", .string("query-status")), ("foo", .int(1))])) == [
+                #"{"error": {"class": "GenericError", "desc": "QMP input member 'foo' is unexpected"}}"# + "\r\n"
+            ])
+        #expect(
+            h.send(.object([("exec-oob", .string("qmp_capabilities"))]), id: .int(1)) == [
+                #"{"id": 1, "error": {"class": "GenericError", "desc": "QMP input member 'exec-oob' is unexpected"}}"#
+                    + "\r\n"
+            ])
+        let invalid = h.collect(
+            h.machine.receive(.invalid(desc: "JSON parse error, stray '}'"), fds: [], from: h.client, now: h.now))
+        #expect(invalid == [#"{"error": {"class": "GenericError", "desc": "JSON parse error, stray '}'"}}"# + "\r\n"])
+    }
+
+    @Test func queriesAndUnknownCommands() throws {
+        var h = try Harness()
+        h.negotiate()
+        #expect(
+            h.execute("query-status", id: 1) == [
+                #"{"return": {"status": "prelaunch", "singlestep": false, "running": false}, "id": 1}"# + "\r\n"
+            ])
+        #expect(
+            h.execute("nosuch", id: 2) == [
+                #"{"id": 2, "error": {"class": "CommandNotFound", "desc": "The command nosuch has not been found"}}"#
+                    + "\r\n"
+            ])
+        #expect(
+            h.execute("query-status", [("x", .int(1))], id: 3) == [
+                #"{"id": 3, "error": {"class": "GenericError", "desc": "Parameter 'x' is unexpected"}}"# + "\r\n"
+            ])
+        #expect(
+            h.execute("device_del", id: 4) == [
+                #"{"id": 4, "error": {"class": "GenericError", "desc": "Parameter 'id' is missing"}}"# + "\r\n"
+            ])
+        let cont = h.execute("cont", id: 5)
+        #expect(cont.count == 2)
+        #expect(cont.first?.contains(#""event": "RESUME""#) == true)
+        #expect(cont.last == #"{"return": {}, "id": 5}"# + "\r\n")
+    }
+
+    @Test func eventsOnlyReachNegotiatedClients() throws {
+        var h = try Harness()
+        h.negotiate()
+        let other = h.machine.clientConnected(now: h.now).client
+        _ = h.execute("device_add", [("driver", .string("usb-kbd")), ("id", .string("kb0"))])
+        let actions = h.machine.receive(
+            .message(
+                .object([("execute", .string("device_del")), ("arguments", .object([("id", .string("kb0"))]))]), id: nil
+            ),
+            fds: [], from: h.client, now: h.now)
+        let recipients = actions.compactMap { action -> Int? in
+            if case .send(let to, let bytes) = action, String(decoding: bytes, as: UTF8.self).contains("DEVICE_DELETED")
+            {
+                return to
+            }
+            return nil
+        }
+        #expect(recipients == [h.client])
+        #expect(!recipients.contains(other))
+    }
+}
+
+@Suite("Mock VFIO semantics")
+struct MockVFIOTests {
+    static func vfio(_ id: String, _ host: String, iommufd: Bool = false) -> [(String, MockJSON)] {
+        var args: [(String, MockJSON)] = [
+            ("driver", .string("vfio-pci")), ("host", .string(host)), ("id", .string(id)),
+        ]
+        if iommufd { args.append(("iommufd", .string("iommufd0"))) }
+        return args
+    }
+
+    @Test func twoDeviceGroupOpensOnceAndClosesWithTheLastDevice() throws {
+        var h = try Harness()
+        h.negotiate()
+        #expect(
+            h.execute("device_add", Self.vfio("a", "0000:01:00.0"), id: 1) == [#"{"return": {}, "id": 1}"# + "\r\n"])
+        #expect(h.execute("device_add", Self.vfio("b", "01:00.1"), id: 2) == [#"{"return": {}, "id": 2}"# + "\r\n"])
+        #expect(h.host.opened.map(\.path) == ["/dev/vfio/7"])
+        let groupFD = h.host.opened[0].fd
+        #expect(h.machine.openGroups == [7: groupFD])
+        #expect(
+            h.execute("qom-get", [("path", .string("/machine/peripheral/b")), ("property", .string("host"))], id: 3)
+                == [
+                    #"{"return": "0000:01:00.1", "id": 3}"# + "\r\n"
+                ])
+        let first = h.execute("device_del", [("id", .string("a"))], id: 4)
+        #expect(first.count == 2)
+        #expect(first.last?.contains(#""data": {"device": "a", "path": "/machine/peripheral/a"}"#) == true)
+        #expect(h.host.openFDs == [groupFD])
+        let second = h.execute("device_del", [("id", .string("b"))], id: 5)
+        #expect(second.count == 2)
+        #expect(second.last?.contains(#""device": "b""#) == true)
+        #expect(h.host.openFDs.isEmpty)
+        #expect(h.machine.openGroups.isEmpty)
+        // 2.11+ order: the close comes before the event.
+        let kinds = h.lastActions.compactMap { action -> String? in
+            switch action {
+            case .note(let text) where text.hasPrefix("closed group"): "close"
+            case .send(_, let bytes) where String(decoding: bytes, as: UTF8.self).contains("DEVICE_DELETED"): "event"
+            default: nil
+            }
+        }
+        #expect(kinds == ["close", "event"])
+    }
+
+    @Test func finalizeDelayAndBeforeCloseOrder() throws {
+        var h = try Harness {
+            $0.finalizeDelay = 0.5
+            $0.eventOrder = .beforeClose
+        }
+        h.negotiate()
+        _ = h.execute("device_add", Self.vfio("a", "0000:02:00.0"))
+        let reply = h.execute("device_del", [("id", .string("a"))], id: 1)
+        #expect(reply.count == 2)
+        #expect(reply.last?.contains("DEVICE_DELETED") == true)
+        #expect(h.pendingTimers.map(\.after) == [500_000_000])
+        #expect(h.host.openFDs.count == 1)
+        #expect(
+            h.execute("device_del", [("id", .string("a"))], id: 2) == [
+                #"{"id": 2, "error": {"class": "DeviceNotFound", "desc": "Device 'a' not found"}}"# + "\r\n"
+            ])
+        #expect(h.fireTimers().isEmpty)
+        #expect(h.host.openFDs.isEmpty)
+    }
+
+    @Test func afterCloseWithDelayHoldsTheEventUntilFinalize() throws {
+        var h = try Harness { $0.finalizeDelay = 1 }
+        h.negotiate()
+        _ = h.execute("device_add", Self.vfio("a", "0000:02:00.0"))
+        #expect(h.execute("device_del", [("id", .string("a"))], id: 1) == [#"{"return": {}, "id": 1}"# + "\r\n"])
+        #expect(h.host.openFDs.count == 1)
+        let later = h.fireTimers()
+        #expect(later.count == 1)
+        #expect(later.first?.contains("DEVICE_DELETED") == true)
+        #expect(h.host.openFDs.isEmpty)
+    }
+
+    @Test func leakedGroupNeverCloses() throws {
+        var h = try Harness { $0.faults.leakGroups = [8] }
+        h.negotiate()
+        _ = h.execute("device_add", Self.vfio("a", "0000:02:00.0"))
+        let out = h.execute("device_del", [("id", .string("a"))])
+        #expect(out.contains { $0.contains("DEVICE_DELETED") })
+        #expect(h.host.openFDs.count == 1)
+    }
+
+    @Test func secondHolderStartsWithTheGroupAndStopsLater() throws {
+        var h = try Harness { $0.faults.secondHolder = [8: 2.0] }
+        h.negotiate()
+        _ = h.execute("device_add", Self.vfio("a", "0000:02:00.0"))
+        #expect(h.host.holders == [8])
+        _ = h.execute("device_del", [("id", .string("a"))])
+        #expect(h.host.holders == [8])
+        #expect(h.pendingTimers.map(\.after) == [2_000_000_000])
+        _ = h.fireTimers()
+        #expect(h.host.holders.isEmpty)
+    }
+
+    @Test func iommufdOpensOneCdevPerDevice() throws {
+        var h = try Harness()
+        h.negotiate()
+        _ = h.execute("device_add", Self.vfio("a", "0000:01:00.0", iommufd: true))
+        _ = h.execute("device_add", Self.vfio("b", "0000:01:00.1", iommufd: true))
+        #expect(h.host.opened.map(\.path) == ["/dev/vfio/devices/vfio0", "/dev/vfio/devices/vfio1"])
+        _ = h.execute("device_del", [("id", .string("a"))])
+        #expect(h.host.openFDs == [h.host.opened[1].fd])
+    }
+
+    @Test func deviceAddErrors() throws {
+        var h = try Harness()
+        h.host.failOpen = ["/dev/vfio/8"]
+        h.negotiate()
+        func desc(_ lines: [String]) -> String { lines.first ?? "" }
+        #expect(desc(h.execute("device_add", Self.vfio("a", "0000:09:00.0"))).contains("no such host device"))
+        #expect(desc(h.execute("device_add", Self.vfio("a", "0000:03:00.0"))).contains("no iommu_group found"))
+        #expect(desc(h.execute("device_add", Self.vfio("a", "0000:02:00.0"))).contains("Device or resource busy"))
+        #expect(
+            desc(h.execute("device_add", [("driver", .string("nosuchdev"))])).contains(
+                "'nosuchdev' is not a valid device model name"))
+        _ = h.execute("device_add", Self.vfio("a", "0000:01:00.0"))
+        #expect(desc(h.execute("device_add", Self.vfio("a", "0000:01:00.1"))).contains("Duplicate device ID 'a'"))
+        #expect(desc(h.execute("device_add", Self.vfio("b", "0000:01:00.0"))).contains("already attached"))
+    }
+
+    @Test func coldPluggedDevicesAreDiscoverable() throws {
+        var h = try Harness {
+            $0.devices = [
+                try MockDeviceSpec(parsing: "vfio-pci,host=0000:01:00.0,id=hostdev0"),
+                try MockDeviceSpec(parsing: "vfio-pci,host=0000:01:00.1,id=hostdev1"),
+            ]
+            $0.sysfsRoot = "/fake/sys"
+        }
+        #expect(h.host.opened.map(\.path) == ["/dev/vfio/7"])
+        h.negotiate()
+        let list = h.execute("qom-list", [("path", .string("/machine/peripheral"))], id: 1)
+        #expect(
+            list == [
+                #"{"return": [{"name": "type", "type": "string"}, {"name": "hostdev0", "type": "child<vfio-pci>"}, {"name": "hostdev1", "type": "child<vfio-pci>"}], "id": 1}"#
+                    + "\r\n"
+            ])
+        #expect(
+            h.execute(
+                "qom-get", [("path", .string("/machine/peripheral/hostdev1")), ("property", .string("sysfsdev"))]) == [
+                    #"{"return": "/fake/sys/bus/pci/devices/0000:01:00.1"}"# + "\r\n"
+                ])
+        #expect(
+            h.execute("qom-get", [("path", .string("hostdev0")), ("property", .string("type"))]) == [
+                #"{"return": "vfio-pci"}"# + "\r\n"
+            ])
+    }
+}
+
+@Suite("Mock fd passing and faults")
+struct MockFaultTests {
+    @Test func getfdKeepsOneDescriptorAndClosefdClosesIt() throws {
+        var h = try Harness()
+        h.negotiate()
+        #expect(
+            h.execute("getfd", [("fdname", .string("f"))], id: 1).first?.contains(
+                "No file descriptor supplied via SCM_RIGHTS") == true)
+        #expect(
+            h.execute("getfd", [("fdname", .string("f"))], id: 2, fds: [50, 51]) == [
+                #"{"return": {}, "id": 2}"# + "\r\n"
+            ])
+        #expect(h.host.closed == [51])
+        #expect(h.execute("getfd", [("fdname", .string("f"))], fds: [52]) == [#"{"return": {}}"# + "\r\n"])
+        #expect(h.host.closed == [51, 50])
+        #expect(h.execute("closefd", [("fdname", .string("f"))]) == [#"{"return": {}}"# + "\r\n"])
+        #expect(h.host.closed == [51, 50, 52])
+        #expect(
+            h.execute("closefd", [("fdname", .string("f"))]).first?.contains("File descriptor named 'f' not found")
+                == true)
+        #expect(
+            h.execute("add-fd", [("fdset-id", .int(1))], fds: [60]) == [
+                #"{"return": {"fd": 60, "fdset-id": 1}}"# + "\r\n"
+            ])
+        #expect(h.execute("query-status", fds: [61]).count == 1)
+        #expect(h.host.closed.last == 61)
+    }
+
+    @Test func slowRepliesKeepOrder() throws {
+        var h = try Harness { $0.faults.slowReplies = ["query-version": 0.25] }
+        h.negotiate()
+        #expect(h.execute("query-version", id: 1).isEmpty)
+        #expect(h.execute("query-status", id: 2).isEmpty)
+        #expect(h.pendingTimers.map(\.after) == [250_000_000])
+        let out = h.fireTimers()
+        #expect(out.count == 2)
+        #expect(out.first?.hasSuffix("\"id\": 1}\r\n") == true)
+        #expect(out.last?.hasSuffix("\"id\": 2}\r\n") == true)
+    }
+
+    @Test func dropMidReplyAndExit() throws {
+        var h = try Harness {
+            $0.faults.dropMidReply = ["query-status"]
+            $0.faults.exitOnCommand = ["quit"]
+        }
+        h.negotiate()
+        let out = h.execute("query-status", id: 1)
+        #expect(out.count == 1)
+        #expect(out.first?.hasSuffix("\r\n") == false)
+        #expect(h.lastActions.last == .disconnect(client: h.client))
+        _ = h.execute("quit")
+        #expect(h.lastActions.last == .exit(status: 3))
+    }
+}

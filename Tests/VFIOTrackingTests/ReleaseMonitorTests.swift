@@ -1,0 +1,311 @@
+import CQMPShims
+import QMPRuntime
+import QMPWire
+import Testing
+import VFIOFakeHost
+import VFIOTracking
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The release monitor end to end below the proxy: fake sysfs/dev trees, a stand-in QEMU process that
+/// really opens and closes the group file, inotify, pidfd, timers, and a fake commander.
+@Suite("Release monitor")
+struct ReleaseMonitorTests {
+    @Test func eventThenCloseReleasesAtTheCloseOnTheHotPath() throws {
+        let h = try MonitorHarness(spec: "7=0000:01:00.0")
+        let fd = try h.openGroup(7)
+        try h.qemu.fill(toExtraFDs: 50)
+        h.ready()
+        h.added("hostdev0", host: "01:00.0")
+        #expect(h.monitor.trackedDevices.map(\.qomPath) == ["/machine/peripheral/hostdev0"])
+        #expect(h.monitor.view(ofGroup: 7)?.qemuHolds == true)
+        #expect(h.deleted("hostdev0") == .forward)
+        try h.run(for: .milliseconds(30))
+        #expect(h.commander.lines.isEmpty, "released while QEMU still holds the group")
+        #expect(h.monitor.view(ofGroup: 7)?.phase == .detaching)
+
+        try h.qemu.close(fd)
+        let data = try #require(try h.waitForEvent("GROUP_RELEASED"))
+        #expect(data["group"] == .integer(7))
+        #expect(data["devices"]?.strings == ["hostdev0"])
+        #expect(data["waited-ms"]?.int64Value.map { $0 >= 30 } == true)
+        // Hot path: the learned fd was re-checked; QEMU's fds were fully scanned only once (at attach),
+        // and no process scan was needed: the close event witnessed the last close.
+        #expect(h.monitor.statistics.qemuFullScans == 1)
+        #expect(h.monitor.statistics.allProcessScans == 0)
+        #expect(h.monitor.statistics.closeEvents >= 1)
+        #expect(h.monitor.armedTimers == 0)
+        #expect(h.commander.eventNames == ["GROUP_RELEASED"])
+    }
+
+    @Test func closeThenEventReleasesAtTheEvent() throws {
+        let h = try MonitorHarness(spec: "7=0000:01:00.0")
+        let fd = try h.openGroup(7)
+        h.ready()
+        h.added("hostdev0", host: "0000:01:00.0")
+        try h.qemu.close(fd)
+        try h.run(for: .milliseconds(20))
+        #expect(h.commander.lines.isEmpty, "released before DEVICE_DELETED")
+        h.deleted("hostdev0")
+        let data = try #require(try h.waitForEvent("GROUP_RELEASED", timeout: .seconds(5)))
+        #expect(data["devices"]?.strings == ["hostdev0"])
+        #expect(data["waited-ms"] == .integer(0))
+        #expect(h.monitor.statistics.allProcessScans == 0)
+    }
+
+    @Test func bothOrdersWithinOneLoopRound() throws {
+        // The close event and DEVICE_DELETED are both pending when the reactor looks: still one release.
+        let h = try MonitorHarness(spec: "7=0000:01:00.0")
+        let fd = try h.openGroup(7)
+        h.ready()
+        h.added("hostdev0", host: "01:00.0")
+        try h.qemu.close(fd)
+        h.deleted("hostdev0")
+        #expect(try h.waitForEvent("GROUP_RELEASED") != nil)
+        try h.run(for: .milliseconds(20))
+        #expect(h.commander.eventNames == ["GROUP_RELEASED"])
+    }
+
+    @Test func twoDeviceGroupIsReleasedOnlyAfterTheSecond() throws {
+        let h = try MonitorHarness(spec: "7=0000:01:00.0,0000:01:00.1")
+        let fd = try h.openGroup(7)
+        h.ready()
+        h.added("a", host: "01:00.0")
+        h.added("b", host: "01:00.1")
+        h.deleted("a")
+        try h.run(for: .milliseconds(50))
+        #expect(h.commander.lines.isEmpty, "released after the first device of two")
+        #expect(h.monitor.view(ofGroup: 7)?.phase == .attached)
+        try h.qemu.close(fd)
+        try h.run(for: .milliseconds(20))
+        #expect(h.commander.lines.isEmpty, "released while b is still in the guest")
+        h.deleted("b")
+        let data = try #require(try h.waitForEvent("GROUP_RELEASED"))
+        #expect(data["devices"]?.strings == ["a", "b"])
+    }
+
+    @Test func copyInAnotherProcessBlocksReleaseAndTheTimeoutNamesIt() throws {
+        let h = try MonitorHarness(spec: "7=0000:01:00.0", releaseTimeout: .milliseconds(300))
+        let fd = try h.openGroup(7)
+        h.ready()
+        h.added("hostdev0", host: "01:00.0")
+        let holder = try h.qemu.forkHolder()  // inherits a copy of QEMU's open file
+        try h.qemu.close(fd)
+        h.deleted("hostdev0")
+        let timeout = try #require(try h.waitForEvent("GROUP_RELEASE_TIMEOUT", timeout: .seconds(5)))
+        #expect(!h.commander.eventNames.contains("GROUP_RELEASED"))
+        let holders = timeout["holders"]?.arrayValue ?? []
+        #expect(holders.map { $0["pid"] } == [.integer(Int64(holder))])
+        #expect(holders.first?["comm"]?.stringValue?.hasPrefix("python") == true)
+        #expect(timeout["devices"]?.strings == ["hostdev0"])
+        #expect(h.monitor.statistics.allProcessScans >= 1)
+        #expect(h.monitor.view(ofGroup: 7)?.timedOut == true)
+
+        // Still tracked: when the copy goes, GROUP_RELEASED follows.
+        try h.qemu.releaseHolder(holder)
+        let released = try #require(try h.waitForEvent("GROUP_RELEASED", timeout: .seconds(5)))
+        #expect(released["waited-ms"]?.int64Value.map { $0 >= 300 } == true)
+        #expect(h.commander.eventNames == ["GROUP_RELEASE_TIMEOUT", "GROUP_RELEASED"])
+        #expect(h.monitor.armedTimers == 0)
+    }
+
+    @Test func copyTakenWithPidfdGetfdBlocksRelease() throws {
+        // This test process takes a copy of the stand-in's group fd with pidfd_getfd(2), as a helper
+        // daemon could: QEMU's close is then not the last one.
+        let h = try MonitorHarness(spec: "7=0000:01:00.0", releaseTimeout: .milliseconds(200))
+        let fd = try h.openGroup(7)
+        h.ready()
+        h.added("hostdev0", host: "01:00.0")
+        let pidfd = cqmp_pidfd_open(h.qemu.pid, 0)
+        try #require(pidfd >= 0)
+        defer { close(pidfd) }
+        let copy = cqmp_pidfd_getfd(pidfd, fd, 0)
+        try #require(copy >= 0, "pidfd_getfd failed: errno \(errno)")
+        try h.qemu.close(fd)
+        h.deleted("hostdev0")
+        let timeout = try #require(try h.waitForEvent("GROUP_RELEASE_TIMEOUT", timeout: .seconds(5)))
+        #expect(timeout["holders"]?.arrayValue?.map { $0["pid"] } == [.integer(Int64(getpid()))])
+        #expect(!h.commander.eventNames.contains("GROUP_RELEASED"))
+        close(copy)
+        #expect(try h.waitForEvent("GROUP_RELEASED", timeout: .seconds(5)) != nil)
+    }
+
+    @Test func reAddWhileDetachingReturnsToAttached() throws {
+        let h = try MonitorHarness(spec: "7=0000:01:00.0")
+        let fd = try h.openGroup(7)
+        h.ready()
+        h.added("hostdev0", host: "01:00.0")
+        h.deleted("hostdev0")
+        try h.run(for: .milliseconds(10))
+        #expect(h.monitor.view(ofGroup: 7)?.phase == .detaching)
+        // QEMU reopens the group for the new device before device_add succeeds, then drops the old fd.
+        let second = try h.openGroup(7)
+        h.added("hostdev0", host: "01:00.0")
+        #expect(h.monitor.view(ofGroup: 7)?.phase == .attached)
+        #expect(h.monitor.armedTimers == 0)
+        try h.qemu.close(fd)
+        try h.run(for: .milliseconds(30))
+        #expect(h.commander.lines.isEmpty)
+        h.deleted("hostdev0")
+        try h.run(for: .milliseconds(30))
+        #expect(h.commander.lines.isEmpty, "released while QEMU holds the reopened group")
+        try h.qemu.close(second)
+        let data = try #require(try h.waitForEvent("GROUP_RELEASED"))
+        #expect(data["devices"]?.strings == ["hostdev0", "hostdev0"])
+    }
+
+    @Test func holdModeWithholdsDeviceDeletedUntilRelease() throws {
+        let h = try MonitorHarness(spec: "7=0000:01:00.0,0000:01:00.1", eventPrefix: "__com.example_", hold: true)
+        let fd = try h.openGroup(7)
+        h.ready()
+        h.added("a", host: "01:00.0")
+        h.added("b", host: "01:00.1")
+        let first = MonitorHarness.deletedEvent(id: "a", path: "/machine/peripheral/a")
+        let second = MonitorHarness.deletedEvent(id: "b", path: "/machine/peripheral/b")
+        #expect(h.monitor.deviceDeleted(first) == .hold)
+        try h.run(for: .milliseconds(20))
+        #expect(h.commander.lines.isEmpty)
+        try h.qemu.close(fd)
+        #expect(h.monitor.deviceDeleted(second) == .hold)
+        #expect(try h.waitForEvent("__com.example_GROUP_RELEASED") != nil)
+        // The held events come unchanged, in order, right before GROUP_RELEASED.
+        #expect(h.commander.lines.count == 3)
+        #expect(Array(h.commander.lines[0]) == first.bytes + [0x0D, 0x0A])
+        #expect(Array(h.commander.lines[1]) == second.bytes + [0x0D, 0x0A])
+        #expect(h.commander.eventNames == ["DEVICE_DELETED", "DEVICE_DELETED", "__com.example_GROUP_RELEASED"])
+        // A non-VFIO device's event is never held.
+        #expect(
+            h.monitor.deviceDeleted(MonitorHarness.deletedEvent(id: "kbd", path: "/machine/peripheral/kbd")) == .forward
+        )
+    }
+
+    @Test func qemuDyingWhileDetachingReleases() throws {
+        let h = try MonitorHarness(spec: "7=0000:01:00.0")
+        try h.openGroup(7)
+        try h.qemu.fill(toExtraFDs: 10)
+        h.ready()
+        h.added("hostdev0", host: "01:00.0")
+        h.deleted("hostdev0")
+        try h.run(for: .milliseconds(10))
+        #expect(h.commander.lines.isEmpty)
+        h.qemu.terminate()  // SIGKILL: its fds close at exit; the pidfd reports it
+        let data = try #require(try h.waitForEvent("GROUP_RELEASED", timeout: .seconds(5)))
+        #expect(data["devices"]?.strings == ["hostdev0"])
+    }
+
+    @Test func qemuExitForgetsAttachedGroupsWithoutEvents() throws {
+        let h = try MonitorHarness(spec: "7=0000:01:00.0")
+        try h.openGroup(7)
+        h.ready()
+        h.added("hostdev0", host: "01:00.0")
+        h.qemu.terminate()
+        let monitor = h.monitor
+        #expect(try h.run(until: { monitor.view(ofGroup: 7) == nil }, timeout: .seconds(5)))
+        #expect(h.commander.lines.isEmpty)
+        #expect(h.monitor.armedTimers == 0)
+    }
+
+    @Test func coldPluggedDevicesAreDiscovered() throws {
+        let h = try MonitorHarness(spec: "7=0000:01:00.0;8=0000:02:00.0", discover: true)
+        h.commander.children = [
+            "/machine/peripheral": [
+                ("hostdev0", "child<vfio-pci>"), ("net0", "child<virtio-net-pci>"), ("bogus", "link<vfio-pci>"),
+            ],
+            "/machine/peripheral-anon": [("device[0]", "child<vfio-pci>")],
+        ]
+        h.commander.properties = [
+            "/machine/peripheral/hostdev0": ["host": "0000:01:00.0", "sysfsdev": ""],
+            "/machine/peripheral-anon/device[0]": [
+                "host": PCIAddress.unset, "sysfsdev": "/sys/bus/pci/devices/0000:02:00.0",
+            ],
+        ]
+        let fd7 = try h.openGroup(7)
+        let fd8 = try h.openGroup(8)
+        h.ready()
+        let monitor = h.monitor
+        #expect(try h.run(until: { monitor.trackedDevices.count == 2 }, timeout: .seconds(5)))
+        let byPath = Dictionary(uniqueKeysWithValues: h.monitor.trackedDevices.map { ($0.qomPath, $0) })
+        #expect(byPath["/machine/peripheral/hostdev0"]?.id == "hostdev0")
+        #expect(byPath["/machine/peripheral/hostdev0"]?.group == 7)
+        #expect(byPath["/machine/peripheral-anon/device[0]"]?.id == nil)
+        #expect(byPath["/machine/peripheral-anon/device[0]"]?.group == 8)
+        #expect(h.commander.commands.allSatisfy { $0.0 == "qom-list" || $0.0 == "qom-get" })
+        #expect(h.monitor.view(ofGroup: 8)?.qemuHolds == true)
+
+        // The anonymous device is reported by QOM path.
+        _ = h.monitor.deviceDeleted(
+            MonitorHarness.deletedEvent(id: nil, path: "/machine/peripheral-anon/device[0]"))
+        try h.qemu.close(fd8)
+        let data = try #require(try h.waitForEvent("GROUP_RELEASED"))
+        #expect(data["group"] == .integer(8))
+        #expect(data["devices"]?.strings == ["/machine/peripheral-anon/device[0]"])
+        _ = fd7
+    }
+
+    @Test func iommufdCdevDevices() throws {
+        // iommufd: QEMU opens each device's cdev, not the group node.
+        let h = try MonitorHarness(spec: "7=0000:01:00.0,0000:01:00.1")
+        let cdevA = try h.qemu.open(try #require(h.host.cdevNodePath(ofDevice: "01:00.0")))
+        let cdevB = try h.qemu.open(try #require(h.host.cdevNodePath(ofDevice: "01:00.1")))
+        h.ready()
+        h.added("a", host: "01:00.0")
+        h.added("b", host: "01:00.1")
+        #expect(h.monitor.view(ofGroup: 7)?.qemuHolds == true)
+        try h.qemu.close(cdevA)
+        h.deleted("a")
+        try h.run(for: .milliseconds(30))
+        #expect(h.commander.lines.isEmpty, "released after the first device of an iommufd group")
+        h.deleted("b")
+        try h.run(for: .milliseconds(30))
+        #expect(h.commander.lines.isEmpty, "released while QEMU still holds b's cdev")
+        try h.qemu.close(cdevB)
+        let data = try #require(try h.waitForEvent("GROUP_RELEASED"))
+        #expect(data["devices"]?.strings == ["a", "b"])
+    }
+
+    @Test func failedOrForeignDeviceAddsAreNotTracked() throws {
+        let h = try MonitorHarness(spec: "7=0000:01:00.0")
+        try h.openGroup(7)
+        h.ready()
+        // A failed device_add never reaches deviceAddSucceeded: its later DEVICE_DELETED is foreign.
+        #expect(h.deleted("hostdev0") == .forward)
+        // Not VFIO, unresolvable host, unset host: not tracked.
+        h.added("kbd", host: "01:00.0", driver: "usb-kbd")
+        h.added("ghost", host: "0000:09:00.0")
+        h.added("unset", host: PCIAddress.unset)
+        #expect(h.monitor.trackedDevices.isEmpty)
+        #expect(h.monitor.view(ofGroup: 7) == nil)
+        try h.run(for: .milliseconds(10))
+        #expect(h.commander.lines.isEmpty)
+    }
+
+    @Test func queryCommandListsGroups() throws {
+        let h = try MonitorHarness(spec: "7=0000:01:00.0,0000:01:00.1")
+        try h.openGroup(7)
+        h.ready()
+        h.added("hostdev0", host: "01:00.0")
+        #expect(h.monitor.localCommand("query-pci", arguments: nil) == nil)
+        let reply = try #require(h.monitor.localCommand(VFIOConfiguration.defaultQueryCommandName, arguments: nil))
+        guard case .success(let value) = reply, let group = value.arrayValue?.first else {
+            Issue.record("expected a list of groups, got \(reply)")
+            return
+        }
+        #expect(group["group"] == .integer(7))
+        #expect(group["state"] == .string("attached"))
+        #expect(group["members"]?.strings == ["0000:01:00.0", "0000:01:00.1"])
+        #expect(group["devices"]?.arrayValue?.first?["id"] == .string("hostdev0"))
+        #expect(group["holders"]?.arrayValue?.map { $0["pid"] } == [.integer(Int64(h.qemu.pid))])
+    }
+
+    @Test func nothingDetachingMeansNoTimers() throws {
+        let h = try MonitorHarness(spec: "7=0000:01:00.0")
+        try h.openGroup(7)
+        h.ready()
+        h.added("hostdev0", host: "01:00.0")
+        try h.run(for: .milliseconds(5))
+        #expect(h.monitor.armedTimers == 0)
+        #expect(h.reactor.armedTimerCount == 0)
+    }
+}
