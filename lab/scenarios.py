@@ -371,7 +371,10 @@ class Lab:
 
     # -- processes ----------------------------------------------------------------------------------
     def spawn(self, name, argv, env=None):
-        log = open(f"{self.out}/{self.scenario}-{name}.log", "wb")
+        # Logs go to L1's tmpfs (writes to the 9p results share are slow round trips to the host and would
+        # slow the processes under test); teardown copies them to the results share.
+        os.makedirs("/tmp/lab-logs", exist_ok=True)
+        log = open(f"/tmp/lab-logs/{self.scenario}-{name}.log", "wb")
         log.write((" ".join(argv) + "\n").encode())
         log.flush()
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -396,12 +399,13 @@ class Lab:
             time.sleep(0.01)
 
     def start_l2(self, cold=(), guest=False, tag="l2"):
+        os.makedirs("/tmp/lab-logs", exist_ok=True)
         qmp = f"/tmp/lab-{self.scenario}-{tag}.qmp"
         argv = [QEMU, "-M", "pc", "-nodefaults", "-display", "none", "-qmp", f"unix:{qmp},server=on,wait=off"]
         if guest:
             argv += ["-accel", "kvm", "-m", "256M", "-kernel", self.args.kernel, "-initrd", self.args.l2_initrd,
                      "-append", "console=ttyS0 panic=-1 loglevel=4",
-                     "-serial", f"file:{self.out}/{self.scenario}-l2-console.log"]
+                     "-serial", f"file:/tmp/lab-logs/{self.scenario}-l2-console.log"]
         else:
             argv += ["-accel", "tcg", "-m", "128M", "-S"]
         for bdf, dev_id, slot in cold:
@@ -443,6 +447,10 @@ class Lab:
                     p.wait()
             self.obs.untrack(p.pid)
         self.procs = []
+        for f in os.listdir("/tmp/lab-logs") if os.path.isdir("/tmp/lab-logs") else []:
+            with open(f"/tmp/lab-logs/{f}", "rb") as src, open(f"{self.out}/{f}", "wb") as dst:
+                dst.write(src.read())
+            os.unlink(f"/tmp/lab-logs/{f}")
         for g in self.obs.groups:
             deadline = mono() + 10
             while group_holders(g):
@@ -588,7 +596,7 @@ def scenario_C(lab):
         raise ScenarioFailed("no /dev/kvm in L1 (kvm_amd did not load)")
     qemu = lab.start_l2(guest=True)
     client, _ = lab.connect(qemu)
-    console = f"{lab.out}/{lab.scenario}-l2-console.log"
+    console = f"/tmp/lab-logs/{lab.scenario}-l2-console.log"
     t0 = mono()
     lab.wait(lambda: "L2-GUEST-READY" in open(console, errors="replace").read(), 120, "the L2 guest to boot")
     boot_s = mono() - t0
