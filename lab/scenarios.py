@@ -182,8 +182,9 @@ class Observer:
 
 
 class Event:
-    def __init__(self, t, msg, holders):
+    def __init__(self, t, msg, holders, age_ms=None):
         self.t = t
+        self.age_ms = age_ms  # receipt (CLOCK_REALTIME) minus the event's own timestamp
         self.msg = msg
         self.name = msg["event"]
         self.data = msg.get("data", {})
@@ -228,6 +229,7 @@ class QMPClient:
         # the sender wrote these bytes is in the log with t <= the messages' t.
         self.lab.obs.poll_inotify()
         t = mono()
+        t_real = time.time()
         if not data:
             self.closed_at = t
             self.lab.note(f"{self.name}: connection closed", t)
@@ -253,8 +255,12 @@ class QMPClient:
                 if msg["event"].endswith(("GROUP_RELEASED", "GROUP_RELEASE_TIMEOUT")):
                     g = msg.get("data", {}).get("group")
                     holders = group_holders(g) if g is not None else None
-                self.events.append(Event(t, msg, holders))
-                self.lab.note(f"{self.name} <- {msg['event']} {json.dumps(msg.get('data', {}))}", t)
+                ts = msg.get("timestamp", {})
+                age = round((t_real - ts.get("seconds", 0) - ts.get("microseconds", 0) / 1e6) * 1000, 2) \
+                    if ts else None
+                self.events.append(Event(t, msg, holders, age))
+                self.lab.note(f"{self.name} <- {msg['event']} {json.dumps(msg.get('data', {}))} "
+                              f"(stamped {age} ms before receipt)", t)
             elif "id" in msg:
                 self.replies[msg["id"]] = (t, msg)
             else:
@@ -420,6 +426,8 @@ class Lab:
         listen = f"/tmp/lab-{self.scenario}-{tag}.sock"
         argv = [self.sidecar, "--upstream", f"unix:{qemu.qmp}", "--listen", f"unix:{listen}", *extra,
                 *(["--event-prefix", self.prefix] if self.prefix else []), *self.args.sidecar_arg]
+        if self.args.strace_sidecar:
+            argv = ["strace", "-f", "-ttt", "-s", "200", "-o", f"/tmp/lab-logs/{self.scenario}-{tag}.strace", *argv]
         env = dict(os.environ, LD_LIBRARY_PATH=self.args.swift_lib or "")
         p = self.spawn(tag, argv, env)
         self.wait_path(listen, p, 30, "qmp-sidecar")
@@ -489,6 +497,7 @@ class Lab:
 
     def release_figures(self, ev, close_t, dd_t):
         return {"close-to-group-released-ms": round((ev.t - close_t) * 1000, 2),
+                "group-released-stamp-to-receipt-ms": ev.age_ms,
                 "device-deleted-to-group-released-ms": round((ev.t - dd_t) * 1000, 2),
                 "waited-ms": ev.data.get("waited-ms")}
 
@@ -776,6 +785,7 @@ def main():
     ap.add_argument("--swift-lib", help="LD_LIBRARY_PATH for the sidecar (the host's Swift runtime)")
     ap.add_argument("--sidecar-arg", action="append", default=[], help="extra option for every sidecar")
     ap.add_argument("--event-prefix", default="")
+    ap.add_argument("--strace-sidecar", action="store_true", help="run the sidecar under strace -f -ttt (diagnosis)")
     ap.add_argument("--release-timeout", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=1, help="run each scenario N times; figures are medians")
     ap.add_argument("--query-command", default="__org.qmp-sidecar_query-vfio-groups",
