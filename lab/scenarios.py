@@ -785,6 +785,8 @@ def main():
     ap.add_argument("--swift-lib", help="LD_LIBRARY_PATH for the sidecar (the host's Swift runtime)")
     ap.add_argument("--sidecar-arg", action="append", default=[], help="extra option for every sidecar")
     ap.add_argument("--event-prefix", default="")
+    ap.add_argument("--scan-interval-ms", type=float, default=2.0,
+                    help="period of the observer's /proc/<pid>/fd scans (inotify is event-driven regardless)")
     ap.add_argument("--strace-sidecar", action="store_true", help="run the sidecar under strace -f -ttt (diagnosis)")
     ap.add_argument("--release-timeout", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=1, help="run each scenario N times; figures are medians")
@@ -793,6 +795,8 @@ def main():
     ap.add_argument("--kernel", help="L2 guest kernel (scenario C)")
     ap.add_argument("--l2-initrd", help="L2 guest initramfs (scenario C)")
     args = ap.parse_args()
+    global SCAN_INTERVAL
+    SCAN_INTERVAL = args.scan_interval_ms / 1000
     names = [s for s in args.scenarios.split(",") if s]
     if args.sidecar and "B" in names and "B-hold" not in names:
         names.insert(names.index("B") + 1, "B-hold")
