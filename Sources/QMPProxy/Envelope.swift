@@ -16,7 +16,14 @@ struct Envelope {
     }
 
     private func string(_ range: Range<Int>?) -> String? {
-        slice(range).flatMap { QMPMessage.decodeString($0) }
+        guard let token = slice(range) else { return nil }
+        // Fast path: a double-quoted token of printable ASCII without escapes is its own text.
+        if token.count >= 2, token.first == 0x22, token.last == 0x22,
+            token.dropFirst().dropLast().allSatisfy({ $0 >= 0x20 && $0 < 0x7F && $0 != 0x22 && $0 != 0x5C })
+        {
+            return String(decoding: token.dropFirst().dropLast(), as: UTF8.self)
+        }
+        return QMPMessage.decodeString(token)
     }
 
     /// The value of `execute` when it is a string.

@@ -135,9 +135,10 @@ public struct ProxyRouter: Sendable {
     // MARK: - Upstream
 
     /// Bytes read from QEMU.
-    public mutating func upstreamReceived(_ bytes: some Collection<UInt8>) -> [Action] {
+    public mutating func upstreamReceived(_ bytes: [UInt8]) -> [Action] {
         var actions: [Action] = []
-        for frame in upstreamFramer.append(bytes) {
+        let frames = bytes.withUnsafeBytes { upstreamFramer.append($0) }
+        for frame in frames {
             switch frame {
             case .invalid(let error, _):
                 actions.append(.warning("unparsable output from QEMU: \(error.desc)"))
@@ -214,7 +215,8 @@ public struct ProxyRouter: Sendable {
                 actions.append(.deviceAddSucceeded(arguments: deviceAddArguments))
             }
             guard var session = clients.removeValue(forKey: clientID) else { return }  // gone: drop quietly
-            let line = message.message.replacingID(with: originalID.map(Self.echo)) + QEMUReply.crlf
+            var line = message.message.replacingID(with: originalID.map(Self.echo))
+            line.append(contentsOf: QEMUReply.crlf)
             if oob {
                 actions.append(.sendToClient(clientID, line))
             } else {
@@ -285,7 +287,7 @@ public struct ProxyRouter: Sendable {
     }
 
     /// Bytes (and the fds of the same `recvmsg`) read from a client.
-    public mutating func clientReceived(_ clientID: ClientID, _ bytes: some Collection<UInt8>, fds: [Int32] = [])
+    public mutating func clientReceived(_ clientID: ClientID, _ bytes: [UInt8], fds: [Int32] = [])
         -> [Action]
     {
         var actions: [Action] = []
@@ -301,7 +303,7 @@ public struct ProxyRouter: Sendable {
             }
             session.heldFDs = (start, fds)
         }
-        let frames = session.framer.append(bytes)
+        let frames = bytes.withUnsafeBytes { session.framer.append($0) }
         if session.phase == .awaitingGreeting {
             session.deferred += frames
         } else {
@@ -400,7 +402,8 @@ public struct ProxyRouter: Sendable {
                     into: &actions)
                 return
             }
-            if let name = message.executeName, configuration.localCommands.contains(name) {
+            let name = message.commandName
+            if message.message.execute != nil, let name, configuration.localCommands.contains(name) {
                 if let error = QEMURequestRules.checkRequest(members(), allowOOB: oob) {
                     replyLocally(error, id: message.idBytes, clientID, &session, into: &actions)
                     return
@@ -412,23 +415,22 @@ public struct ProxyRouter: Sendable {
                     .localCommand(client: clientID, token: token, name: name, arguments: message.argumentBytes))
                 return
             }
-            forward(message, end: end, clientID, &session, into: &actions)
+            forward(message, name: name, end: end, clientID, &session, into: &actions)
         }
     }
 
     private mutating func forward(
-        _ message: Envelope, end: Int, _ clientID: ClientID, _ session: inout ClientSession,
+        _ message: Envelope, name: String?, end: Int, _ clientID: ClientID, _ session: inout ClientSession,
         into actions: inout [Action]
     ) {
         let id = allocateID()
-        let name = message.commandName
         let oob = message.isOOBRequest
         var fds: [Int32] = []
         if name == "getfd" || name == "add-fd", let held = session.heldFDs, held.start < end {
             fds = held.fds
             session.heldFDs = nil
         }
-        let bytes = message.message.replacingID(with: Array(String(id).utf8))
+        var bytes = message.message.replacingID(with: Array(String(id).utf8))
         pending[id] = .client(
             clientID, originalID: message.idBytes, oob: oob,
             deviceAddArguments: name == "device_add" ? (message.argumentBytes ?? Array("{}".utf8)) : nil)
@@ -436,7 +438,8 @@ public struct ProxyRouter: Sendable {
             session.enqueue(.waiting(id))
         }
         trace(.clientToQEMU, client: clientID, fds: fds.count, bytes, into: &actions)
-        upstreamQueue.append(UpstreamItem(bytes: bytes + QEMUReply.crlf, fds: fds, id: id))
+        bytes.append(contentsOf: QEMUReply.crlf)
+        upstreamQueue.append(UpstreamItem(bytes: bytes, fds: fds, id: id))
         flushUpstream(into: &actions)
     }
 
@@ -455,8 +458,20 @@ public struct ProxyRouter: Sendable {
     }
 
     /// The id QEMU would echo for the client's id bytes.
-    private static func echo(_ id: [UInt8]) -> [UInt8] {
-        QMPJSON.echoed(id) ?? id
+    ///
+    /// Fast path for the ids clients really use (libvirt's `"libvirt-N"`, qemu.qmp's `"__qmp#00001"`,
+    /// small integers): a double-quoted string of printable ASCII without escapes, or a decimal
+    /// integer without leading zeros below 2^53, is echoed unchanged by QEMU.
+    static func echo(_ id: [UInt8]) -> [UInt8] {
+        if id.count >= 2, id.first == 0x22, id.last == 0x22,
+            id.dropFirst().dropLast().allSatisfy({ $0 >= 0x20 && $0 < 0x7F && $0 != 0x22 && $0 != 0x5C })
+        {
+            return id
+        }
+        if !id.isEmpty, id.count <= 15, id.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), id.count == 1 || id[0] != 0x30 {
+            return id
+        }
+        return QMPJSON.echoed(id) ?? id
     }
 
     // MARK: - Helpers

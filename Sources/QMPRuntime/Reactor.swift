@@ -202,6 +202,13 @@ public final class Reactor {
         defer { isRunning = false }
         stopFlag = false
         drainWakeChannel()
+        defer {
+            // The poll set may still reference handlers unregistered during the last round; release
+            // them now rather than at the next run (they often capture objects that own this reactor).
+            pollFDs = []
+            pollRegs = []
+            pollDirty = true
+        }
         while !stopFlag {
             try runOnce(timeoutNanoseconds: nextTimeoutNanoseconds())
         }
@@ -321,6 +328,8 @@ public final class Reactor {
         if let wake { registrations[wake.id] = wake }
         timers.removeAll()
         heap.removeAll()
+        pollFDs = []
+        pollRegs = []
         pollDirty = true
     }
 

@@ -259,22 +259,34 @@ public enum Sockets {
     /// ``adoptListeningSocket(_:)``.
     /// - Returns: descriptors the caller now owns.
     public static func systemdListeningSockets() throws(RuntimeError) -> [Int32] {
-        guard let pidText = getenv("LISTEN_PID").map({ String(cString: $0) }) else { return [] }
+        let pid = getenv("LISTEN_PID").map { String(cString: $0) }
+        let count = getenv("LISTEN_FDS").map { String(cString: $0) }
+        let fds = try adoptSystemdSockets(listenPID: pid, listenFDs: count, firstFD: 3)
+        if !fds.isEmpty {
+            unsetenv("LISTEN_PID")
+            unsetenv("LISTEN_FDS")
+            unsetenv("LISTEN_FDNAMES")
+        }
+        return fds
+    }
+
+    /// The logic of ``systemdListeningSockets()`` with the environment and first descriptor given.
+    static func adoptSystemdSockets(listenPID: String?, listenFDs: String?, firstFD: Int32) throws(RuntimeError)
+        -> [Int32]
+    {
+        guard let pidText = listenPID else { return [] }
         guard let pid = Int32(pidText) else {
             throw RuntimeError(code: .socketActivation, message: "LISTEN_PID=\(pidText) is not a pid")
         }
         guard pid == getpid() else { return [] }
-        let countText = getenv("LISTEN_FDS").map { String(cString: $0) } ?? ""
+        let countText = listenFDs ?? ""
         guard let count = Int32(countText), count >= 0 else {
             throw RuntimeError(
                 code: .socketActivation,
                 message: "LISTEN_PID is set but LISTEN_FDS=\(countText) is not a count: check the .socket unit")
         }
-        unsetenv("LISTEN_PID")
-        unsetenv("LISTEN_FDS")
-        unsetenv("LISTEN_FDNAMES")
         var fds: [Int32] = []
-        for fd in 3..<(3 + count) {
+        for fd in firstFD..<(firstFD + count) {
             fds.append(try adoptListeningSocket(fd))
         }
         return fds

@@ -1,4 +1,5 @@
 import QMPRuntime
+import VFIOTracking
 
 #if canImport(Glibc)
 import Glibc
@@ -34,13 +35,14 @@ public struct SidecarConfiguration: Sendable {
     public var tracePath: String?
     /// Per-client output bound; a client that lets more pile up is disconnected.
     public var clientOutputLimit: Int
-    /// VFIO release monitor options.
-    public var vfio: SidecarVFIOOptions
+    /// The VFIO release monitor's options (`--sysfs-root`, `--dev-root`, `--release-timeout`,
+    /// `--event-prefix`, `--hold-device-deleted`); nil runs the proxy without VFIO tracking.
+    public var vfio: VFIOConfiguration?
 
     public init(
         upstream: SocketAddress? = nil, connectTimeout: Duration = .seconds(30), listeners: [ListenSpec] = [],
         takeOver: String? = nil, socketMode: mode_t = 0o600, qemuPID: pid_t? = nil, reconnect: Bool = false,
-        tracePath: String? = nil, clientOutputLimit: Int = 16 << 20, vfio: SidecarVFIOOptions = .init()
+        tracePath: String? = nil, clientOutputLimit: Int = 16 << 20, vfio: VFIOConfiguration? = VFIOConfiguration()
     ) {
         self.vfio = vfio
         self.upstream = upstream
@@ -52,26 +54,5 @@ public struct SidecarConfiguration: Sendable {
         self.reconnect = reconnect
         self.tracePath = tracePath
         self.clientOutputLimit = clientOutputLimit
-    }
-}
-
-/// The VFIO release monitor's options (issue 4), as given on the command line; they map one to one
-/// onto VFIOTracking's `VFIOConfiguration`.
-public struct SidecarVFIOOptions: Sendable, Equatable {
-    public var sysfsRoot: String
-    public var devRoot: String
-    public var releaseTimeout: Duration
-    public var eventPrefix: String
-    public var holdDeviceDeleted: Bool
-
-    public init(
-        sysfsRoot: String = "/sys", devRoot: String = "/dev", releaseTimeout: Duration = .seconds(30),
-        eventPrefix: String = "", holdDeviceDeleted: Bool = false
-    ) {
-        self.sysfsRoot = sysfsRoot
-        self.devRoot = devRoot
-        self.releaseTimeout = releaseTimeout
-        self.eventPrefix = eventPrefix
-        self.holdDeviceDeleted = holdDeviceDeleted
     }
 }

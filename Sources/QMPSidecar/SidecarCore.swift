@@ -1,7 +1,9 @@
 import Logging
 import QMPProxy
 import QMPRuntime
+import QMPWire
 import Synchronization
+import VFIOTracking
 
 #if canImport(Glibc)
 import Glibc
@@ -11,7 +13,7 @@ import Glibc
 ///
 /// - Important: Created and used on the reactor thread only. The reactor's registrations (listeners,
 ///   connections, timers) keep it alive while it runs.
-final class SidecarCore: SidecarCommander {
+final class SidecarCore: QMPUpstreamCommander {
     private let reactor: Reactor
     private let configuration: SidecarConfiguration
     private let upstreamAddress: SocketAddress
@@ -58,8 +60,9 @@ final class SidecarCore: SidecarCommander {
 
     // MARK: Upstream
 
-    private func connectUpstream(deadline: ContinuousClock.Instant) {
-        retry = ConnectRetry(address: upstreamAddress, reactor: reactor, deadline: deadline) { result in
+    private func connectUpstream(deadline: ContinuousClock.Instant, interval: Duration = .milliseconds(20)) {
+        retry = ConnectRetry(address: upstreamAddress, reactor: reactor, deadline: deadline, interval: interval) {
+            result in
             self.retry = nil
             switch result {
             case .success(let fd): self.upstreamConnected(fd)
@@ -80,6 +83,7 @@ final class SidecarCore: SidecarCommander {
         connection.onRead = { bytes, fds in
             for fd in fds { Glibc.close(fd) }
             self.perform(self.router.upstreamReceived(bytes))
+            self.updateClientReading()
         }
         connection.onClose = { reason in self.upstreamLost(reason.description) }
         upstream = connection
@@ -99,7 +103,7 @@ final class SidecarCore: SidecarCommander {
             logger.warning(
                 "QEMU closed the QMP connection; waiting for a new QEMU (--reconnect)",
                 metadata: ["reason": "\(reason)", "clients-disconnected": "\(clientCount)"])
-            connectUpstream(deadline: .now + .seconds(100 * 365 * 24 * 3600))
+            connectUpstream(deadline: .now + .seconds(100 * 365 * 24 * 3600), interval: .milliseconds(100))
         } else {
             fail(
                 SidecarError(
@@ -107,6 +111,22 @@ final class SidecarCore: SidecarCommander {
                     "QEMU closed the QMP connection (\(reason)); \(clientCount) client(s) disconnected. Use --reconnect to wait for a new QEMU instead of exiting."
                 ))
         }
+    }
+
+    /// Upstream output beyond which clients are not read (QEMU is slower than they are).
+    private static let upstreamBacklogLimit = 4 << 20
+    private var clientsPaused = false
+
+    /// Backpressure: while QEMU lets more than ``upstreamBacklogLimit`` bytes of commands pile up,
+    /// stop reading clients (their commands wait in their own socket buffers, as with QEMU directly);
+    /// resume once QEMU has caught up to half of it.
+    private func updateClientReading() {
+        let backlog = upstream?.pendingBytes ?? 0
+        let pause = clientsPaused ? backlog > Self.upstreamBacklogLimit / 2 : backlog > Self.upstreamBacklogLimit
+        guard pause != clientsPaused else { return }
+        clientsPaused = pause
+        logger.debug("client reading \(pause ? "paused" : "resumed")", metadata: ["upstream-backlog": "\(backlog)"])
+        for client in clients.values { client.isReadingEnabled = !pause }
     }
 
     private func fail(_ error: SidecarError) {
@@ -128,6 +148,7 @@ final class SidecarCore: SidecarCommander {
             fd: fd, reactor: reactor, maxPendingBytes: configuration.clientOutputLimit, logger: clientLogger)
         connection.onRead = { bytes, fds in
             self.perform(self.router.clientReceived(id, bytes, fds: fds))
+            self.updateClientReading()
         }
         connection.onClose = { reason in
             self.clients[id] = nil
@@ -141,6 +162,7 @@ final class SidecarCore: SidecarCommander {
             self.clients[id]?.close()
         }
         clients[id] = connection
+        connection.isReadingEnabled = !clientsPaused
         logger.debug(
             "client connected", metadata: ["client": "\(id)", "pid": "\(connection.peerPID.map(String.init) ?? "?")"])
         connection.start()
@@ -192,11 +214,16 @@ final class SidecarCore: SidecarCommander {
         }
     }
 
-    // MARK: SidecarCommander
+    // MARK: QMPUpstreamCommander
 
-    func sendInternalCommand(_ name: String, arguments: [UInt8]?, reply: @escaping ([UInt8]) -> Void) {
-        let (token, actions) = router.sendInternalCommand(name, arguments: arguments)
-        internalReplies[token] = reply
+    func sendInternalCommand(_ name: String, arguments: JSONValue?, reply: @escaping (QMPMessage) -> Void) {
+        let (token, actions) = router.sendInternalCommand(name, arguments: arguments?.qemuBytes)
+        internalReplies[token] = { [logger] bytes in
+            switch QMPMessage.parse(bytes) {
+            case .success(let message): reply(message)
+            case .failure(let error): logger.warning("unparsable reply to the sidecar's \(name): \(error.desc)")
+            }
+        }
         perform(actions)
     }
 

@@ -1,25 +1,16 @@
 import QMPProxy
+import QMPRuntime
+import QMPWire
+import VFIOTracking
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// How the sidecar talks to QEMU on its own behalf and to all clients at once.
+/// What the sidecar tells the VFIO release monitor (issue 4), in the proxy's terms: bytes in, no
+/// JSON trees on the hot path.
 ///
-/// - Important: reactor thread only.
-public protocol SidecarCommander: AnyObject {
-    /// Sends a command of the sidecar's own; `reply` gets the whole reply line (without CRLF). The
-    /// reply never reaches a client.
-    ///
-    /// - Parameter arguments: the text of a JSON object, or nil.
-    func sendInternalCommand(_ name: String, arguments: [UInt8]?, reply: @escaping ([UInt8]) -> Void)
-    /// Sends one complete event line (ending in CRLF) to every negotiated client.
-    func broadcastEvent(_ line: [UInt8])
-}
-
-/// What the sidecar tells the VFIO release monitor (issue 4), in the sidecar's own terms.
-///
-/// An adapter onto `VFIOReleaseMonitor` (VFIOTracking) implements it; tests can use a fake.
+/// ``VFIOMonitorHooks`` adapts VFIOTracking's `VFIOReleaseMonitor`; tests can use a fake.
 ///
 /// - Important: reactor thread only.
 public protocol SidecarVFIOHooks: AnyObject {
@@ -36,4 +27,40 @@ public protocol SidecarVFIOHooks: AnyObject {
     func localCommand(_ name: String, arguments: [UInt8]?) -> ProxyRouter.LocalReply?
     /// QEMU went away.
     func upstreamClosed()
+}
+
+/// ``SidecarVFIOHooks`` onto VFIOTracking's `VFIOReleaseMonitor`.
+public final class VFIOMonitorHooks: SidecarVFIOHooks {
+    public let monitor: VFIOReleaseMonitor
+
+    public init(monitor: VFIOReleaseMonitor) {
+        self.monitor = monitor
+    }
+
+    public var localCommandNames: Set<String> { monitor.localCommandNames }
+
+    public func upstreamReady(qemuPID: pid_t?) {
+        monitor.upstreamReady(qemuPID: qemuPID)
+    }
+
+    public func deviceAddSucceeded(arguments: [UInt8]) {
+        monitor.deviceAddSucceeded(argumentsText: arguments)
+    }
+
+    public func deviceDeleted(_ line: [UInt8]) -> Bool {
+        monitor.deviceDeleted(line: line)
+    }
+
+    public func localCommand(_ name: String, arguments: [UInt8]?) -> ProxyRouter.LocalReply? {
+        let parsed = arguments.flatMap { try? JSONValue(parsing: $0) }
+        switch monitor.localCommand(name, arguments: parsed) {
+        case nil: return nil
+        case .success(let value)?: return .success(value.qemuBytes)
+        case .failure(let errorClass, let desc)?: return .failure(QMPErrorText(errorClass, desc))
+        }
+    }
+
+    public func upstreamClosed() {
+        monitor.upstreamClosed()
+    }
 }

@@ -1,6 +1,7 @@
 import Logging
 import QMPRuntime
 import ServiceLifecycle
+import VFIOTracking
 
 #if canImport(Glibc)
 import Glibc
@@ -14,16 +15,30 @@ import Glibc
 /// `--reconnect`), so the process exits non-zero.
 public struct SidecarService: Service {
     /// Builds the VFIO hooks on the reactor thread, given the reactor and the sidecar as commander.
-    public typealias HooksFactory = @Sendable (Reactor, any SidecarCommander, Logger) -> any SidecarVFIOHooks
+    public typealias HooksFactory = @Sendable (Reactor, any QMPUpstreamCommander, Logger) -> any SidecarVFIOHooks
 
     private let configuration: SidecarConfiguration
     private let logger: Logger
     private let makeHooks: HooksFactory?
 
+    /// - Parameter makeHooks: the VFIO side; by default a `VFIOReleaseMonitor` with
+    ///   `configuration.vfio` (none when that is nil).
     public init(configuration: SidecarConfiguration, logger: Logger, makeHooks: HooksFactory? = nil) {
         self.configuration = configuration
         self.logger = logger
-        self.makeHooks = makeHooks
+        if let makeHooks {
+            self.makeHooks = makeHooks
+        } else if let vfio = configuration.vfio {
+            self.makeHooks = { reactor, commander, logger in
+                var vfioLogger = logger
+                vfioLogger[metadataKey: "component"] = "vfio"
+                return VFIOMonitorHooks(
+                    monitor: VFIOReleaseMonitor(
+                        configuration: vfio, reactor: reactor, commander: commander, logger: vfioLogger))
+            }
+        } else {
+            self.makeHooks = nil
+        }
     }
 
     public func run() async throws {

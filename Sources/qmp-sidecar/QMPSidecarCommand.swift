@@ -4,6 +4,7 @@ import QMPRuntime
 import QMPSidecar
 import ServiceLifecycle
 import UnixSignals
+import VFIOTracking
 
 #if canImport(Glibc)
 import Glibc
@@ -15,24 +16,23 @@ struct QMPSidecarCommand: AsyncParsableCommand {
         commandName: "qmp-sidecar",
         abstract: "A transparent proxy on QEMU's QMP socket that tells clients when a VFIO IOMMU group is really free.",
         discussion: """
-            qmp-sidecar holds the one connection to QEMU's QMP monitor and serves any number of clients. \
-            Each client sees QEMU exactly as if it were connected directly: the same greeting, the same \
-            negotiation replies, its own ids on replies, QEMU's events byte for byte, and file descriptors \
-            passed with getfd/add-fd (SCM_RIGHTS). Note: the getfd name space is QEMU's and is shared by \
-            all clients of one sidecar.
+            qmp-sidecar holds the one connection to QEMU's QMP monitor and serves any number of \
+            clients. Each client sees QEMU as if connected directly: the same greeting and \
+            negotiation replies, its own ids on replies, QEMU's events byte for byte, and file \
+            descriptors passed with getfd/add-fd (SCM_RIGHTS). The getfd name space is QEMU's and \
+            is shared by all clients of one sidecar. On top, it emits GROUP_RELEASED when the last \
+            guest device of a VFIO IOMMU group is gone and no process holds the group any more.
 
-            Examples:
-              # QEMU started with -qmp unix:/run/vm1.qmp,server=on,wait=off
-              qmp-sidecar --upstream unix:/run/vm1.qmp --listen unix:/run/vm1.sidecar.qmp
-
-              # Take QEMU's socket path over (QEMU moves to /run/vm1.qmp.qmp-sidecar-upstream meanwhile)
+            Examples (QEMU started with -qmp unix:/run/vm1.qmp,server=on,wait=off):
+              qmp-sidecar --upstream unix:/run/vm1.qmp \\
+                          --listen unix:/run/vm1.sidecar.qmp
               qmp-sidecar --take-over /run/vm1.qmp
-
-              # Accept on a listening socket inherited as fd 3 (libvirt-style); or via systemd .socket units
               qmp-sidecar --upstream unix:/run/vm1.qmp --listen-fd 3
+              systemd-socket-activate -l /run/vm1.sidecar.qmp \\
+                  qmp-sidecar --upstream unix:/run/vm1.qmp
 
-            Exit status: 0 after SIGTERM/SIGINT; non-zero when QEMU cannot be reached within \
-            --connect-timeout or closes the connection (unless --reconnect).
+            See docs/running.md. Exit status: 0 after SIGTERM/SIGINT; non-zero when QEMU cannot be \
+            reached within --connect-timeout or closes the connection (unless --reconnect).
             """
     )
 
@@ -128,7 +128,7 @@ struct QMPSidecarCommand: AsyncParsableCommand {
             reconnect: reconnect,
             tracePath: trace,
             clientOutputLimit: clientOutputLimit,
-            vfio: SidecarVFIOOptions(
+            vfio: VFIOConfiguration(
                 sysfsRoot: sysfsRoot, devRoot: devRoot, releaseTimeout: .milliseconds(Int64(releaseTimeout * 1000)),
                 eventPrefix: eventPrefix, holdDeviceDeleted: holdDeviceDeleted))
         let service = SidecarService(configuration: configuration, logger: logger)

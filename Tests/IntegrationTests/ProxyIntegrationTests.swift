@@ -295,4 +295,42 @@ struct ProxyIntegrationTests {
         #expect(try fast.command(#"{"execute": "query-status", "id": "f"}"#).hasSuffix(#""id": "f"}"#))
         #expect(slow.isClosed())
     }
+
+    @Test func sidecarsOwnCommandsNeverReachClients() throws {
+        // A cold-plugged device makes the VFIO monitor's discovery (qom-list) run at start-up, while
+        // a client is already firing commands.
+        let qemu = try QEMULauncher(extraArguments: ["-device", "usb-kbd,id=k0"])
+        let sidecar = try SidecarInstance(
+            dir: qemu.directory, upstream: qemu.socketPath, extra: ["--trace", "\(qemu.directory)/t.jsonl"])
+        let client = try TestClient.connecting(to: sidecar.listenPath)
+        try client.negotiate()
+        for i in 0..<50 { client.send(#"{"execute": "query-status", "id": \#(i)}"#) }
+        for i in 0..<50 {
+            #expect(try client.reply().hasSuffix(#""id": \#(i)}"#))
+        }
+        #expect(
+            try client.command(#"{"execute": "__org.qmp-sidecar_query-vfio-groups", "id": "v"}"#)
+                == #"{"return": [], "id": "v"}"#)
+        #expect(client.readLine(timeout: 0.2) == nil, "nothing else arrives")
+        sidecar.terminate()
+        let trace = try String(contentsOfFile: "\(qemu.directory)/t.jsonl", encoding: .utf8)
+        #expect(trace.contains(#""dir": "sidecar-to-qemu""#) && trace.contains("qom-list"))
+        let forwarded = trace.split(separator: "\n").filter { $0.contains(#""dir": "client-to-qemu""#) }
+        #expect(forwarded.count == 50)
+        #expect(!forwarded.contains { $0.contains("query-vfio-groups") }, "the local command is never forwarded")
+    }
+
+    @Test func oobCommandsBehaveAsDirect() throws {
+        let vm = try ProxiedQEMU()
+        let client = try vm.client()
+        let direct = try vm.direct()
+        try client.negotiate(oob: true)
+        try direct.negotiate(oob: true)
+        for request in [
+            #"{"exec-oob": "migrate-pause", "id": "o"}"#, #"{"exec-oob": "query-status", "id": "n"}"#,
+            #"{"exec-oob": "x-oob-test", "id": 1}"#, #"{"execute": "query-status", "id": 2}"#,
+        ] {
+            #expect(try client.command(request) == direct.command(request), "request \(request)")
+        }
+    }
 }

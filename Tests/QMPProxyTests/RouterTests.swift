@@ -1,3 +1,4 @@
+import QMPWire
 import Testing
 
 @testable import QMPProxy
@@ -248,5 +249,16 @@ import Testing
         var h = RouterHarness()
         h.send(9, " ", fds: [90])
         #expect(h.closed == [90])
+    }
+}
+
+@Suite struct EchoFastPathTests {
+    @Test(arguments: [
+        #""libvirt-12""#, #""__qmp#00001""#, "0", "7", "123456789012345", "007", "-1", "1.50", #""a\"b""#,
+        #""é""#, "'x'", #""""#, "1e3", "9007199254740993", #"{"b": 1, "a": 2}"#,
+    ])
+    func fastPathAgreesWithQEMUEcho(id: String) {
+        let bytes = Array(id.utf8)
+        #expect(ProxyRouter.echo(bytes) == (QMPJSON.echoed(bytes) ?? bytes))
     }
 }

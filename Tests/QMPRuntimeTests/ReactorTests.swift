@@ -97,6 +97,60 @@ struct ReactorTests {
         await #expect(throws: RuntimeError.self) { try await thread.wait() }
     }
 
+    @Test("a timer cancelled by an earlier timer of the same round does not fire")
+    func cancelWithinRound() throws {
+        let reactor = try Reactor()
+        let deadline = ContinuousClock.now + .milliseconds(5)
+        var fired: [String] = []
+        var second: Reactor.TimerID?
+        reactor.schedule(at: deadline) {
+            fired.append("first")
+            reactor.cancel(second!)
+        }
+        second = reactor.schedule(at: deadline) { fired.append("second") }
+        reactor.schedule(at: deadline + .milliseconds(5)) { reactor.stop() }
+        try runUntilStopped(reactor)
+        #expect(fired == ["first"])
+    }
+
+    @Test("a timer re-arming itself with zero delay does not starve I/O")
+    func zeroDelayTimerDoesNotStarve() throws {
+        let reactor = try Reactor()
+        let (a, b) = try Sockets.socketPair()
+        defer { close(a); close(b) }
+        var ticks = 0
+        func tick() {
+            ticks += 1
+            reactor.schedule(after: .zero) { tick() }
+        }
+        tick()
+        let registration = reactor.register(fd: a, interest: .read) { _ in reactor.stop() }
+        writeAll(b, [1])
+        try runUntilStopped(reactor)
+        reactor.unregister(registration)
+        #expect(ticks < 10, "I/O must be served within a few rounds, not after \(ticks) timer rounds")
+    }
+
+    @Test("write interest reports writability; handles of a finished reactor refuse work")
+    func writeInterestAndDeadHandle() async throws {
+        let (a, b) = try Sockets.socketPair()
+        defer { close(a); close(b) }
+        let events = Mutex<[String]>([])
+        let thread = try ReactorThread.start { reactor in
+            var id: Reactor.RegistrationID?
+            id = reactor.register(fd: a, interest: .write) { ready in
+                events.withLock { $0.append(ready.contains(.writable) ? "writable" : "other") }
+                reactor.setInterest([], for: id!)
+                reactor.unregister(id!)
+                reactor.stop()
+            }
+        }
+        try await thread.wait()
+        #expect(events.withLock { $0 } == ["writable"])
+        #expect(thread.handle.execute { _ in } == false)
+        #expect(thread.handle.stop() == false)
+    }
+
     @Test("an idle reactor with no timer armed never wakes up")
     func idleHasNoWakeups() async throws {
         let tid = Mutex<pid_t>(0)

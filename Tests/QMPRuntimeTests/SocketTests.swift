@@ -1,5 +1,6 @@
-import QMPRuntime
 import Testing
+
+@testable import QMPRuntime
 
 #if canImport(Glibc)
 import Glibc
@@ -95,11 +96,14 @@ struct SocketTests {
         defer { dir.remove() }
         let path = dir.file("l")
         let reactor = try Reactor()
+        var served: [Connection] = []
         let listener = Listener(fd: try Sockets.listenUnix(path: path), reactor: reactor, unlinkPath: path) { fd in
             let connection = Connection(fd: fd, reactor: reactor)
             connection.onRead = { bytes, _ in connection.send(bytes) }
             connection.start()
+            served.append(connection)
         }
+        defer { for connection in served { connection.close() } }
         let client = try connectBlocking(path)
         defer { close(client) }
         writeAll(client, Array("echo".utf8))
@@ -180,15 +184,17 @@ struct SocketTests {
 
     @Test("systemd activation: variables for another pid are ignored, malformed ones are errors")
     func systemdActivation() throws {
-        setenv("LISTEN_PID", "\(getpid() + 100_000)", 1)
-        setenv("LISTEN_FDS", "1", 1)
-        #expect(try Sockets.systemdListeningSockets().isEmpty)
-        setenv("LISTEN_PID", "\(getpid())", 1)
-        setenv("LISTEN_FDS", "x", 1)
-        #expect(throws: RuntimeError.self) { _ = try Sockets.systemdListeningSockets() }
-        unsetenv("LISTEN_PID")
-        unsetenv("LISTEN_FDS")
-        #expect(try Sockets.systemdListeningSockets().isEmpty)
+        // The environment itself is not touched: setenv races with other tests spawning processes.
+        let me = "\(getpid())"
+        #expect(try Sockets.adoptSystemdSockets(listenPID: nil, listenFDs: "1", firstFD: 3).isEmpty)
+        #expect(try Sockets.adoptSystemdSockets(listenPID: "\(getpid() + 100_000)", listenFDs: "1", firstFD: 3).isEmpty)
+        #expect(throws: RuntimeError.self) {
+            _ = try Sockets.adoptSystemdSockets(listenPID: "x", listenFDs: "1", firstFD: 3)
+        }
+        #expect {
+            _ = try Sockets.adoptSystemdSockets(listenPID: me, listenFDs: "x", firstFD: 3)
+        } throws: { "\($0)".contains("LISTEN_FDS=x") }
+        #expect(try Sockets.adoptSystemdSockets(listenPID: me, listenFDs: "0", firstFD: 3).isEmpty)
     }
 
     @Test("TCP listen on port 0, connect, and read the port back")
@@ -216,5 +222,32 @@ struct SocketTests {
         var info = stat()
         #expect(lstat(path, &info) != 0)
         #expect(lstat(takeOver.upstreamPath, &info) != 0)
+    }
+
+    @Test("systemd activation adopts LISTEN_FDS listening sockets from the first fd on")
+    func systemdActivationAdopts() throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        let first = try Sockets.listenUnix(path: dir.file("a"))
+        let second = try Sockets.listenUnix(path: dir.file("b"))
+        // Two consecutive descriptor numbers nobody else uses, as systemd passes them from 3 on.
+        let base: Int32 = 900
+        try #require(fcntl(base, F_GETFD) < 0 && fcntl(base + 1, F_GETFD) < 0)
+        try #require(dup2(first, base) == base && dup2(second, base + 1) == base + 1)
+        close(first)
+        close(second)
+        defer { close(base); close(base + 1) }
+        let fds = try Sockets.adoptSystemdSockets(listenPID: "\(getpid())", listenFDs: "2", firstFD: base)
+        #expect(fds == [base, base + 1])
+        #expect(fds.allSatisfy { fcntl($0, F_GETFD) & FD_CLOEXEC != 0 && fcntl($0, F_GETFL) & O_NONBLOCK != 0 })
+        let client = try Sockets.connect(to: .unix(path: dir.file("b")))
+        close(client)
+        let served = accept(base + 1, nil, nil)
+        #expect(served >= 0)
+        close(served)
+        // A count that runs past the passed sockets names the bad descriptor.
+        #expect(throws: RuntimeError.self) {
+            _ = try Sockets.adoptSystemdSockets(listenPID: "\(getpid())", listenFDs: "3", firstFD: base)
+        }
     }
 }

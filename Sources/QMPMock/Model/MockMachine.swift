@@ -375,22 +375,23 @@ public struct MockMachine {
             }
             return negotiate(arguments, client: client, actions: &actions)
         }
+        // Scripts answer any in-band command, including ones the model does not know.
+        var stepEvents: [MockScriptEvent] = []
+        if !hasOOB, var current = script {
+            let decision = current.decide(command: name, arguments: message["arguments"])
+            stepEvents = current.takePendingEvents()
+            script = current
+            if let decision { return Dispatched(reply: decision.reply, events: decision.events) }
+        }
         guard MockCommands.known.contains(name) else {
             return Dispatched(reply: .error("CommandNotFound", "The command \(name) has not been found"))
         }
         if hasOOB {
             return Dispatched(reply: .error("GenericError", "The command \(name) does not support OOB"))
         }
-        if var current = script {
-            let decision = current.decide(command: name, arguments: message["arguments"])
-            let stepEvents = current.takePendingEvents()
-            script = current
-            if let decision { return Dispatched(reply: decision.reply, events: decision.events) }
-            var result = command(name, arguments, client: client, fds: &fds, now: now, actions: &actions)
-            result.events += stepEvents
-            return result
-        }
-        return command(name, arguments, client: client, fds: &fds, now: now, actions: &actions)
+        var result = command(name, arguments, client: client, fds: &fds, now: now, actions: &actions)
+        result.events += stepEvents
+        return result
     }
 
     private mutating func negotiate(_ arguments: [(String, MockJSON)], client: Int, actions: inout [MockAction])

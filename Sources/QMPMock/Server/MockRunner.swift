@@ -90,6 +90,12 @@ public enum MockRunner {
         signal(SIGINT, handler)
         signal(SIGTERM, handler)
         signal(SIGPIPE, SIG_IGN)
+        // A parent may have spawned us with these blocked (test runners' worker threads do).
+        var unblock = sigset_t()
+        sigemptyset(&unblock)
+        sigaddset(&unblock, SIGINT)
+        sigaddset(&unblock, SIGTERM)
+        pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
 
         let reactor = try Reactor(logger: logger)
         let host = SystemMockHost(sysfsRoot: configuration.sysfsRoot)

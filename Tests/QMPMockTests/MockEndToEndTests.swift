@@ -1,0 +1,174 @@
+import Glibc
+import QMPTestKit
+import QMPWire
+import Testing
+
+/// A running `qmp-sidecar` in front of a mock.
+final class SidecarInstance: @unchecked Sendable {
+    let socketPath: String
+    let process: ChildProcess
+
+    init(upstream: MockInstance, extra: [String] = []) throws {
+        socketPath = upstream.directory + "/sidecar.sock"
+        var args = ["--upstream", "unix:\(upstream.socketPath)", "--listen", "unix:\(socketPath)"]
+        args += ["--sysfs-root", upstream.fakeRoot + "/sys", "--dev-root", upstream.fakeRoot + "/dev"]
+        process = try ChildProcess(
+            productsDirectory() + "/qmp-sidecar", args + extra, logPath: upstream.directory + "/sidecar.log")
+    }
+
+    deinit { process.terminate() }
+
+    /// Connects, retrying while the sidecar has not created its socket yet (bounded).
+    func connect(timeout: Double = 10) throws -> MockTestClient {
+        let deadline = monotonicSeconds() + timeout
+        while true {
+            do {
+                return try MockTestClient(path: socketPath)
+            } catch {
+                guard monotonicSeconds() < deadline else {
+                    throw QMPTestKitError("qmp-sidecar not accepting on \(socketPath): \(error); log: \(process.log)")
+                }
+                var pfd = pollfd(fd: -1, events: 0, revents: 0)
+                _ = poll(&pfd, 0, 10)
+            }
+        }
+    }
+}
+
+@Suite("qmp-mock process: scenarios, record and replay, through qmp-sidecar")
+struct MockEndToEndTests {
+    static let group7 = "7=0000:01:00.0,0000:01:00.1"
+    static let coldPlugged = [
+        "--device", "vfio-pci,host=0000:01:00.0,id=hostdev0", "--device", "vfio-pci,host=0000:01:00.1,id=hostdev1",
+    ]
+
+    static func write(_ text: String, to path: String) throws {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw QMPTestKitError("cannot write \(path)") }
+        defer { close(fd) }
+        _ = Array(text.utf8).withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+    }
+
+    @Test func scenarioFileDrivesTheMockAndExitStatusReportsUnmetSteps() throws {
+        let directory = try makeTempDirectory()
+        defer { removeTree(directory) }
+        let path = directory + "/s.json"
+        try Self.write(
+            #"""
+            {"ordered": true, "fallback": "error", "steps": [
+              {"execute": "query-status", "return": {"running": true, "singlestep": false, "status": "running"}},
+              {"execute": "device_del", "arguments": {"id": "d0"}, "return": {},
+               "events": [{"after-ms": 20, "event": "DEVICE_DELETED", "data": {"device": "d0", "path": "/machine/peripheral/d0"}}]},
+              {"execute": "quit", "return": {}}
+            ]}
+            """#, to: path)
+        for complete in [false, true] {
+            let mock = try MockInstance(["--scenario", path])
+            let client = try mock.connect()
+            _ = try client.execute(#"{"execute":"qmp_capabilities"}"#)
+            #expect(
+                try client.execute(#"{"execute":"query-status","id":1}"#) == [
+                    #"{"return": {"status": "running", "singlestep": false, "running": true}, "id": 1}"#
+                ])
+            #expect(
+                try client.execute(#"{"execute":"device_del","arguments":{"id":"d0"},"id":2}"#) == [
+                    #"{"return": {}, "id": 2}"#
+                ])
+            #expect(try client.readLine()?.contains(#""event": "DEVICE_DELETED", "data": {"device": "d0""#) == true)
+            if complete {
+                // The scripted quit is a canned reply: the process keeps running until SIGTERM.
+                #expect(try client.execute(#"{"execute":"quit","id":3}"#) == [#"{"return": {}, "id": 3}"#])
+            }
+            #expect(mock.process.terminate() == (complete ? 0 : 1), "log: \(mock.process.log)")
+        }
+    }
+
+    /// Records a session through the sidecar (--trace), then replays it with a new mock behind a new
+    /// sidecar: the client sees the same replies and events, and the replay is complete.
+    @Test func sidecarTraceReplaysThroughTheSidecar() throws {
+        let recording = try MockInstance(Self.coldPlugged + ["--finalize-delay", "0.02"], fakeHost: [Self.group7])
+        let tracePath = recording.directory + "/trace.jsonl"
+        var sidecar: SidecarInstance? = try SidecarInstance(upstream: recording, extra: ["--trace", tracePath])
+        let session = [
+            #"{"execute":"query-version","id":"v"}"#,
+            #"{"execute":"qom-get","arguments":{"path":"/machine/peripheral/hostdev1","property":"host"},"id":"h"}"#,
+            #"{"execute":"device_del","arguments":{"id":"hostdev0"},"id":"d"}"#,
+        ]
+        func play(_ client: MockTestClient) throws -> [String] {
+            var lines: [String] = []
+            _ = try client.execute(#"{"execute":"qmp_capabilities"}"#)
+            for command in session { lines += try client.execute(command) }
+            lines += try client.readUntil("DEVICE_DELETED")
+            return lines.map(MockDifferentialTests.normalized).filter { !$0.contains("GROUP_") }
+        }
+        let recorded = try play(try #require(sidecar).connect())
+        #expect(sidecar?.process.terminate() == 0)
+        sidecar = nil
+        let trace = String(decoding: readAll(tracePath) ?? [], as: UTF8.self)
+        #expect(trace.contains(#""dir": "client-to-qemu""#), "trace: \(trace)")
+
+        let replaying = try MockInstance(["--replay", tracePath], fakeHost: [Self.group7])
+        var replaySidecar: SidecarInstance? = try SidecarInstance(upstream: replaying)
+        let replayed = try play(try #require(replaySidecar).connect())
+        #expect(replayed == recorded)
+        #expect(replaySidecar?.process.terminate() == 0)
+        replaySidecar = nil
+        #expect(replaying.process.terminate() == 0, "replay incomplete; log: \(replaying.process.log)")
+    }
+
+    /// The product's point: a two-device group hot-unplugged through qmp-sidecar against qmp-mock;
+    /// GROUP_RELEASED only once both devices are gone and the mock closed the group node.
+    @Test(.disabled("qmp-sidecar in main does not run VFIOTracking yet (no GROUP_RELEASED); enable once wired"))
+    func twoDeviceGroupHotUnplugThroughTheSidecar() throws {
+        let mock = try MockInstance(["--finalize-delay", "0.05"], fakeHost: [Self.group7])
+        let node = mock.fakeRoot + "/dev/vfio/7"
+        let sidecar = try SidecarInstance(upstream: mock, extra: ["--release-timeout", "5"])
+        let client = try sidecar.connect()
+        do {
+            _ = try client.execute(#"{"execute":"qmp_capabilities"}"#)
+        } catch {
+            Issue.record(
+                "negotiation: \(error); greeting \(client.greeting); mock log: \(mock.process.log); sidecar log: \(sidecar.process.log)"
+            )
+            return
+        }
+        for (id, bdf) in [("hostdev0", "0000:01:00.0"), ("hostdev1", "0000:01:00.1")] {
+            #expect(
+                try client.execute(
+                    #"{"execute":"device_add","arguments":{"driver":"vfio-pci","host":"\#(bdf)","id":"\#(id)"},"id":"a"}"#
+                )
+                    == [#"{"return": {}, "id": "a"}"#])
+        }
+        let watcher = try CloseWatcher(node)
+
+        _ = try client.execute(#"{"execute":"device_del","arguments":{"id":"hostdev0"}}"#)
+        let first: [String]
+        do {
+            first = try client.readUntil("DEVICE_DELETED", timeout: 10)
+        } catch {
+            Issue.record(
+                "no DEVICE_DELETED: \(error); mock log: \(mock.process.log); sidecar log: \(sidecar.process.log)")
+            return
+        }
+        #expect(!first.contains { $0.contains("GROUP_RELEASED") }, "a device of the group is still in the guest")
+        #expect(descriptorsOn(node, pid: mock.process.pid) == 1)
+
+        _ = try client.execute(#"{"execute":"device_del","arguments":{"id":"hostdev1"}}"#)
+        let rest: [String]
+        do {
+            rest = try client.readUntil("GROUP_RELEASED", timeout: 10)
+        } catch {
+            Issue.record(
+                "no GROUP_RELEASED from qmp-sidecar within 10 s (\(error)); group node closed: \(watcher.hasPendingClose); sidecar log: \(sidecar.process.log)"
+            )
+            return
+        }
+        #expect(rest.contains { $0.contains(#""device": "hostdev1""#) })
+        let released = try #require(rest.last)
+        let event = try JSONValue(parsing: Array(released.utf8))
+        #expect(event["data"]?["group"]?.int64Value == 7)
+        #expect(event["data"]?["devices"] == .array([.string("hostdev0"), .string("hostdev1")]))
+        #expect(watcher.hasPendingClose, "the group node was closed before GROUP_RELEASED")
+        #expect(descriptorsOn(node, pid: mock.process.pid) == 0)
+    }
+}
