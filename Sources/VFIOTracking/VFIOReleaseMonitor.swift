@@ -163,10 +163,12 @@ public final class VFIOReleaseMonitor {
             heldEvents[device.group, default: []].append(line + [0x0D, 0x0A])
             disposition = .hold
         }
-        let actions = machine.deviceDeleted(
-            path, displayName: device.displayName, group: device.group, now: now)
-        // Run after the proxy has forwarded this event: a synchronous release must not overtake it.
-        reactor.schedule(after: .zero) { [weak self] in self?.run(actions) }
+        // Fed to the machine after the proxy has forwarded this event: a release must not overtake it.
+        reactor.schedule(after: .zero) { [weak self] in
+            guard let self else { return }
+            self.run(
+                self.machine.deviceDeleted(path, displayName: device.displayName, group: device.group, now: now))
+        }
         return disposition
     }
 
