@@ -118,8 +118,7 @@ struct MockEndToEndTests {
 
     /// The product's point: a two-device group hot-unplugged through qmp-sidecar against qmp-mock;
     /// GROUP_RELEASED only once both devices are gone and the mock closed the group node.
-    @Test(.disabled("qmp-sidecar in main does not run VFIOTracking yet (no GROUP_RELEASED); enable once wired"))
-    func twoDeviceGroupHotUnplugThroughTheSidecar() throws {
+    @Test func twoDeviceGroupHotUnplugThroughTheSidecar() throws {
         let mock = try MockInstance(["--finalize-delay", "0.05"], fakeHost: [Self.group7])
         let node = mock.fakeRoot + "/dev/vfio/7"
         let sidecar = try SidecarInstance(upstream: mock, extra: ["--release-timeout", "5"])
@@ -170,5 +169,28 @@ struct MockEndToEndTests {
         #expect(event["data"]?["devices"] == .array([.string("hostdev0"), .string("hostdev1")]))
         #expect(watcher.hasPendingClose, "the group node was closed before GROUP_RELEASED")
         #expect(descriptorsOn(node, pid: mock.process.pid) == 0)
+    }
+
+    /// Faults seen through the sidecar: a leaked group fd gives GROUP_RELEASE_TIMEOUT naming the mock;
+    /// a second holder delays GROUP_RELEASED until it lets go.
+    @Test func faultsThroughTheSidecar() throws {
+        let cold = ["--device", "vfio-pci,host=0000:02:00.0,id=nic0"]
+        let leak = try MockInstance(cold + ["--leak-group", "8"], fakeHost: ["8=0000:02:00.0"])
+        let leakSidecar = try SidecarInstance(upstream: leak, extra: ["--release-timeout", "0.3"])
+        let client = try leakSidecar.connect()
+        _ = try client.execute(#"{"execute":"qmp_capabilities"}"#)
+        _ = try client.execute(#"{"execute":"device_del","arguments":{"id":"nic0"}}"#)
+        let timeout = try #require(try client.readUntil("GROUP_RELEASE_TIMEOUT", timeout: 10).last)
+        #expect(timeout.contains(#""pid": \#(leak.process.pid)"#), "names the mock as holder: \(timeout)")
+
+        let held = try MockInstance(cold + ["--second-holder", "8:0.3"], fakeHost: ["8=0000:02:00.0"])
+        let heldSidecar = try SidecarInstance(upstream: held, extra: ["--release-timeout", "10"])
+        let second = try heldSidecar.connect()
+        _ = try second.execute(#"{"execute":"qmp_capabilities"}"#)
+        _ = try second.execute(#"{"execute":"device_del","arguments":{"id":"nic0"}}"#)
+        let lines = try second.readUntil("GROUP_RELEASED", timeout: 10)
+        let released = try JSONValue(parsing: Array(try #require(lines.last).utf8))
+        let waited = try #require(released["data"]?["waited-ms"]?.int64Value)
+        #expect(waited >= 250, "released only after the second holder let go (\(waited) ms)")
     }
 }

@@ -157,7 +157,8 @@ def main():
             sys.exit("demo: FAILED: GROUP_RELEASED came while a device of the group was still in the guest")
     demo.wait_for("the close of the group node (inotify)", lambda: demo.node_closes > 0)
     demo.wait_for(f"GROUP_RELEASED for group {args.group}", lambda: demo.released(args.group))
-    order = [what.split(" ")[0] for _, what in demo.timeline.rows if not what.startswith("client")]
+    order = ["group-fd-close" if what.startswith("inotify") else what.split(" ")[0]
+             for _, what in demo.timeline.rows if not what.startswith("client")]
     print(f"ok: {len(devices)} x DEVICE_DELETED, group fd closed, GROUP_RELEASED ({' -> '.join(order)})")
 
 
