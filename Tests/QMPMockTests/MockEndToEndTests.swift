@@ -35,6 +35,21 @@ final class SidecarInstance: @unchecked Sendable {
     }
 }
 
+/// Waits (bounded) until the sidecar tracks `group`: its cold-plug discovery runs after its own
+/// negotiation and may still be going when the first client is served.
+func awaitTracked(_ client: MockTestClient, group: Int, timeout: Double = 10) throws {
+    let deadline = monotonicSeconds() + timeout
+    while true {
+        let reply = try client.execute(#"{"execute":"__org.qmp-sidecar_query-vfio-groups"}"#).last ?? ""
+        if reply.contains(#""group": \#(group)"#) { return }
+        guard monotonicSeconds() < deadline else {
+            throw QMPTestKitError("the sidecar does not track group \(group): \(reply)")
+        }
+        var pfd = pollfd(fd: -1, events: 0, revents: 0)
+        _ = poll(&pfd, 0, 10)
+    }
+}
+
 @Suite("qmp-mock process: scenarios, record and replay, through qmp-sidecar")
 struct MockEndToEndTests {
     static let group7 = "7=0000:01:00.0,0000:01:00.1"
@@ -179,16 +194,34 @@ struct MockEndToEndTests {
         let leakSidecar = try SidecarInstance(upstream: leak, extra: ["--release-timeout", "0.3"])
         let client = try leakSidecar.connect()
         _ = try client.execute(#"{"execute":"qmp_capabilities"}"#)
+        try awaitTracked(client, group: 8)
         _ = try client.execute(#"{"execute":"device_del","arguments":{"id":"nic0"}}"#)
-        let timeout = try #require(try client.readUntil("GROUP_RELEASE_TIMEOUT", timeout: 10).last)
+        let timeoutLines: [String]
+        do {
+            timeoutLines = try client.readUntil("GROUP_RELEASE_TIMEOUT", timeout: 10)
+        } catch {
+            Issue.record(
+                "no GROUP_RELEASE_TIMEOUT: \(error); sidecar log: \(leakSidecar.process.log); mock log: \(leak.process.log)"
+            )
+            return
+        }
+        let timeout = try #require(timeoutLines.last)
         #expect(timeout.contains(#""pid": \#(leak.process.pid)"#), "names the mock as holder: \(timeout)")
 
         let held = try MockInstance(cold + ["--second-holder", "8:0.3"], fakeHost: ["8=0000:02:00.0"])
         let heldSidecar = try SidecarInstance(upstream: held, extra: ["--release-timeout", "10"])
         let second = try heldSidecar.connect()
         _ = try second.execute(#"{"execute":"qmp_capabilities"}"#)
+        try awaitTracked(second, group: 8)
         _ = try second.execute(#"{"execute":"device_del","arguments":{"id":"nic0"}}"#)
-        let lines = try second.readUntil("GROUP_RELEASED", timeout: 10)
+        let lines: [String]
+        do {
+            lines = try second.readUntil("GROUP_RELEASED", timeout: 10)
+        } catch {
+            Issue.record(
+                "no GROUP_RELEASED: \(error); sidecar log: \(heldSidecar.process.log); mock log: \(held.process.log)")
+            return
+        }
         let released = try JSONValue(parsing: Array(try #require(lines.last).utf8))
         let waited = try #require(released["data"]?["waited-ms"]?.int64Value)
         #expect(waited >= 250, "released only after the second holder let go (\(waited) ms)")
