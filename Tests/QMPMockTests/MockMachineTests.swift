@@ -18,14 +18,27 @@ final class FakeMockHost: MockHost {
 
     func lookup(bdf: String) -> MockHostLookup { topology[bdf] ?? .noDevice }
 
+    /// The container node (`/dev/vfio/vfio`): opened and closed, tracked apart from group and cdev nodes.
+    var container: (fd: Int32?, opens: Int) = (nil, 0)
+
     func open(_ path: String) -> Result<Int32, MockHostErrno> {
         if failOpen.contains(path) { return .failure(MockHostErrno(16)) }
         nextFD += 1
+        if path.hasSuffix("/vfio/vfio") {
+            container = (nextFD, container.opens + 1)
+            return .success(nextFD)
+        }
         opened.append((path, nextFD))
         return .success(nextFD)
     }
 
-    func close(_ fd: Int32) { closed.append(fd) }
+    func close(_ fd: Int32) {
+        if fd == container.fd {
+            container.fd = nil
+            return
+        }
+        closed.append(fd)
+    }
     func startHolder(group: Int, fd: Int32) { holders.insert(group) }
     func stopHolder(group: Int) { holders.remove(group) }
 
@@ -276,6 +289,8 @@ struct MockVFIOTests {
         #expect(second.last?.contains(#""device": "b""#) == true)
         #expect(h.host.openFDs.isEmpty)
         #expect(h.machine.openGroups.isEmpty)
+        #expect(h.host.container.opens == 1, "one container for the machine, as QEMU")
+        #expect(h.host.container.fd == nil, "closed with the last group")
         // 2.11+ order: the close comes before the event.
         let kinds = h.lastActions.compactMap { action -> String? in
             switch action {

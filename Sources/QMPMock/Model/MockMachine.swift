@@ -147,6 +147,8 @@ public struct MockMachine {
     /// Devices by QOM path, in creation order (qom-list order).
     private var devices: [(path: String, device: Device)] = []
     private var groups: [Int: Group] = [:]
+    /// `<dev>/vfio/vfio`, open while any legacy group is (QEMU keeps one container for the machine).
+    private var containerFD: Int32?
     private var nextAnon = 1
     private var fdsets: [Int: [(fd: Int32, opaque: String?)]] = [:]
     private var timers: [Int: TimerTask] = [:]
@@ -733,6 +735,12 @@ public struct MockMachine {
                 case .success(let fd):
                     groups[group, default: Group()].fd = fd
                     actions.append(.note("opened group \(group) (\(groupPath)) fd \(fd) for \(bdf)"))
+                    if containerFD == nil,
+                        case .success(let container) = host.open(configuration.devRoot + "/vfio/vfio")
+                    {
+                        // A dev root without the container node is fine: only group nodes matter here.
+                        containerFD = container
+                    }
                     if configuration.faults.secondHolder[group] != nil {
                         host.startHolder(group: group, fd: fd)
                         actions.append(.note("fault: a second process holds group \(group)"))
@@ -794,6 +802,10 @@ public struct MockMachine {
                     host.close(fd)
                     groups[group]?.fd = nil
                     actions.append(.note("closed group \(group) fd \(fd)"))
+                    if let container = containerFD, !groups.values.contains(where: { $0.fd != nil }) {
+                        host.close(container)
+                        containerFD = nil
+                    }
                     if let lingering = configuration.faults.secondHolder[group], let seconds = lingering {
                         schedule(.stopHolder(group: group), after: Int64(seconds * 1e9), actions: &actions)
                     }
