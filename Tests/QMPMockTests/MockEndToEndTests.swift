@@ -226,4 +226,32 @@ struct MockEndToEndTests {
         let waited = try #require(released["data"]?["waited-ms"]?.int64Value)
         #expect(waited >= 250, "released only after the second holder let go (\(waited) ms)")
     }
+
+    /// iommufd backend: no group fd, one cdev fd per device; the group is released once both are closed.
+    @Test func iommufdDevicesThroughTheSidecar() throws {
+        let mock = try MockInstance(["--finalize-delay", "0.02"], fakeHost: [Self.group7])
+        let sidecar = try SidecarInstance(upstream: mock, extra: ["--release-timeout", "5"])
+        let client = try sidecar.connect()
+        _ = try client.execute(#"{"execute":"qmp_capabilities"}"#)
+        for (id, bdf) in [("hostdev0", "0000:01:00.0"), ("hostdev1", "0000:01:00.1")] {
+            let add =
+                #"{"execute":"device_add","arguments":{"driver":"vfio-pci","host":"\#(bdf)","id":"\#(id)","iommufd":"iommufd0"}}"#
+            #expect(try client.execute(add) == [#"{"return": {}}"#])
+        }
+        #expect(descriptorsOn(mock.fakeRoot + "/dev/vfio/7", pid: mock.process.pid) == 0)
+        _ = try client.execute(#"{"execute":"device_del","arguments":{"id":"hostdev0"}}"#)
+        let first = try client.readUntil("DEVICE_DELETED")
+        #expect(!first.contains { $0.contains("GROUP_RELEASED") })
+        _ = try client.execute(#"{"execute":"device_del","arguments":{"id":"hostdev1"}}"#)
+        let rest: [String]
+        do {
+            rest = try client.readUntil("GROUP_RELEASED", timeout: 10)
+        } catch {
+            Issue.record("no GROUP_RELEASED for iommufd devices: \(error); sidecar log: \(sidecar.process.log)")
+            return
+        }
+        #expect(rest.last?.contains(#""group": 7"#) == true)
+        let cdevs = mock.openFiles().values.filter { $0.contains("/vfio/devices/") }
+        #expect(cdevs.isEmpty)
+    }
 }
