@@ -8,12 +8,17 @@ final class SidecarInstance: @unchecked Sendable {
     let socketPath: String
     let process: ChildProcess
 
-    init(upstream: MockInstance, extra: [String] = []) throws {
-        socketPath = upstream.directory + "/sidecar.sock"
-        var args = ["--upstream", "unix:\(upstream.socketPath)", "--listen", "unix:\(socketPath)"]
-        args += ["--sysfs-root", upstream.fakeRoot + "/sys", "--dev-root", upstream.fakeRoot + "/dev"]
+    convenience init(upstream: MockInstance, extra: [String] = []) throws {
+        try self.init(
+            upstreamPath: upstream.socketPath, directory: upstream.directory,
+            extra: ["--sysfs-root", upstream.fakeRoot + "/sys", "--dev-root", upstream.fakeRoot + "/dev"] + extra)
+    }
+
+    init(upstreamPath: String, directory: String, extra: [String] = []) throws {
+        socketPath = directory + "/sidecar.sock"
+        let args = ["--upstream", "unix:\(upstreamPath)", "--listen", "unix:\(socketPath)"]
         process = try ChildProcess(
-            productsDirectory() + "/qmp-sidecar", args + extra, logPath: upstream.directory + "/sidecar.log")
+            productsDirectory() + "/qmp-sidecar", args + extra, logPath: directory + "/sidecar.log")
     }
 
     deinit { process.terminate() }
@@ -253,5 +258,47 @@ struct MockEndToEndTests {
         #expect(rest.last?.contains(#""group": 7"#) == true)
         let cdevs = mock.openFiles().values.filter { $0.contains("/vfio/devices/") }
         #expect(cdevs.isEmpty)
+    }
+
+    /// "A session captured on a real host becomes a test": record real QEMU 7.2 through the sidecar,
+    /// replay the recording with qmp-mock behind a sidecar; the client sees the same bytes.
+    @Test(.enabled(if: QEMULauncher.shouldRun, "QEMU 7.2 not installed (set QMP_SIDECAR_REQUIRE_QEMU to fail instead)"))
+    func realQEMUSessionReplays() throws {
+        let qemu = try QEMULauncher()
+        defer { qemu.terminate() }
+        let directory = try makeTempDirectory()
+        defer { removeTree(directory) }
+        let tracePath = directory + "/real.jsonl"
+        let session = [
+            #"{"execute":"query-status","id":1}"#,
+            #"{"execute":"device_add","arguments":{"driver":"usb-kbd","id":"kb0"},"id":2}"#,
+            #"{"execute":"qom-list","arguments":{"path":"/machine/peripheral"},"id":3}"#,
+            #"{"execute":"query-pci","id":4}"#,
+            #"{"execute":"device_del","arguments":{"id":"kb0"},"id":5}"#,
+        ]
+        func play(_ client: MockTestClient) throws -> [String] {
+            var lines = [client.greeting]
+            lines += try client.execute(#"{"execute":"qmp_capabilities"}"#)
+            for command in session { lines += try client.execute(command) }
+            if !lines.contains(where: { $0.contains("DEVICE_DELETED") }) {
+                lines += try client.readUntil("DEVICE_DELETED")
+            }
+            return lines.map(MockDifferentialTests.normalized).sorted()
+        }
+        var recorder: SidecarInstance? = try SidecarInstance(
+            upstreamPath: qemu.socketPath, directory: directory, extra: ["--trace", tracePath])
+        let recorded = try play(try #require(recorder).connect())
+        #expect(recorder?.process.terminate() == 0)
+        recorder = nil
+
+        let replaying = try MockInstance(["--replay", tracePath])
+        var replaySidecar: SidecarInstance? = try SidecarInstance(
+            upstreamPath: replaying.socketPath, directory: replaying.directory)
+        let replayed = try play(try #require(replaySidecar).connect())
+        #expect(replayed == recorded)
+        #expect(recorded.contains { $0.contains(#""return": [{"bus": 0"#) }, "query-pci came from QEMU's recording")
+        #expect(replaySidecar?.process.terminate() == 0)
+        replaySidecar = nil
+        #expect(replaying.process.terminate() == 0, "replay incomplete; log: \(replaying.process.log)")
     }
 }
