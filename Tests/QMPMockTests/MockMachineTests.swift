@@ -81,6 +81,21 @@ struct Harness {
         return send(.object(members), id: id.map { .int($0) }, fds: fds)
     }
 
+    /// Fires the oldest scheduled timer.
+    mutating func fireNext() -> [String] {
+        guard !pendingTimers.isEmpty else { return [] }
+        let next = pendingTimers.removeFirst()
+        return collect(machine.timerFired(next.timer, now: now))
+    }
+
+    /// Executes a command, then lets due work run (finalize always goes through a timer, as QEMU's RCU).
+    mutating func settle(_ name: String, _ arguments: [(String, MockJSON)]? = nil, id: Int64? = nil) -> [String] {
+        let replies = execute(name, arguments, id: id)
+        var later: [String] = []
+        while let first = pendingTimers.first, first.after == 0 { later += fireNext() }
+        return replies + later
+    }
+
     /// Fires every scheduled timer (in scheduling order, including ones scheduled meanwhile).
     mutating func fireTimers() -> [String] {
         var lines: [String] = []
@@ -239,11 +254,12 @@ struct MockNegotiationTests {
         h.negotiate()
         let other = h.machine.clientConnected(now: h.now).client
         _ = h.execute("device_add", [("driver", .string("usb-kbd")), ("id", .string("kb0"))])
-        let actions = h.machine.receive(
+        var actions = h.machine.receive(
             .message(
                 .object([("execute", .string("device_del")), ("arguments", .object([("id", .string("kb0"))]))]), id: nil
             ),
             fds: [], from: h.client, now: h.now)
+        for case .schedule(let timer, _) in actions { actions += h.machine.timerFired(timer, now: h.now) }
         let recipients = actions.compactMap { action -> Int? in
             if case .send(let to, let bytes) = action, String(decoding: bytes, as: UTF8.self).contains("DEVICE_DELETED")
             {
@@ -280,11 +296,11 @@ struct MockVFIOTests {
                 == [
                     #"{"return": "0000:01:00.1", "id": 3}"# + "\r\n"
                 ])
-        let first = h.execute("device_del", [("id", .string("a"))], id: 4)
+        let first = h.settle("device_del", [("id", .string("a"))], id: 4)
         #expect(first.count == 2)
         #expect(first.last?.contains(#""data": {"device": "a", "path": "/machine/peripheral/a"}"#) == true)
         #expect(h.host.openFDs == [groupFD])
-        let second = h.execute("device_del", [("id", .string("b"))], id: 5)
+        let second = h.settle("device_del", [("id", .string("b"))], id: 5)
         #expect(second.count == 2)
         #expect(second.last?.contains(#""device": "b""#) == true)
         #expect(h.host.openFDs.isEmpty)
@@ -338,7 +354,7 @@ struct MockVFIOTests {
         var h = try Harness { $0.faults.leakGroups = [8] }
         h.negotiate()
         _ = h.execute("device_add", Self.vfio("a", "0000:02:00.0"))
-        let out = h.execute("device_del", [("id", .string("a"))])
+        let out = h.settle("device_del", [("id", .string("a"))])
         #expect(out.contains { $0.contains("DEVICE_DELETED") })
         #expect(h.host.openFDs.count == 1)
     }
@@ -348,7 +364,7 @@ struct MockVFIOTests {
         h.negotiate()
         _ = h.execute("device_add", Self.vfio("a", "0000:02:00.0"))
         #expect(h.host.holders == [8])
-        _ = h.execute("device_del", [("id", .string("a"))])
+        _ = h.settle("device_del", [("id", .string("a"))])
         #expect(h.host.holders == [8])
         #expect(h.pendingTimers.map(\.after) == [2_000_000_000])
         _ = h.fireTimers()
@@ -361,7 +377,7 @@ struct MockVFIOTests {
         _ = h.execute("device_add", Self.vfio("a", "0000:01:00.0", iommufd: true))
         _ = h.execute("device_add", Self.vfio("b", "0000:01:00.1", iommufd: true))
         #expect(h.host.opened.map(\.path) == ["/dev/vfio/devices/vfio0", "/dev/vfio/devices/vfio1"])
-        _ = h.execute("device_del", [("id", .string("a"))])
+        _ = h.settle("device_del", [("id", .string("a"))])
         #expect(h.host.openFDs == [h.host.opened[1].fd])
     }
 

@@ -777,11 +777,9 @@ public struct MockMachine {
                 machine.devices[i].device.state = .unparented
                 machine.sendDeviceDeleted(machine.devices[i].device, now: now, actions: &actions)
             }
-            if delay > 0 {
-                machine.schedule(.finalize(path: path), after: delay, actions: &actions)
-            } else {
-                machine.finalize(path: path, now: now, actions: &actions)
-            }
+            // Always through a timer, even with no delay: QEMU finalizes from an RCU callback, so a
+            // command already read may be answered before the close and the event (as measured).
+            machine.schedule(.finalize(path: path), after: delay, actions: &actions)
         }
         return result
     }
