@@ -95,14 +95,8 @@ public struct HolderScanner: Sendable {
         var result: [Int32: NodeIdentity] = [:]
         var info = stat()
         while let entry = readdir(dir) {
-            let number: Int32? = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                Self.parseFD(raw)
-            }
-            guard let number else { continue }
-            let ok = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                fstatat(dirFD, raw.bindMemory(to: CChar.self).baseAddress!, &info, 0) == 0
-            }
-            guard ok else { continue }
+            let name = direntName(entry)
+            guard let number = Self.parseFD(name), fstatat(dirFD, name, &info, 0) == 0 else { continue }
             for node in nodes where node.matches(info) {
                 result[number] = node
                 break
@@ -138,7 +132,7 @@ public struct HolderScanner: Sendable {
         guard !nodes.isEmpty, let dir = opendir(procRoot) else { return [] }
         var pids: [Int32] = []
         while let entry = readdir(dir) {
-            if let pid = withUnsafeBytes(of: entry.pointee.d_name, { Self.parseFD($0) }) { pids.append(pid) }
+            if let pid = Self.parseFD(direntName(entry)) { pids.append(pid) }
         }
         closedir(dir)
         var holders: [NodeHolder] = []
@@ -167,10 +161,11 @@ public struct HolderScanner: Sendable {
         access("\(procRoot)/\(pid)", F_OK) == 0
     }
 
-    private static func parseFD(_ raw: UnsafeRawBufferPointer) -> Int32? {
+    private static func parseFD(_ name: UnsafePointer<CChar>) -> Int32? {
         var value: Int32 = 0
         var digits = 0
-        for byte in raw {
+        while true {
+            let byte = UInt8(bitPattern: name[digits])
             if byte == 0 { break }
             guard byte >= 0x30 && byte <= 0x39, digits < 9 else { return nil }
             value = value * 10 + Int32(byte - 0x30)
@@ -178,4 +173,13 @@ public struct HolderScanner: Sendable {
         }
         return digits > 0 ? value : nil
     }
+}
+
+/// The name of a `readdir` entry, read in place.
+///
+/// Copying `entry.pointee.d_name` (a 256-byte tuple) would read past a short record at the end of the
+/// kernel's getdents buffer and can fault; the name is a NUL-terminated string inside the record.
+func direntName(_ entry: UnsafeMutablePointer<dirent>) -> UnsafePointer<CChar> {
+    UnsafeRawPointer(entry).advanced(by: MemoryLayout<dirent>.offset(of: \dirent.d_name)!)
+        .assumingMemoryBound(to: CChar.self)
 }

@@ -32,6 +32,12 @@ public final class VFIOReleaseMonitor {
         public var closeEvents = 0
         /// Backoff polls that fired.
         public var pollsFired = 0
+        /// `CLOCK_MONOTONIC` ns when the last close event was handled.
+        public var lastCloseEventAt: UInt64 = 0
+        /// `CLOCK_MONOTONIC` ns when the last `GROUP_RELEASED` was handed to the commander.
+        public var lastReleaseAt: UInt64 = 0
+
+        public init() {}
     }
 
     /// The options.
@@ -359,6 +365,7 @@ public final class VFIOReleaseMonitor {
                     JSONMember("devices", .array(devices.map(JSONValue.string))),
                     JSONMember("waited-ms", .integer(Int64(waited / 1_000_000))),
                 ])
+            statistics.lastReleaseAt = Self.monotonicNow()
         case .emitTimeout(let group, let devices, let waited):
             statistics.allProcessScans += 1
             let holders = scanner.allHolders(of: nodes[group]?.identities ?? [])
@@ -376,6 +383,7 @@ public final class VFIOReleaseMonitor {
         case .forget(let group):
             flushHeld(group)
             nodes[group] = nil
+            for device in registry.devices(inGroup: group) { _ = registry.untrack(qomPath: device.qomPath) }
         }
     }
 
@@ -486,6 +494,7 @@ public final class VFIOReleaseMonitor {
     private func closeEvent(on path: String) {
         guard let group = groupOfWatchPath[path] else { return }
         statistics.closeEvents += 1
+        statistics.lastCloseEventAt = Self.monotonicNow()
         run(machine.closeObserved(group: group, now: Self.monotonicNow()))
     }
 
