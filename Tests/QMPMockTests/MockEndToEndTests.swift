@@ -301,4 +301,26 @@ struct MockEndToEndTests {
         replaySidecar = nil
         #expect(replaying.process.terminate() == 0, "replay incomplete; log: \(replaying.process.log)")
     }
+
+    /// A mediated device given by sysfsdev (no PCI address): its group is released through the sidecar.
+    @Test func mdevBySysfsdevThroughTheSidecar() throws {
+        let uuid = "c0ffee00-0000-4000-8000-000000000001"
+        let mock = try MockInstance([], fakeHost: ["9=\(uuid)"])
+        let sidecar = try SidecarInstance(upstream: mock, extra: ["--release-timeout", "5"])
+        let client = try sidecar.connect()
+        _ = try client.execute(#"{"execute":"qmp_capabilities"}"#)
+        let add =
+            #"{"execute":"device_add","arguments":{"driver":"vfio-pci","sysfsdev":"/sys/bus/mdev/devices/\#(uuid)","id":"vgpu0"}}"#
+        #expect(try client.execute(add) == [#"{"return": {}}"#])
+        #expect(descriptorsOn(mock.fakeRoot + "/dev/vfio/9", pid: mock.process.pid) == 1)
+        _ = try client.execute(#"{"execute":"device_del","arguments":{"id":"vgpu0"}}"#)
+        let lines: [String]
+        do {
+            lines = try client.readUntil("GROUP_RELEASED", timeout: 10)
+        } catch {
+            Issue.record("no GROUP_RELEASED for the mdev: \(error); sidecar log: \(sidecar.process.log)")
+            return
+        }
+        #expect(lines.last?.contains(#""group": 9"#) == true)
+    }
 }

@@ -14,9 +14,14 @@ final class FakeMockHost: MockHost {
         "0000:01:00.1": .found(group: 7, cdev: "vfio1"),
         "0000:02:00.0": .found(group: 8, cdev: "vfio2"),
         "0000:03:00.0": .noGroup,
+        "c0ffee00-0000-4000-8000-000000000001": .found(group: 9, cdev: nil),
     ]
+    var lookedUp: [String] = []
 
-    func lookup(bdf: String) -> MockHostLookup { topology[bdf] ?? .noDevice }
+    func lookup(devicePath: String) -> MockHostLookup {
+        lookedUp.append(devicePath)
+        return devicePath.split(separator: "/").last.flatMap { topology[String($0)] } ?? .noDevice
+    }
 
     /// The container node (`/dev/vfio/vfio`): opened and closed, tracked apart from group and cdev nodes.
     var container: (fd: Int32?, opens: Int) = (nil, 0)
@@ -395,6 +400,28 @@ struct MockVFIOTests {
         _ = h.execute("device_add", Self.vfio("a", "0000:01:00.0"))
         #expect(desc(h.execute("device_add", Self.vfio("a", "0000:01:00.1"))).contains("Duplicate device ID 'a'"))
         #expect(desc(h.execute("device_add", Self.vfio("b", "0000:01:00.0"))).contains("already attached"))
+    }
+
+    @Test func mdevBySysfsdevUnderTheSysfsRoot() throws {
+        var h = try Harness { $0.sysfsRoot = "/fake/sys" }
+        h.negotiate()
+        let mdev = "/sys/bus/mdev/devices/c0ffee00-0000-4000-8000-000000000001"
+        let args: [(String, MockJSON)] = [
+            ("driver", .string("vfio-pci")), ("sysfsdev", .string(mdev)), ("id", .string("m")),
+        ]
+        #expect(h.execute("device_add", args, id: 1) == [#"{"return": {}, "id": 1}"# + "\r\n"])
+        #expect(h.host.lookedUp == ["/fake/sys/bus/mdev/devices/c0ffee00-0000-4000-8000-000000000001"])
+        #expect(h.host.opened.map(\.path) == ["/dev/vfio/9"])
+        #expect(
+            h.execute("qom-get", [("path", .string("m")), ("property", .string("sysfsdev"))]) == [
+                #"{"return": "\#(mdev)"}"# + "\r\n"
+            ])
+        #expect(
+            h.execute("qom-get", [("path", .string("m")), ("property", .string("host"))]) == [
+                #"{"return": "ffff:ff:ff.f"}"# + "\r\n"
+            ])
+        _ = h.settle("device_del", [("id", .string("m"))])
+        #expect(h.host.openFDs.isEmpty)
     }
 
     @Test func coldPluggedDevicesAreDiscoverable() throws {

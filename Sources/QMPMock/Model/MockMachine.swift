@@ -122,6 +122,8 @@ public struct MockMachine {
         var hotplugged: Bool
         var bdf: String?
         var sysfsdev: String?
+        /// The last component of `sysfsdev` when it is no PCI address (an mdev UUID).
+        var sysfsName: String?
         var group: Int?
         var cdevFD: Int32?
         var state = DeviceState.attached
@@ -677,30 +679,39 @@ public struct MockMachine {
         var device = Device(id: id, path: path, driver: driver, hotplugged: hotplugged)
         if driver == "vfio-pci" {
             let sysfsDevices = configuration.sysfsRoot + "/bus/pci/devices/"
+            let devicePath: String
             if let host = stringProperty("host") {
                 guard let bdf = Self.canonicalBDF(host) else {
-                    return fail(
-                        "Property 'vfio-pci.host' doesn't take value '\(host)'"
-                    )
+                    return fail("Property 'vfio-pci.host' doesn't take value '\(host)'")
                 }
                 device.bdf = bdf
                 device.sysfsdev = sysfsDevices + bdf
+                devicePath = sysfsDevices + bdf
             } else if let sysfsdev = stringProperty("sysfsdev") {
+                // QEMU keeps the path as given; a PCI device's address is read from its last component,
+                // an mdev (UUID) has none. A path under /sys is looked up under the mock's sysfs root.
                 device.sysfsdev = sysfsdev
-                device.bdf = sysfsdev.split(separator: "/").last.map(String.init)
+                let last = sysfsdev.split(separator: "/").last.map(String.init) ?? sysfsdev
+                device.bdf = Self.canonicalBDF(last)
+                device.sysfsName = last
+                devicePath =
+                    sysfsdev.hasPrefix("/sys/") && configuration.sysfsRoot != "/sys"
+                    ? configuration.sysfsRoot + sysfsdev.dropFirst(4) : sysfsdev
             } else {
                 return fail(
                     "No provided host device - Use -device vfio-pci,host=DDDD:BB:DD.F or -device vfio-pci,sysfsdev=PATH_TO_DEVICE"
                 )
             }
-            let bdf = device.bdf ?? ""
+            let bdf = device.bdf ?? device.sysfsName ?? ""
             let name = device.sysfsdev!
-            if devices.contains(where: { $0.device.bdf == bdf && $0.device.driver == "vfio-pci" }) {
+            if devices.contains(where: {
+                ($0.device.bdf ?? $0.device.sysfsName) == bdf && $0.device.driver == "vfio-pci"
+            }) {
                 return fail("vfio \(bdf): device is already attached")
             }
             let group: Int
             let cdev: String?
-            switch host.lookup(bdf: bdf) {
+            switch host.lookup(devicePath: devicePath) {
             case .noDevice: return fail("vfio \(name): no such host device: No such file or directory")
             case .noGroup: return fail("vfio \(name): no iommu_group found: No such file or directory")
             case .found(let g, let c):
