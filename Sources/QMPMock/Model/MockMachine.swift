@@ -79,7 +79,9 @@ public struct MockScriptDecision: Sendable, Equatable {
 /// Scripted behaviour consulted before the built-in model: scenarios and replays.
 public protocol MockScript: Sendable {
     /// Decides the reply to a negotiated command, or nil to let the built-in model answer it.
-    mutating func decide(command: String, arguments: MockJSON?) -> MockScriptDecision?
+    ///
+    /// - Parameter fdCount: how many descriptors arrived (SCM_RIGHTS) with the command's bytes.
+    mutating func decide(command: String, arguments: MockJSON?, fdCount: Int) -> MockScriptDecision?
     /// Events to send once a client has negotiated (their delays count from then).
     mutating func eventsAfterNegotiation() -> [MockScriptEvent]
     /// What is left unplayed, for the final report (empty when the script ran completely).
@@ -382,7 +384,7 @@ public struct MockMachine {
         // Scripts answer any in-band command, including ones the model does not know.
         var stepEvents: [MockScriptEvent] = []
         if !hasOOB, var current = script {
-            let decision = current.decide(command: name, arguments: message["arguments"])
+            let decision = current.decide(command: name, arguments: message["arguments"], fdCount: fds.count)
             stepEvents = current.takePendingEvents()
             script = current
             if let decision { return Dispatched(reply: decision.reply, events: decision.events) }
