@@ -11,6 +11,8 @@
 #   --guest      add scenario C (a real L2 guest kernel does the ACPI eject; L2 on kvm in L1)
 #   --scenarios  which scenarios to run (default "A B D E F", plus C with --guest)
 #   --sidecar    the qmp-sidecar binary (default .build/release/qmp-sidecar, else .build/debug/...)
+#   -- ARGS      passed to the runner in L1 (lab/scenarios.py): --repeat N, --release-timeout S,
+#                --sidecar-arg OPT, --event-prefix P, --strace-sidecar, --scan-interval-ms MS
 # Results: lab-out/results.json (figures per scenario), lab-out/*.log.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,7 +26,7 @@ while (($#)); do
     --sidecar) sidecar=$2; shift ;;
     --timeout) timeout=$2; shift ;;
     --) shift; runner_args+=("$@"); break ;;
-    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "lab/run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
