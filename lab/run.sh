@@ -26,7 +26,7 @@ while (($#)); do
     --sidecar) sidecar=$2; shift ;;
     --timeout) timeout=$2; shift ;;
     --) shift; runner_args+=("$@"); break ;;
-    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "lab/run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
