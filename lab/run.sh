@@ -11,6 +11,9 @@
 #   --guest      add scenario C (a real L2 guest kernel does the ACPI eject; L2 on kvm in L1)
 #   --scenarios  which scenarios to run (default "A B D E F", plus C with --guest)
 #   --sidecar    the qmp-sidecar binary (default .build/release/qmp-sidecar, else .build/debug/...)
+#   LAB_KERNEL=/boot/vmlinuz-X (and LAB_KERNEL_VERSION) pick another L1/L2 kernel than the newest
+#   -- ARGS      passed to the runner in L1 (lab/scenarios.py): --repeat N, --release-timeout S,
+#                --sidecar-arg OPT, --event-prefix P, --strace-sidecar, --scan-interval-ms MS
 # Results: lab-out/results.json (figures per scenario), lab-out/*.log.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,7 +27,7 @@ while (($#)); do
     --sidecar) sidecar=$2; shift ;;
     --timeout) timeout=$2; shift ;;
     --) shift; runner_args+=("$@"); break ;;
-    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "lab/run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -49,9 +52,9 @@ if ((${#need[@]})); then
     for p in "${need[@]}"; do apt-get install -y -q --no-install-recommends "$p" >/dev/null || die "apt-get install $p failed"; done
     say "installs took $(elapsed)s"
 fi
-kernel=$(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V | tail -1)
+kernel=${LAB_KERNEL:-$(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V | tail -1)}
 [[ -n $kernel ]] || die "no kernel in /boot (apt-get install linux-image-amd64)"
-kver=${kernel#/boot/vmlinuz-}
+kver=${LAB_KERNEL_VERSION:-${kernel#/boot/vmlinuz-}}
 [[ -d /lib/modules/$kver ]] || die "no /lib/modules/$kver for $kernel"
 
 # 2. The sidecar under test (the host's own build, run in L1 over 9p).

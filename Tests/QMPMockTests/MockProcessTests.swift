@@ -54,6 +54,8 @@ struct MockProcessTests {
                     == [#"{"return": {}, "id": 1}"#])
         }
         #expect(descriptorsOn(node, pid: mock.process.pid) == 1, "one open per group, as QEMU")
+        let container = mock.fakeRoot + "/dev/vfio/vfio"
+        #expect(descriptorsOn(container, pid: mock.process.pid) == 1, "the container, as QEMU")
         let watcher = try CloseWatcher(node)
 
         #expect(
@@ -74,6 +76,7 @@ struct MockProcessTests {
         // after-close order: by the time the event is here the node is closed.
         #expect(watcher.hasPendingClose)
         #expect(descriptorsOn(node, pid: mock.process.pid) == 0)
+        #expect(descriptorsOn(container, pid: mock.process.pid) == 0)
     }
 
     @Test func beforeCloseOrderSendsTheEventWhileTheNodeIsOpen() throws {

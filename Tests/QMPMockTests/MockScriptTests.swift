@@ -52,6 +52,17 @@ struct ScenarioScriptTests {
         #expect(h.machine.unmetExpectations.isEmpty)
     }
 
+    @Test func stepsCanRequireDescriptors() throws {
+        let script = try Self.scenario(#"{"fallback": "error", "steps": [{"execute": "getfd", "fds": 1}]}"#)
+        var h = try Harness(script: script)
+        h.negotiate()
+        #expect(
+            h.execute("getfd", [("fdname", .string("f"))]).first?.contains(
+                "qmp-mock scenario: unexpected getfd {\\\"fdname\\\": \\\"f\\\"}, expected step 1 (getfd)") == true)
+        #expect(h.execute("getfd", [("fdname", .string("f"))], fds: [70]) == [#"{"return": {}}"# + "\r\n"])
+        #expect(h.machine.unmetExpectations.count == 1, "the fd-less getfd is reported")
+    }
+
     @Test(arguments: [
         (#"{"steps": 1}"#, "missing \"steps\""),
         (#"{"steps": [{"return": {}}]}"#, "step 1: missing \"execute\""),
