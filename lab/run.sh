@@ -87,7 +87,7 @@ say "booting L1 ($kver, TCG -cpu max, intel-iommu); scenarios: $scenarios; mode:
 # A leftover L1 of an interrupted run (found by its pid file and its command line) would hold lab-out.
 if [[ -f $out/l1.pid ]]; then
     old=$(cat "$out/l1.pid")
-    if [[ $old =~ ^[0-9]+$ ]] && grep -qa "lab.script=$repo/lab/l1-main.sh" "/proc/$old/cmdline" 2>/dev/null; then
+    if [[ $old =~ ^[0-9]+$ ]] && grep -qa "lab.script=$repo/lab/l1-main.sh lab.repo=$repo" "/proc/$old/cmdline" 2>/dev/null; then
         say "killing the L1 QEMU left over by an earlier run (pid $old)"
         kill "$old" 2>/dev/null || true
         for _ in $(seq 50); do kill -0 "$old" 2>/dev/null || break; sleep 0.1; done
@@ -107,9 +107,10 @@ trap 'exit 130' INT TERM
 qemu-system-x86_64 -machine q35 -accel tcg -cpu max -smp 2 -m 2G -nodefaults -no-reboot -display none \
     -device intel-iommu,intremap=on,caching-mode=on \
     -kernel "$kernel" -initrd "$out/l1-initramfs.cpio.gz" \
-    -append "console=ttyS0 intel_iommu=on iommu=pt panic=-1 loglevel=4 lab.script=$repo/lab/l1-main.sh" \
+    -append "console=ttyS0 intel_iommu=on iommu=pt panic=-1 loglevel=4 lab.script=$repo/lab/l1-main.sh lab.repo=$repo" \
     -serial "file:$out/l1-console.log" \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+    -virtfs "local,path=$repo,mount_tag=repo,security_model=none,readonly=on,multidevs=remap" \
     -virtfs "local,path=$out,mount_tag=results,security_model=none" \
     -device e1000e,addr=0x10.0 \
     -device pcie-root-port,id=rp1,chassis=1,addr=0x12.0 -device pcie-pci-bridge,id=br1,bus=rp1 \
