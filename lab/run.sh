@@ -98,9 +98,9 @@ fi
 qemu_pid=
 tail_pid=
 cleanup() {
-    [[ -n $qemu_pid ]] && kill "$qemu_pid" 2>/dev/null && wait "$qemu_pid" 2>/dev/null
-    [[ -n $tail_pid ]] && kill "$tail_pid" 2>/dev/null
-    true
+    # Under set -e a failing last command of an && list would turn a passing run into exit 1.
+    if [[ -n $qemu_pid ]]; then kill "$qemu_pid" 2>/dev/null && wait "$qemu_pid" 2>/dev/null || true; fi
+    if [[ -n $tail_pid ]]; then kill "$tail_pid" 2>/dev/null || true; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
