@@ -402,7 +402,7 @@ class Lab:
                 raise ScenarioFailed(f"{what} exited with {proc.returncode}: {self.log_tail(proc)}")
             if mono() > deadline:
                 raise ScenarioFailed(f"timed out waiting for {what} ({path})")
-            time.sleep(0.01)
+            self.pump(0.005)  # keeps the observer's time stamps current while waiting
 
     def start_l2(self, cold=(), guest=False, tag="l2"):
         os.makedirs("/tmp/lab-logs", exist_ok=True)

@@ -401,6 +401,31 @@ struct ReleaseMonitorTests {
         #expect([7, 8, 9].allSatisfy { h.monitor.view(ofGroup: $0)?.qemuHolds == true })
     }
 
+    @Test func learningManyFDsIsSpreadOverLoopRounds() throws {
+        let h = try MonitorHarness(spec: "7=0000:01:00.0")
+        try h.qemu.fill(toExtraFDs: 3000)
+        let fd = try h.openGroup(7)
+        h.ready()
+        h.monitor.deviceAddSucceeded(
+            arguments: .object([
+                JSONMember("driver", .string("vfio-pci")), JSONMember("id", .string("hostdev0")),
+                JSONMember("host", .string("01:00.0")),
+            ]))
+        // One round does at most one step of 1024 fds: not done yet.
+        try h.settle()
+        #expect(h.monitor.view(ofGroup: 7)?.qemuHolds == false)
+        #expect(h.monitor.armedTimers == 1)
+        let monitor = h.monitor
+        #expect(try h.run(until: { monitor.view(ofGroup: 7)?.qemuHolds == true }, timeout: .seconds(5)))
+        #expect(h.monitor.statistics.qemuFullScans == 1)
+        #expect(h.monitor.armedTimers == 0)
+        h.deleted("hostdev0")
+        try h.qemu.close(fd)
+        #expect(try h.waitForEvent("GROUP_RELEASED") != nil)
+        #expect(h.monitor.statistics.qemuFullScans == 1)
+        #expect(h.monitor.statistics.allProcessScans == 0)
+    }
+
     @Test func nothingDetachingMeansNoTimers() throws {
         let h = try MonitorHarness(spec: "7=0000:01:00.0")
         try h.openGroup(7)
