@@ -324,3 +324,19 @@ struct MockEndToEndTests {
         #expect(lines.last?.contains(#""group": 9"#) == true)
     }
 }
+
+/// The README's main command must keep working: run examples/demo/run-demo.sh on the built binaries.
+@Suite("Demo script")
+struct DemoScriptTests {
+    @Test(arguments: [[String](), ["--hotplug", "--event-order", "before-close"], ["--fault", "leak"]])
+    func demoRunsToTheEnd(options: [String]) throws {
+        let directory = try makeTempDirectory()
+        defer { removeTree(directory) }
+        let script = packageRoot() + "/examples/demo/run-demo.sh"
+        let process = try ChildProcess(
+            "/bin/bash", [script, productsDirectory()] + options, logPath: directory + "/demo.err")
+        let last = try process.waitForLine(containing: "ok: ", timeout: 60)
+        #expect(process.waitForExit() == 0, "stderr: \(process.log)")
+        #expect(last.contains(options.contains("leak") ? "GROUP_RELEASE_TIMEOUT" : "GROUP_RELEASED"))
+    }
+}

@@ -248,6 +248,9 @@ struct MockNegotiationTests {
             h.execute("device_del", id: 4) == [
                 #"{"id": 4, "error": {"class": "GenericError", "desc": "Parameter 'id' is missing"}}"# + "\r\n"
             ])
+        let commands = h.execute("query-commands", id: 6).first ?? ""
+        #expect(
+            commands.hasPrefix(#"{"return": [{"name": "add-fd"}, "#) && commands.contains(#"{"name": "device_del"}"#))
         let cont = h.execute("cont", id: 5)
         #expect(cont.count == 2)
         #expect(cont.first?.contains(#""event": "RESUME""#) == true)

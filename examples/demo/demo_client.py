@@ -140,6 +140,8 @@ def main():
     parser.add_argument("--devices", default="hostdev0=0000:01:00.0,hostdev1=0000:01:00.1")
     parser.add_argument("--hotplug", action="store_true", help="device_add both devices first")
     parser.add_argument("--timeout", type=float, default=10.0)
+    parser.add_argument("--expect-timeout", action="store_true",
+                        help="the group fd is leaked: expect GROUP_RELEASE_TIMEOUT naming the holder, no release")
     args = parser.parse_args()
     devices = [item.split("=") for item in args.devices.split(",")]
 
@@ -180,6 +182,15 @@ def main():
         demo.wait_for(f"DEVICE_DELETED for {dev_id}", lambda d=dev_id: demo.deleted(d))
         if index < len(devices) - 1 and demo.released(args.group):
             sys.exit("demo: FAILED: GROUP_RELEASED came while a device of the group was still in the guest")
+    if args.expect_timeout:
+        demo.wait_for(f"GROUP_RELEASE_TIMEOUT for group {args.group}",
+                      lambda: any(n.endswith("GROUP_RELEASE_TIMEOUT") and d.get("group") == args.group
+                                  for n, d in demo.events))
+        if demo.released(args.group) or demo.node_closes:
+            sys.exit("demo: FAILED: the leaked group was reported released or closed")
+        holders = [d.get("holders") for n, d in demo.events if n.endswith("GROUP_RELEASE_TIMEOUT")][0]
+        print(f"ok: 2 x DEVICE_DELETED, group fd never closed, GROUP_RELEASE_TIMEOUT names {holders}")
+        return
     demo.wait_for("the close of the group node (inotify)", lambda: demo.node_closes > 0)
     demo.wait_for(f"GROUP_RELEASED for group {args.group}", lambda: demo.released(args.group))
     order = ["group-fd-close" if what.startswith("inotify") else what.split(" ")[0]

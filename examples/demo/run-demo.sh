@@ -4,6 +4,10 @@
 # with inotify, GROUP_RELEASED). Exits non-zero, saying what is missing, if an event does not come.
 #
 #   examples/demo/run-demo.sh [BIN_DIR] [--hotplug] [--finalize-delay SECONDS] [--event-order before-close|after-close]
+#                             [--fault leak|second-holder]
+#
+# --fault leak: the mock never closes the group fd: GROUP_RELEASE_TIMEOUT names it, no GROUP_RELEASED.
+# --fault second-holder: another process keeps the group 0.5 s longer: GROUP_RELEASED waits for it.
 #
 # Binaries come from BIN_DIR (e.g. .build/debug), $QMP_SIDECAR_BIN, or `swift build` in this package.
 set -euo pipefail
@@ -11,11 +15,13 @@ set -euo pipefail
 finalize_delay=0.2
 event_order=after-close
 hotplug=""
+fault=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --hotplug) hotplug="--hotplug" ;;
         --finalize-delay) finalize_delay="$2"; shift ;;
         --event-order) event_order="$2"; shift ;;
+        --fault) fault="$2"; shift ;;
         -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
         -*) echo "run-demo.sh: unknown option $1 (see --help)" >&2; exit 64 ;;
         *) QMP_SIDECAR_BIN="$1" ;;
@@ -53,26 +59,35 @@ wait_for() { # wait_for DESCRIPTION COMMAND...: bounded wait (10 s) for a start-
     exit 1
 }
 
+faults=()
+client_flags=()
+release_timeout=5
+case "$fault" in
+    "") ;;
+    leak) faults=(--leak-group 7); client_flags=(--expect-timeout); release_timeout=1 ;;
+    second-holder) faults=(--second-holder 7:0.5) ;;
+    *) echo "run-demo.sh: --fault takes leak or second-holder" >&2; exit 64 ;;
+esac
 devices=()
 if [ -z "$hotplug" ]; then
     devices=(--device vfio-pci,host=0000:01:00.0,id=hostdev0 --device vfio-pci,host=0000:01:00.1,id=hostdev1)
 fi
-echo "qmp-mock: group 7 = 0000:01:00.0 + 0000:01:00.1, finalize delay ${finalize_delay}s, DEVICE_DELETED $event_order"
+echo "qmp-mock: group 7 = 0000:01:00.0 + 0000:01:00.1, finalize delay ${finalize_delay}s, DEVICE_DELETED $event_order${fault:+, fault $fault}"
 "$bin/qmp-mock" --listen "unix:$work/qemu.qmp" \
     --fake-host 7=0000:01:00.0,0000:01:00.1 --fake-host-root "$work/host" \
-    --finalize-delay "$finalize_delay" --event-order "$event_order" "${devices[@]}" \
+    --finalize-delay "$finalize_delay" --event-order "$event_order" "${devices[@]}" "${faults[@]}" \
     >"$work/mock.out" 2>"$work/mock.log" &
 pids+=($!)
 wait_for "qmp-mock did not start listening" grep -q "listening on" "$work/mock.out"
 
 "$bin/qmp-sidecar" --upstream "unix:$work/qemu.qmp" --listen "unix:$work/sidecar.qmp" \
-    --sysfs-root "$work/host/sys" --dev-root "$work/host/dev" --release-timeout 5 \
+    --sysfs-root "$work/host/sys" --dev-root "$work/host/dev" --release-timeout "$release_timeout" \
     >"$work/sidecar.out" 2>"$work/sidecar.log" &
 pids+=($!)
 wait_for "qmp-sidecar did not create its socket" test -S "$work/sidecar.qmp"
 
 echo "qmp-sidecar: upstream $work/qemu.qmp, clients on $work/sidecar.qmp"
-if ! python3 "$here/demo_client.py" "$work/sidecar.qmp" "$work/host/dev/vfio/7" $hotplug; then
+if ! python3 "$here/demo_client.py" "$work/sidecar.qmp" "$work/host/dev/vfio/7" $hotplug "${client_flags[@]}"; then
     echo "--- qmp-mock log" >&2; cat "$work/mock.log" >&2
     echo "--- qmp-sidecar log" >&2; cat "$work/sidecar.log" >&2
     exit 1

@@ -470,6 +470,10 @@ public struct MockMachine {
             )
         case "query-version":
             return Dispatched(reply: .success(configuration.version.json))
+        case "query-commands":
+            // The mock's own table (QEMU lists its ~200); clients such as qmp-shell use it for completion.
+            let names = MockCommands.known.sorted().map { MockJSON.object([("name", .string($0))]) }
+            return Dispatched(reply: .success(.array(names)))
         case "stop":
             // QEMU sends STOP before the reply to stop.
             if running { broadcast(event: "STOP", data: nil, now: now, actions: &actions) }
