@@ -58,4 +58,38 @@ import Testing
         }
         sidecar.terminate()
     }
+
+    @Test(.enabled(if: Requirements.pythonQMPUsable, "needs python3 with qemu.qmp"))
+    func unplugAndRebindExampleWaitsForGroupReleased() throws {
+        let dir = makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (mock, sysfs, dev) = try startMock(dir: dir)
+        defer {
+            mock.terminate()
+            if !waitFor(seconds: 5, { !mock.isRunning }) { kill(mock.processIdentifier, SIGKILL) }
+            mock.waitUntilExit()
+        }
+        let sidecar = try SidecarInstance(
+            dir: dir, upstream: "\(dir)/vm.qmp", extra: ["--sysfs-root", sysfs, "--dev-root", dev])
+        defer { sidecar.terminate() }
+        let example = (pythonDirectory as NSString).deletingLastPathComponent + "/../../examples/unplug-and-rebind.py"
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = [
+            "python3", example, sidecar.listenPath, "hostdev0", "hostdev1", "--driver", "e1000e", "--sysfs-root",
+            sysfs, "--dry-run", "--timeout", "20",
+        ]
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0, "\(text)")
+        let lines = text.split(separator: "\n").map(String.init)
+        let released = try #require(lines.firstIndex { $0.hasPrefix("GROUP_RELEASED group 7") }, "\(text)")
+        let firstRebind = try #require(lines.firstIndex { $0.contains("rebound to e1000e") }, "\(text)")
+        #expect(lines.filter { $0.hasPrefix("DEVICE_DELETED") }.count == 2)
+        #expect(released < firstRebind, "rebinding only after GROUP_RELEASED")
+    }
 }
