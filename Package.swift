@@ -93,9 +93,11 @@ let package = Package(
 
         .testTarget(name: "QMPWireTests", dependencies: ["QMPWire", "QMPTestKit"]),
         .testTarget(name: "QMPProxyTests", dependencies: ["QMPProxy", "QMPWire"]),
-        .testTarget(name: "VFIOTrackingTests", dependencies: ["VFIOTracking", "VFIOFakeHost", "QMPTestKit", "QMPRuntime"]),
+        .testTarget(
+            name: "VFIOTrackingTests", dependencies: ["VFIOTracking", "VFIOFakeHost", "QMPTestKit", "QMPRuntime"]),
         .testTarget(name: "QMPRuntimeTests", dependencies: ["QMPRuntime", "QMPTestKit", "CQMPShims"]),
-        .testTarget(name: "QMPMockTests", dependencies: ["QMPMock", "QMPTestKit", "CQMPShims", "qmp-mock", "qmp-sidecar"]),
+        .testTarget(
+            name: "QMPMockTests", dependencies: ["QMPMock", "QMPTestKit", "CQMPShims", "qmp-mock", "qmp-sidecar"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["QMPSidecar", "QMPWire", "QMPTestKit", "qmp-sidecar", "qmp-mock"],

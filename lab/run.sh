@@ -11,6 +11,9 @@
 #   --guest      add scenario C (a real L2 guest kernel does the ACPI eject; L2 on kvm in L1)
 #   --scenarios  which scenarios to run (default "A B D E F", plus C with --guest)
 #   --sidecar    the qmp-sidecar binary (default .build/release/qmp-sidecar, else .build/debug/...)
+#   LAB_KERNEL=/boot/vmlinuz-X (and LAB_KERNEL_VERSION) pick another L1/L2 kernel than the newest
+#   -- ARGS      passed to the runner in L1 (lab/scenarios.py): --repeat N, --release-timeout S,
+#                --sidecar-arg OPT, --event-prefix P, --strace-sidecar, --scan-interval-ms MS
 # Results: lab-out/results.json (figures per scenario), lab-out/*.log.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,7 +27,7 @@ while (($#)); do
     --sidecar) sidecar=$2; shift ;;
     --timeout) timeout=$2; shift ;;
     --) shift; runner_args+=("$@"); break ;;
-    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "lab/run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -49,9 +52,9 @@ if ((${#need[@]})); then
     for p in "${need[@]}"; do apt-get install -y -q --no-install-recommends "$p" >/dev/null || die "apt-get install $p failed"; done
     say "installs took $(elapsed)s"
 fi
-kernel=$(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V | tail -1)
+kernel=${LAB_KERNEL:-$(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V | tail -1)}
 [[ -n $kernel ]] || die "no kernel in /boot (apt-get install linux-image-amd64)"
-kver=${kernel#/boot/vmlinuz-}
+kver=${LAB_KERNEL_VERSION:-${kernel#/boot/vmlinuz-}}
 [[ -d /lib/modules/$kver ]] || die "no /lib/modules/$kver for $kernel"
 
 # 2. The sidecar under test (the host's own build, run in L1 over 9p).
@@ -84,7 +87,7 @@ say "booting L1 ($kver, TCG -cpu max, intel-iommu); scenarios: $scenarios; mode:
 # A leftover L1 of an interrupted run (found by its pid file and its command line) would hold lab-out.
 if [[ -f $out/l1.pid ]]; then
     old=$(cat "$out/l1.pid")
-    if [[ $old =~ ^[0-9]+$ ]] && grep -qa "lab.script=$repo/lab/l1-main.sh" "/proc/$old/cmdline" 2>/dev/null; then
+    if [[ $old =~ ^[0-9]+$ ]] && grep -qa "lab.script=$repo/lab/l1-main.sh lab.repo=$repo" "/proc/$old/cmdline" 2>/dev/null; then
         say "killing the L1 QEMU left over by an earlier run (pid $old)"
         kill "$old" 2>/dev/null || true
         for _ in $(seq 50); do kill -0 "$old" 2>/dev/null || break; sleep 0.1; done
@@ -95,18 +98,19 @@ fi
 qemu_pid=
 tail_pid=
 cleanup() {
-    [[ -n $qemu_pid ]] && kill "$qemu_pid" 2>/dev/null && wait "$qemu_pid" 2>/dev/null
-    [[ -n $tail_pid ]] && kill "$tail_pid" 2>/dev/null
-    true
+    # Under set -e a failing last command of an && list would turn a passing run into exit 1.
+    if [[ -n $qemu_pid ]]; then kill "$qemu_pid" 2>/dev/null && wait "$qemu_pid" 2>/dev/null || true; fi
+    if [[ -n $tail_pid ]]; then kill "$tail_pid" 2>/dev/null || true; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 qemu-system-x86_64 -machine q35 -accel tcg -cpu max -smp 2 -m 2G -nodefaults -no-reboot -display none \
     -device intel-iommu,intremap=on,caching-mode=on \
     -kernel "$kernel" -initrd "$out/l1-initramfs.cpio.gz" \
-    -append "console=ttyS0 intel_iommu=on iommu=pt panic=-1 loglevel=4 lab.script=$repo/lab/l1-main.sh" \
+    -append "console=ttyS0 intel_iommu=on iommu=pt panic=-1 loglevel=4 lab.script=$repo/lab/l1-main.sh lab.repo=$repo" \
     -serial "file:$out/l1-console.log" \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+    -virtfs "local,path=$repo,mount_tag=repo,security_model=none,readonly=on,multidevs=remap" \
     -virtfs "local,path=$out,mount_tag=results,security_model=none" \
     -device e1000e,addr=0x10.0 \
     -device pcie-root-port,id=rp1,chassis=1,addr=0x12.0 -device pcie-pci-bridge,id=br1,bus=rp1 \

@@ -182,8 +182,9 @@ class Observer:
 
 
 class Event:
-    def __init__(self, t, msg, holders):
+    def __init__(self, t, msg, holders, age_ms=None):
         self.t = t
+        self.age_ms = age_ms  # receipt (CLOCK_REALTIME) minus the event's own timestamp
         self.msg = msg
         self.name = msg["event"]
         self.data = msg.get("data", {})
@@ -228,6 +229,7 @@ class QMPClient:
         # the sender wrote these bytes is in the log with t <= the messages' t.
         self.lab.obs.poll_inotify()
         t = mono()
+        t_real = time.time()
         if not data:
             self.closed_at = t
             self.lab.note(f"{self.name}: connection closed", t)
@@ -253,8 +255,12 @@ class QMPClient:
                 if msg["event"].endswith(("GROUP_RELEASED", "GROUP_RELEASE_TIMEOUT")):
                     g = msg.get("data", {}).get("group")
                     holders = group_holders(g) if g is not None else None
-                self.events.append(Event(t, msg, holders))
-                self.lab.note(f"{self.name} <- {msg['event']} {json.dumps(msg.get('data', {}))}", t)
+                ts = msg.get("timestamp", {})
+                age = round((t_real - ts.get("seconds", 0) - ts.get("microseconds", 0) / 1e6) * 1000, 2) \
+                    if ts else None
+                self.events.append(Event(t, msg, holders, age))
+                self.lab.note(f"{self.name} <- {msg['event']} {json.dumps(msg.get('data', {}))} "
+                              f"(stamped {age} ms before receipt)", t)
             elif "id" in msg:
                 self.replies[msg["id"]] = (t, msg)
             else:
@@ -371,7 +377,10 @@ class Lab:
 
     # -- processes ----------------------------------------------------------------------------------
     def spawn(self, name, argv, env=None):
-        log = open(f"{self.out}/{self.scenario}-{name}.log", "wb")
+        # Logs go to L1's tmpfs (writes to the 9p results share are slow round trips to the host and would
+        # slow the processes under test); teardown copies them to the results share.
+        os.makedirs("/tmp/lab-logs", exist_ok=True)
+        log = open(f"/tmp/lab-logs/{self.scenario}-{name}.log", "wb")
         log.write((" ".join(argv) + "\n").encode())
         log.flush()
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -393,15 +402,16 @@ class Lab:
                 raise ScenarioFailed(f"{what} exited with {proc.returncode}: {self.log_tail(proc)}")
             if mono() > deadline:
                 raise ScenarioFailed(f"timed out waiting for {what} ({path})")
-            time.sleep(0.01)
+            self.pump(0.005)  # keeps the observer's time stamps current while waiting
 
     def start_l2(self, cold=(), guest=False, tag="l2"):
+        os.makedirs("/tmp/lab-logs", exist_ok=True)
         qmp = f"/tmp/lab-{self.scenario}-{tag}.qmp"
         argv = [QEMU, "-M", "pc", "-nodefaults", "-display", "none", "-qmp", f"unix:{qmp},server=on,wait=off"]
         if guest:
             argv += ["-accel", "kvm", "-m", "256M", "-kernel", self.args.kernel, "-initrd", self.args.l2_initrd,
                      "-append", "console=ttyS0 panic=-1 loglevel=4",
-                     "-serial", f"file:{self.out}/{self.scenario}-l2-console.log"]
+                     "-serial", f"file:/tmp/lab-logs/{self.scenario}-l2-console.log"]
         else:
             argv += ["-accel", "tcg", "-m", "128M", "-S"]
         for bdf, dev_id, slot in cold:
@@ -416,6 +426,8 @@ class Lab:
         listen = f"/tmp/lab-{self.scenario}-{tag}.sock"
         argv = [self.sidecar, "--upstream", f"unix:{qemu.qmp}", "--listen", f"unix:{listen}", *extra,
                 *(["--event-prefix", self.prefix] if self.prefix else []), *self.args.sidecar_arg]
+        if self.args.strace_sidecar:
+            argv = ["strace", "-f", "-ttt", "-s", "200", "-o", f"/tmp/lab-logs/{self.scenario}-{tag}.strace", *argv]
         env = dict(os.environ, LD_LIBRARY_PATH=self.args.swift_lib or "")
         p = self.spawn(tag, argv, env)
         self.wait_path(listen, p, 30, "qmp-sidecar")
@@ -443,6 +455,10 @@ class Lab:
                     p.wait()
             self.obs.untrack(p.pid)
         self.procs = []
+        for f in os.listdir("/tmp/lab-logs") if os.path.isdir("/tmp/lab-logs") else []:
+            with open(f"/tmp/lab-logs/{f}", "rb") as src, open(f"{self.out}/{f}", "wb") as dst:
+                dst.write(src.read())
+            os.unlink(f"/tmp/lab-logs/{f}")
         for g in self.obs.groups:
             deadline = mono() + 10
             while group_holders(g):
@@ -481,6 +497,7 @@ class Lab:
 
     def release_figures(self, ev, close_t, dd_t):
         return {"close-to-group-released-ms": round((ev.t - close_t) * 1000, 2),
+                "group-released-stamp-to-receipt-ms": ev.age_ms,
                 "device-deleted-to-group-released-ms": round((ev.t - dd_t) * 1000, 2),
                 "waited-ms": ev.data.get("waited-ms")}
 
@@ -522,54 +539,63 @@ def scenario_B(lab, hold=False):
     """Two-device group: the first unplug releases nothing; the second (and the group close) does."""
     qemu = lab.start_l2()
     client, _ = lab.connect(qemu, ["--hold-device-deleted"] if hold else [])
+    return pair_unplug(lab, client, qemu, hold)
+
+
+def pair_unplug(lab, client, qemu, hold, ids=("b1", "b2"), slots=(5, 6), eject=True, timeout=15, guest_settle=0):
+    """Hot-add both devices of the two-device group, unplug them one after the other (B, and C's second
+    half with a guest doing the eject)."""
     b1, b2 = lab.pair
     g = lab.group(b1)
-    lab.hot_add(client, b1, "b1", 5)
-    lab.hot_add(client, b2, "b2", 6)
-    lab.wait(lambda: lab.obs.holds(qemu.pid, g) and lab.obs.device_fds(qemu.pid) == 2, 10,
+    lab.hot_add(client, b1, ids[0], slots[0])
+    lab.hot_add(client, b2, ids[1], slots[1])
+    lab.wait(lambda: lab.obs.holds(qemu.pid, g) and lab.obs.device_fds(qemu.pid) == 2, 20,
              "the L2 QEMU to hold the group and two vfio-device fds")
+    lab.settle(guest_settle)
     fig = {}
     # First device: QEMU closes only that device's fd; the group stays open.
     t1 = mono()
-    lab.unplug(client, "b1", 5)
-    lab.wait(lambda: lab.obs.device_fds(qemu.pid) == 1, 10, "the L2 QEMU to close b1's vfio-device fd")
+    lab.unplug(client, ids[0], slots[0], eject)
+    lab.wait(lambda: lab.obs.device_fds(qemu.pid) == 1, timeout, f"the L2 QEMU to close {ids[0]}'s vfio-device fd")
     if hold:
         lab.settle(2.0)
-        if client.named("DEVICE_DELETED"):
-            raise ScenarioFailed("--hold-device-deleted: DEVICE_DELETED of b1 reached the client while b2 still "
-                                 "holds the group")
+        if client.named("DEVICE_DELETED", lambda d: d.get("device") in ids):
+            raise ScenarioFailed(f"--hold-device-deleted: DEVICE_DELETED of {ids[0]} reached the client while "
+                                 f"{ids[1]} still holds the group")
     else:
-        dd1 = lab.wait_event(client, "DEVICE_DELETED", lambda d: d.get("device") == "b1", 10, "DEVICE_DELETED of b1")
+        dd1 = lab.wait_event(client, "DEVICE_DELETED", lambda d: d.get("device") == ids[0], timeout,
+                             f"DEVICE_DELETED of {ids[0]}")
         fig["first-unplug-ms"] = round((dd1.t - t1) * 1000, 1)
         lab.settle(1.5)
     if lab.obs.first("inotify-close", g, t1) is not None:
         raise ScenarioFailed(f"/dev/vfio/{g} was closed after the first device only (lab topology wrong?)")
     if not lab.obs.holds(qemu.pid, g):
         raise ScenarioFailed("the L2 QEMU dropped the group fd after the first device")
-    if client.named(lab.ev("GROUP_RELEASED")):
+    if client.named(lab.ev("GROUP_RELEASED"), lambda d: d.get("group") == g):
         raise ScenarioFailed("GROUP_RELEASED after the first device of a two-device group")
     # Second device: the group closes.
     t2 = mono()
-    lab.unplug(client, "b2", 6)
-    lab.wait(lambda: lab.obs.first("inotify-close", g, t2) is not None, 15, f"the observer to see /dev/vfio/{g} closed")
+    lab.unplug(client, ids[1], slots[1], eject)
+    lab.wait(lambda: lab.obs.first("inotify-close", g, t2) is not None, timeout, f"the observer to see /dev/vfio/{g} closed")
     close_t = lab.obs.first("inotify-close", g, t2)
-    dd2 = lab.wait_event(client, "DEVICE_DELETED", lambda d: d.get("device") == "b2", 15, "DEVICE_DELETED of b2")
+    dd2 = lab.wait_event(client, "DEVICE_DELETED", lambda d: d.get("device") == ids[1], timeout,
+                         f"DEVICE_DELETED of {ids[1]}")
     fig["device-deleted-minus-close-ms"] = round((dd2.t - close_t) * 1000, 2)
     if lab.sidecar:
-        rel = lab.wait_event(client, lab.ev("GROUP_RELEASED"), lambda d: d.get("group") == g, 15,
+        rel = lab.wait_event(client, lab.ev("GROUP_RELEASED"), lambda d: d.get("group") == g, timeout,
                              f"GROUP_RELEASED of group {g}")
-        lab.check_released(rel, g, ["b1", "b2"], close_t, "release")
+        lab.check_released(rel, g, list(ids), close_t, "release")
         fig.update(lab.release_figures(rel, close_t, dd2.t))
         if hold:
-            dds = [e for e in client.events if e.name == "DEVICE_DELETED"]
+            dds = [e for e in client.events if e.name == "DEVICE_DELETED" and e.data.get("device") in ids]
             order = [e.data.get("device") for e in dds]
-            if order != ["b1", "b2"]:
-                raise ScenarioFailed(f"held DEVICE_DELETED events: {order}, expected b1 then b2")
+            if order != list(ids):
+                raise ScenarioFailed(f"held DEVICE_DELETED events: {order}, expected {ids[0]} then {ids[1]}")
             if any(e.t < close_t for e in dds):
                 raise ScenarioFailed("a held DEVICE_DELETED reached the client before the group closed")
             if client.events.index(rel) < client.events.index(dds[-1]):
                 raise ScenarioFailed("GROUP_RELEASED came before the held DEVICE_DELETED events")
-            fig["held-device-deleted-b1-delay-ms"] = round((dds[0].t - t1) * 1000, 1)
+            fig["held-first-device-deleted-delay-ms"] = round((dds[0].t - t1) * 1000, 1)
     return fig
 
 
@@ -579,7 +605,7 @@ def scenario_C(lab):
         raise ScenarioFailed("no /dev/kvm in L1 (kvm_amd did not load)")
     qemu = lab.start_l2(guest=True)
     client, _ = lab.connect(qemu)
-    console = f"{lab.out}/{lab.scenario}-l2-console.log"
+    console = f"/tmp/lab-logs/{lab.scenario}-l2-console.log"
     t0 = mono()
     lab.wait(lambda: "L2-GUEST-READY" in open(console, errors="replace").read(), 120, "the L2 guest to boot")
     boot_s = mono() - t0
@@ -590,6 +616,10 @@ def scenario_C(lab):
     lab.settle(2.0)  # the guest enumerates the new slot
     fig = single_unplug(lab, client, qemu, "c0", 5, eject=False, timeout=30)
     fig["l2-boot-s"] = round(boot_s, 1)
+    # The same guest, the two-device group: the guest ejects each device.
+    pair = pair_unplug(lab, client, qemu, False, ids=("p1", "p2"), slots=(6, 7), eject=False, timeout=30,
+                       guest_settle=2.0)
+    fig.update({f"pair-{k}": v for k, v in pair.items()})
     return fig
 
 
@@ -740,7 +770,7 @@ SCENARIOS = {
     "A": (scenario_A, "single-device group, hot-unplug, HMP eject"),
     "B": (lambda lab: scenario_B(lab), "two-device group"),
     "B-hold": (lambda lab: scenario_B(lab, hold=True), "two-device group, --hold-device-deleted"),
-    "C": (scenario_C, "real L2 guest kernel ejects (L2 on kvm)"),
+    "C": (scenario_C, "real L2 guest kernel ejects (L2 on kvm): single-device group, then the two-device group"),
     "D": (scenario_D, "cold-plugged device discovered, then unplugged"),
     "E": (scenario_E, "quit with a device attached"),
     "F": (scenario_F, "second process holds a pidfd_getfd copy of the group fd"),
@@ -755,6 +785,9 @@ def main():
     ap.add_argument("--swift-lib", help="LD_LIBRARY_PATH for the sidecar (the host's Swift runtime)")
     ap.add_argument("--sidecar-arg", action="append", default=[], help="extra option for every sidecar")
     ap.add_argument("--event-prefix", default="")
+    ap.add_argument("--scan-interval-ms", type=float, default=2.0,
+                    help="period of the observer's /proc/<pid>/fd scans (inotify is event-driven regardless)")
+    ap.add_argument("--strace-sidecar", action="store_true", help="run the sidecar under strace -f -ttt (diagnosis)")
     ap.add_argument("--release-timeout", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=1, help="run each scenario N times; figures are medians")
     ap.add_argument("--query-command", default="__org.qmp-sidecar_query-vfio-groups",
@@ -762,6 +795,8 @@ def main():
     ap.add_argument("--kernel", help="L2 guest kernel (scenario C)")
     ap.add_argument("--l2-initrd", help="L2 guest initramfs (scenario C)")
     args = ap.parse_args()
+    global SCAN_INTERVAL
+    SCAN_INTERVAL = args.scan_interval_ms / 1000
     names = [s for s in args.scenarios.split(",") if s]
     if args.sidecar and "B" in names and "B-hold" not in names:
         names.insert(names.index("B") + 1, "B-hold")

@@ -5,7 +5,8 @@ It is NOT the product: one client, no id rewriting, no fd passing. It exists so 
 runner's sidecar path can be exercised before (and independently of) the real qmp-sidecar, and so
 that the lab can prove it catches a wrong sidecar: with --naive it announces GROUP_RELEASED as soon
 as every device of the group had its DEVICE_DELETED, without waiting for the group's last close —
-the lab must then FAIL scenarios B-hold/F (lab/run.sh --sidecar lab/stand-in-sidecar.py -- ...).
+the lab must then FAIL scenario F, where a copy of QEMU's fd outlives QEMU's close
+(lab/run.sh --sidecar lab/stand-in-sidecar.py -- --sidecar-arg=--naive).
 
 Same options as qmp-sidecar: --upstream unix:P --listen unix:P [--hold-device-deleted]
 [--release-timeout S] [--event-prefix P], plus --naive.

@@ -125,6 +125,7 @@ public struct QMPFramer: Sendable {
 
     /// `json_message_process_token` for a complete token of `length` bytes ending at stream offset
     /// `end`. Returns a frame when the token completes a unit (the caller supplies the bytes).
+    @inline(__always)
     private mutating func processToken(_ kind: TokenKind, length: Int, end: Int) -> UnitResult {
         switch kind {
         case .lcurly: braces += 1
@@ -302,7 +303,12 @@ public struct QMPFramer: Sendable {
 
             case .digits:
                 switch byte {
-                case UInt8(ascii: "0")...UInt8(ascii: "9"): break
+                case UInt8(ascii: "0")...UInt8(ascii: "9"):
+                    // Consume the run of digits at once (bounded like the string fast path).
+                    let limitIndex = min(count, tokenStart + limits.tokenSize - base)
+                    var j = i + 1
+                    while j < limitIndex, bytes[j] >= UInt8(ascii: "0"), bytes[j] <= UInt8(ascii: "9") { j += 1 }
+                    i = j - 1
                 case UInt8(ascii: "e"), UInt8(ascii: "E"): lex = .expE
                 case UInt8(ascii: "."): lex = .mantissa
                 default:
@@ -334,6 +340,10 @@ public struct QMPFramer: Sendable {
                     finishToken(&self, .other, endIndex: i, frames: &frames)
                     continue
                 }
+                let limitIndex = min(count, tokenStart + limits.tokenSize - base)
+                var j = i + 1
+                while j < limitIndex, bytes[j] >= UInt8(ascii: "a"), bytes[j] <= UInt8(ascii: "z") { j += 1 }
+                i = j - 1
 
             case .mantissa, .expSign:
                 if byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") {

@@ -43,6 +43,9 @@ struct QMPGrammar {
     var peeked: Token?
     var top = TopLevel()
     private var scratch: [UInt8] = []
+    /// Keys of the objects being parsed, innermost last (one stack: no allocation per object).
+    private var keyStack: [KeyBytes] = []
+    private var hashStack: [UInt64] = []
 
     init(bytes: UnsafeBufferPointer<UInt8>, build: Bool, maxDepth: Int = QMPFramer.Limits.qemu.nesting) {
         self.bytes = bytes
@@ -244,7 +247,11 @@ struct QMPGrammar {
         if depth > maxDepth { throw .nesting }
         _ = try pop()
         var members: [JSONMember] = []
-        var keys = KeySet()
+        let keyBase = keyStack.count
+        defer {
+            keyStack.removeSubrange(keyBase...)
+            hashStack.removeSubrange(keyBase...)
+        }
         let isTop = depth == 1
         if isTop { top.isObject = true }
         guard let first = try peek() else { throw .parse("premature EOI") }
@@ -258,10 +265,10 @@ struct QMPGrammar {
                     top.keyStartAfterID = keyToken.start
                     idJustSeen = false
                 }
-                var key: [UInt8] = []
+                let key: KeyBytes
                 if keyToken.kind == .string {
                     _ = try pop()
-                    try decodeString(keyToken, into: &key, keep: true)
+                    key = try decodeKey(keyToken)
                 } else {
                     _ = try parseValue(depth: depth)
                     throw .parse("key is not a string in object")
@@ -271,10 +278,13 @@ struct QMPGrammar {
                 let valueStart = try peek()?.start ?? bytes.count
                 let value = try parseValue(depth: depth)
                 let valueEnd = position
-                if !keys.insert(key) { throw .parse("duplicate key") }
-                if build { members.append(JSONMember(ModifiedUTF8.string(key), value ?? .null)) }
+                if !insertKey(key, from: keyBase) { throw .parse("duplicate key") }
+                if build {
+                    let keyString = key.withBytes(in: bytes) { ModifiedUTF8.string(Array($0)) }
+                    members.append(JSONMember(keyString, value ?? .null))
+                }
                 if isTop {
-                    if let member = QMPMessage.Member(keyBytes: key) {
+                    if let member = key.withBytes(in: bytes, { QMPMessage.Member(key: $0) }) {
                         top.ranges[member.index] = valueStart..<valueEnd
                         if member == .id {
                             top.idKeyStart = keyToken.start
@@ -328,6 +338,36 @@ struct QMPGrammar {
         case UInt8(ascii: "A")...UInt8(ascii: "F"): Int(b) - 0x41 + 10
         default: -1
         }
+    }
+
+    /// Adds `key` to the current object's keys (those from `base` on); false if already there.
+    private mutating func insertKey(_ key: KeyBytes, from base: Int) -> Bool {
+        let h = key.hash(in: bytes)
+        var index = base
+        while index < hashStack.count {
+            if hashStack[index] == h {
+                let other = keyStack[index]
+                let equal = key.withBytes(in: bytes) { a in other.withBytes(in: bytes) { b in a.elementsEqual(b) } }
+                if equal { return false }
+            }
+            index += 1
+        }
+        keyStack.append(key)
+        hashStack.append(h)
+        return true
+    }
+
+    /// Decodes an object key; keys that decoding would not change stay a range of the input.
+    private func decodeKey(_ token: Token) throws(QMPInputError) -> KeyBytes {
+        var plain = true
+        for p in (token.start + 1)..<(token.end - 1) where bytes[p] == 0x5C || bytes[p] >= 0x80 {
+            plain = false
+            break
+        }
+        if plain { return KeyBytes(start: token.start + 1, end: token.end - 1, decoded: nil) }
+        var decoded: [UInt8] = []
+        try decodeString(token, into: &decoded, keep: true)
+        return KeyBytes(start: 0, end: 0, decoded: decoded)
     }
 
     /// `parse_string`: validates (and with `keep`, appends the modified UTF-8 of) a string token.
@@ -407,20 +447,23 @@ struct QMPGrammar {
     }
 }
 
-/// The keys of one object, for QEMU's duplicate-key check.
-struct KeySet {
-    private var small: [[UInt8]] = []
-    private var large: Set<[UInt8]>? = nil
+/// A decoded object key: a range of the input when decoding does not change it, else its bytes.
+struct KeyBytes {
+    var start: Int
+    var end: Int
+    var decoded: [UInt8]?
 
-    /// Inserts `key`; false when it was already there.
-    mutating func insert(_ key: [UInt8]) -> Bool {
-        if large != nil { return large!.insert(key).inserted }
-        if small.contains(key) { return false }
-        small.append(key)
-        if small.count > 16 {
-            large = Set(small)
-            small = []
+    func withBytes<R>(in input: UnsafeBufferPointer<UInt8>, _ body: (UnsafeBufferPointer<UInt8>) -> R) -> R {
+        if let decoded { return decoded.withUnsafeBufferPointer(body) }
+        return body(UnsafeBufferPointer(rebasing: input[start..<end]))
+    }
+
+    /// FNV-1a of the key's bytes.
+    func hash(in input: UnsafeBufferPointer<UInt8>) -> UInt64 {
+        withBytes(in: input) { bytes in
+            var h: UInt64 = 0xCBF2_9CE4_8422_2325
+            for b in bytes { h = (h ^ UInt64(b)) &* 0x100_0000_01B3 }
+            return h
         }
-        return true
     }
 }

@@ -29,17 +29,17 @@ public struct QMPMessage: Hashable, Sendable {
             }
         }
 
-        init?(keyBytes: [UInt8]) {
-            switch keyBytes.count {
-            case 2 where keyBytes == Array("id".utf8): self = .id
-            case 3 where keyBytes == Array("QMP".utf8): self = .qmp
-            case 4 where keyBytes == Array("data".utf8): self = .data
-            case 5 where keyBytes == Array("event".utf8): self = .event
-            case 5 where keyBytes == Array("error".utf8): self = .error
-            case 6 where keyBytes == Array("return".utf8): self = .returnValue
-            case 7 where keyBytes == Array("execute".utf8): self = .execute
-            case 8 where keyBytes == Array("exec-oob".utf8): self = .execOOB
-            case 9 where keyBytes == Array("arguments".utf8): self = .arguments
+        init?(key: UnsafeBufferPointer<UInt8>) {
+            switch key.count {
+            case 2 where key.elementsEqual("id".utf8): self = .id
+            case 3 where key.elementsEqual("QMP".utf8): self = .qmp
+            case 4 where key.elementsEqual("data".utf8): self = .data
+            case 5 where key.elementsEqual("event".utf8): self = .event
+            case 5 where key.elementsEqual("error".utf8): self = .error
+            case 6 where key.elementsEqual("return".utf8): self = .returnValue
+            case 7 where key.elementsEqual("execute".utf8): self = .execute
+            case 8 where key.elementsEqual("exec-oob".utf8): self = .execOOB
+            case 9 where key.elementsEqual("arguments".utf8): self = .arguments
             default: return nil
             }
         }

@@ -294,9 +294,10 @@ public final class FakeHost: Sendable {
             if let dir = opendir(path) {
                 var names: [String] = []
                 while let entry = readdir(dir) {
-                    let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                        String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
-                    }
+                    // Read the name in place: copying the 256-byte d_name can read past a short record.
+                    let name = String(
+                        cString: UnsafeRawPointer(entry).advanced(by: MemoryLayout<dirent>.offset(of: \dirent.d_name)!)
+                            .assumingMemoryBound(to: CChar.self))
                     if name != "." && name != ".." { names.append(name) }
                 }
                 closedir(dir)

@@ -43,8 +43,9 @@ public final class StandInProcess {
                 if c == "open":
                     reply(str(os.open(p[1], os.O_RDWR | os.O_CLOEXEC)))
                 elif c == "close":
+                    t = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
                     os.close(int(p[1]))
-                    reply(str(time.clock_gettime_ns(time.CLOCK_MONOTONIC)))
+                    reply(str(t))
                 elif c == "fill":
                     n = int(p[1])
                     while len(extra) < n:
@@ -110,7 +111,8 @@ public final class StandInProcess {
         return fd
     }
 
-    /// Closes the stand-in's fd `fd`; returns `CLOCK_MONOTONIC` nanoseconds taken right after `close`.
+    /// Closes the stand-in's fd `fd`; returns `CLOCK_MONOTONIC` nanoseconds taken right before `close`
+    /// (a latency measured from it is an upper bound: it includes the `close` call itself).
     @discardableResult
     public func close(_ fd: Int32) throws(FakeHostError) -> UInt64 {
         let answer = try command("close \(fd)")

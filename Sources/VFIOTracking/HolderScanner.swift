@@ -88,27 +88,15 @@ public struct HolderScanner: Sendable {
     /// Nil when the process's fd directory cannot be read (gone, or no permission).
     public func fds(of pid: Int32, matching nodes: Set<NodeIdentity>) -> [Int32: NodeIdentity]? {
         guard !nodes.isEmpty else { return [:] }
-        let directory = "\(procRoot)/\(pid)/fd"
-        guard let dir = opendir(directory) else { return nil }
-        defer { closedir(dir) }
-        let dirFD = dirfd(dir)
-        var result: [Int32: NodeIdentity] = [:]
-        var info = stat()
-        while let entry = readdir(dir) {
-            let number: Int32? = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                Self.parseFD(raw)
-            }
-            guard let number else { continue }
-            let ok = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                fstatat(dirFD, raw.bindMemory(to: CChar.self).baseAddress!, &info, 0) == 0
-            }
-            guard ok else { continue }
-            for node in nodes where node.matches(info) {
-                result[number] = node
-                break
-            }
-        }
-        return result
+        guard let scan = FDScan(procRoot: procRoot, pid: pid, nodes: nodes) else { return nil }
+        _ = scan.step(maxEntries: .max)
+        return scan.found
+    }
+
+    /// A full scan of `pid`'s fds that can be done in steps (so a reactor can serve other work between
+    /// them); nil when the fd directory cannot be read.
+    public func startScan(of pid: Int32, matching nodes: Set<NodeIdentity>) -> FDScan? {
+        FDScan(procRoot: procRoot, pid: pid, nodes: nodes)
     }
 
     /// Re-checks known fd numbers of `pid`: those still open on the node they were learned for.
@@ -138,7 +126,7 @@ public struct HolderScanner: Sendable {
         guard !nodes.isEmpty, let dir = opendir(procRoot) else { return [] }
         var pids: [Int32] = []
         while let entry = readdir(dir) {
-            if let pid = withUnsafeBytes(of: entry.pointee.d_name, { Self.parseFD($0) }) { pids.append(pid) }
+            if let pid = Self.parseFD(direntName(entry)) { pids.append(pid) }
         }
         closedir(dir)
         var holders: [NodeHolder] = []
@@ -167,15 +155,76 @@ public struct HolderScanner: Sendable {
         access("\(procRoot)/\(pid)", F_OK) == 0
     }
 
-    private static func parseFD(_ raw: UnsafeRawBufferPointer) -> Int32? {
+    static func parseFD(_ name: UnsafePointer<CChar>) -> Int32? {
         var value: Int32 = 0
         var digits = 0
-        for byte in raw {
+        while true {
+            let byte = UInt8(bitPattern: name[digits])
             if byte == 0 { break }
             guard byte >= 0x30 && byte <= 0x39, digits < 9 else { return nil }
             value = value * 10 + Int32(byte - 0x30)
             digits += 1
         }
         return digits > 0 ? value : nil
+    }
+}
+
+/// The name of a `readdir` entry, read in place.
+///
+/// Copying `entry.pointee.d_name` (a 256-byte tuple) would read past a short record at the end of the
+/// kernel's getdents buffer and can fault; the name is a NUL-terminated string inside the record.
+func direntName(_ entry: UnsafeMutablePointer<dirent>) -> UnsafePointer<CChar> {
+    UnsafeRawPointer(entry).advanced(by: MemoryLayout<dirent>.offset(of: \dirent.d_name)!)
+        .assumingMemoryBound(to: CChar.self)
+}
+
+/// A resumable full scan of one process's fd directory (see ``HolderScanner/startScan(of:matching:)``).
+///
+/// - Important: not thread-safe; owns an open directory stream until finished or deallocated.
+public final class FDScan {
+    /// The process scanned.
+    public let pid: Int32
+    /// The nodes looked for.
+    public let nodes: Set<NodeIdentity>
+    /// fd number → node, for what was found so far.
+    public private(set) var found: [Int32: NodeIdentity] = [:]
+    /// `stat`s done so far.
+    public private(set) var entriesChecked = 0
+    private var dir: OpaquePointer?
+
+    init?(procRoot: String, pid: Int32, nodes: Set<NodeIdentity>) {
+        guard let dir = opendir("\(procRoot)/\(pid)/fd") else { return nil }
+        self.pid = pid
+        self.nodes = nodes
+        self.dir = dir
+    }
+
+    deinit {
+        if let dir { closedir(dir) }
+    }
+
+    /// Checks up to `maxEntries` more fds; returns true when the scan is complete.
+    public func step(maxEntries: Int) -> Bool {
+        guard let dir else { return true }
+        let dirFD = dirfd(dir)
+        var info = stat()
+        var budget = maxEntries
+        while budget > 0 {
+            guard let entry = readdir(dir) else {
+                closedir(dir)
+                self.dir = nil
+                return true
+            }
+            let name = direntName(entry)
+            guard let number = HolderScanner.parseFD(name) else { continue }
+            budget -= 1
+            entriesChecked += 1
+            guard !nodes.isEmpty, fstatat(dirFD, name, &info, 0) == 0 else { continue }
+            for node in nodes where node.matches(info) {
+                found[number] = node
+                break
+            }
+        }
+        return false
     }
 }

@@ -9,21 +9,21 @@ struct QMPMockCommand: ParsableCommand {
         commandName: "qmp-mock",
         abstract: "A mock QEMU 7.2 QMP monitor with VFIO semantics, fault injection, scenarios and replay.",
         discussion: """
-            Serves QMP on a unix (or TCP) socket as QEMU does: greeting with "oob", capability
-            negotiation, query-status, query-version, qom-list, qom-get, device_add/device_del
-            (vfio-pci, usb-kbd), getfd/closefd/add-fd/remove-fd with SCM_RIGHTS, stop/cont/quit;
-            error texts as QEMU 7.2 writes them. A vfio-pci device really opens <dev-root>/vfio/<N>
-            (once per group) and closes it when the last device of the group is finalized; with
-            iommufd=... on the device, <dev-root>/vfio/devices/vfio<X> is opened per device instead
-            (or the fd=NAME passed with getfd is used).
+            Serves QMP on a unix (or TCP) socket as QEMU 7.2 does, byte for byte: greeting with "oob", \
+            capability negotiation, query-status, query-version, qom-list, qom-get, device_add and \
+            device_del (vfio-pci, usb-kbd), getfd/closefd/add-fd/remove-fd with SCM_RIGHTS, stop, cont, \
+            quit; QEMU's error texts. A vfio-pci device really opens <dev-root>/vfio/<N> (once per \
+            group) and closes it when the last device of the group is finalized; with iommufd=ID on \
+            the device, <dev-root>/vfio/devices/vfio<X> is opened per device instead (or the fd=NAME \
+            passed with getfd is used). Full reference: docs/qmp-mock.md.
 
-            Example (two-function group 7, cold-plugged, 200 ms finalize):
-              qmp-mock --listen unix:/tmp/qs-vm.qmp --fake-host 7=0000:01:00.0,0000:01:00.1 \\
-                --device vfio-pci,host=0000:01:00.0,id=hostdev0 \\
+            Example: two-function group 7, cold-plugged, 200 ms finalize:
+              qmp-mock --listen unix:/tmp/qs-vm.qmp --fake-host 7=0000:01:00.0,0000:01:00.1
+                --device vfio-pci,host=0000:01:00.0,id=hostdev0
                 --device vfio-pci,host=0000:01:00.1,id=hostdev1 --finalize-delay 0.2
 
-            Prints one line "qmp-mock: listening on ..." on standard output once clients can connect.
-            Exit status: 0 on SIGINT/SIGTERM or quit; 1 when a --scenario or --replay was not played
+            Prints one line "qmp-mock: listening on ..." on standard output once clients can connect. \
+            Exit status: 0 on SIGINT/SIGTERM or quit; 1 when a --scenario or --replay was not played \
             completely (what is missing is logged); 3 after --exit-on; 64 on bad options.
             """
     )

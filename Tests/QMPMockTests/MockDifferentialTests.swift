@@ -56,6 +56,17 @@ struct MockDifferentialTests {
         #"{"execute":"query-status","id":26}"#,
         #"{"execute":"stop","id":27}"#,
         #"{"execute":"query-status","id":28}"#,
+        #"{"execute":"query-status","id":'single \' quote'}"#,
+        #"{"execute":"query-status","id":18446744073709551616}"#,
+        #"{"execute":"query-status","id":"\u00e9\ud83d\ude00\t"}"#,
+        #"{"execute": x}"#,
+        #"}"#,
+        #"{"execute":"device_add","arguments":{"driver":"usb-kbd","id":"1bad"},"id":29}"#,
+        #"{"execute":"device_add","arguments":{"driver":"usb-kbd","id":7},"id":30}"#,
+        #"{"execute":"qom-list","id":31}"#,
+        #"{"execute":"qom-get","arguments":{"path":1,"property":"type"},"id":32}"#,
+        #"{"execute":"getfd","arguments":{"fdname":"9x"},"id":33}"#,
+        #"{"execute":"remove-fd","arguments":{"fdset-id":77},"id":34}"#,
     ]
 
     /// Inputs on a second connection that negotiates OOB.

@@ -14,18 +14,36 @@ final class FakeMockHost: MockHost {
         "0000:01:00.1": .found(group: 7, cdev: "vfio1"),
         "0000:02:00.0": .found(group: 8, cdev: "vfio2"),
         "0000:03:00.0": .noGroup,
+        "c0ffee00-0000-4000-8000-000000000001": .found(group: 9, cdev: nil),
     ]
+    var lookedUp: [String] = []
 
-    func lookup(bdf: String) -> MockHostLookup { topology[bdf] ?? .noDevice }
+    func lookup(devicePath: String) -> MockHostLookup {
+        lookedUp.append(devicePath)
+        return devicePath.split(separator: "/").last.flatMap { topology[String($0)] } ?? .noDevice
+    }
+
+    /// The container node (`/dev/vfio/vfio`): opened and closed, tracked apart from group and cdev nodes.
+    var container: (fd: Int32?, opens: Int) = (nil, 0)
 
     func open(_ path: String) -> Result<Int32, MockHostErrno> {
         if failOpen.contains(path) { return .failure(MockHostErrno(16)) }
         nextFD += 1
+        if path.hasSuffix("/vfio/vfio") {
+            container = (nextFD, container.opens + 1)
+            return .success(nextFD)
+        }
         opened.append((path, nextFD))
         return .success(nextFD)
     }
 
-    func close(_ fd: Int32) { closed.append(fd) }
+    func close(_ fd: Int32) {
+        if fd == container.fd {
+            container.fd = nil
+            return
+        }
+        closed.append(fd)
+    }
     func startHolder(group: Int, fd: Int32) { holders.insert(group) }
     func stopHolder(group: Int) { holders.remove(group) }
 
@@ -66,6 +84,21 @@ struct Harness {
         var members: [(String, MockJSON)] = [("execute", .string(name))]
         if let arguments { members.append(("arguments", .object(arguments))) }
         return send(.object(members), id: id.map { .int($0) }, fds: fds)
+    }
+
+    /// Fires the oldest scheduled timer.
+    mutating func fireNext() -> [String] {
+        guard !pendingTimers.isEmpty else { return [] }
+        let next = pendingTimers.removeFirst()
+        return collect(machine.timerFired(next.timer, now: now))
+    }
+
+    /// Executes a command, then lets due work run (finalize always goes through a timer, as QEMU's RCU).
+    mutating func settle(_ name: String, _ arguments: [(String, MockJSON)]? = nil, id: Int64? = nil) -> [String] {
+        let replies = execute(name, arguments, id: id)
+        var later: [String] = []
+        while let first = pendingTimers.first, first.after == 0 { later += fireNext() }
+        return replies + later
     }
 
     /// Fires every scheduled timer (in scheduling order, including ones scheduled meanwhile).
@@ -215,6 +248,9 @@ struct MockNegotiationTests {
             h.execute("device_del", id: 4) == [
                 #"{"id": 4, "error": {"class": "GenericError", "desc": "Parameter 'id' is missing"}}"# + "\r\n"
             ])
+        let commands = h.execute("query-commands", id: 6).first ?? ""
+        #expect(
+            commands.hasPrefix(#"{"return": [{"name": "add-fd"}, "#) && commands.contains(#"{"name": "device_del"}"#))
         let cont = h.execute("cont", id: 5)
         #expect(cont.count == 2)
         #expect(cont.first?.contains(#""event": "RESUME""#) == true)
@@ -226,11 +262,12 @@ struct MockNegotiationTests {
         h.negotiate()
         let other = h.machine.clientConnected(now: h.now).client
         _ = h.execute("device_add", [("driver", .string("usb-kbd")), ("id", .string("kb0"))])
-        let actions = h.machine.receive(
+        var actions = h.machine.receive(
             .message(
                 .object([("execute", .string("device_del")), ("arguments", .object([("id", .string("kb0"))]))]), id: nil
             ),
             fds: [], from: h.client, now: h.now)
+        for case .schedule(let timer, _) in actions { actions += h.machine.timerFired(timer, now: h.now) }
         let recipients = actions.compactMap { action -> Int? in
             if case .send(let to, let bytes) = action, String(decoding: bytes, as: UTF8.self).contains("DEVICE_DELETED")
             {
@@ -267,15 +304,17 @@ struct MockVFIOTests {
                 == [
                     #"{"return": "0000:01:00.1", "id": 3}"# + "\r\n"
                 ])
-        let first = h.execute("device_del", [("id", .string("a"))], id: 4)
+        let first = h.settle("device_del", [("id", .string("a"))], id: 4)
         #expect(first.count == 2)
         #expect(first.last?.contains(#""data": {"device": "a", "path": "/machine/peripheral/a"}"#) == true)
         #expect(h.host.openFDs == [groupFD])
-        let second = h.execute("device_del", [("id", .string("b"))], id: 5)
+        let second = h.settle("device_del", [("id", .string("b"))], id: 5)
         #expect(second.count == 2)
         #expect(second.last?.contains(#""device": "b""#) == true)
         #expect(h.host.openFDs.isEmpty)
         #expect(h.machine.openGroups.isEmpty)
+        #expect(h.host.container.opens == 1, "one container for the machine, as QEMU")
+        #expect(h.host.container.fd == nil, "closed with the last group")
         // 2.11+ order: the close comes before the event.
         let kinds = h.lastActions.compactMap { action -> String? in
             switch action {
@@ -323,7 +362,7 @@ struct MockVFIOTests {
         var h = try Harness { $0.faults.leakGroups = [8] }
         h.negotiate()
         _ = h.execute("device_add", Self.vfio("a", "0000:02:00.0"))
-        let out = h.execute("device_del", [("id", .string("a"))])
+        let out = h.settle("device_del", [("id", .string("a"))])
         #expect(out.contains { $0.contains("DEVICE_DELETED") })
         #expect(h.host.openFDs.count == 1)
     }
@@ -333,7 +372,7 @@ struct MockVFIOTests {
         h.negotiate()
         _ = h.execute("device_add", Self.vfio("a", "0000:02:00.0"))
         #expect(h.host.holders == [8])
-        _ = h.execute("device_del", [("id", .string("a"))])
+        _ = h.settle("device_del", [("id", .string("a"))])
         #expect(h.host.holders == [8])
         #expect(h.pendingTimers.map(\.after) == [2_000_000_000])
         _ = h.fireTimers()
@@ -346,7 +385,7 @@ struct MockVFIOTests {
         _ = h.execute("device_add", Self.vfio("a", "0000:01:00.0", iommufd: true))
         _ = h.execute("device_add", Self.vfio("b", "0000:01:00.1", iommufd: true))
         #expect(h.host.opened.map(\.path) == ["/dev/vfio/devices/vfio0", "/dev/vfio/devices/vfio1"])
-        _ = h.execute("device_del", [("id", .string("a"))])
+        _ = h.settle("device_del", [("id", .string("a"))])
         #expect(h.host.openFDs == [h.host.opened[1].fd])
     }
 
@@ -364,6 +403,28 @@ struct MockVFIOTests {
         _ = h.execute("device_add", Self.vfio("a", "0000:01:00.0"))
         #expect(desc(h.execute("device_add", Self.vfio("a", "0000:01:00.1"))).contains("Duplicate device ID 'a'"))
         #expect(desc(h.execute("device_add", Self.vfio("b", "0000:01:00.0"))).contains("already attached"))
+    }
+
+    @Test func mdevBySysfsdevUnderTheSysfsRoot() throws {
+        var h = try Harness { $0.sysfsRoot = "/fake/sys" }
+        h.negotiate()
+        let mdev = "/sys/bus/mdev/devices/c0ffee00-0000-4000-8000-000000000001"
+        let args: [(String, MockJSON)] = [
+            ("driver", .string("vfio-pci")), ("sysfsdev", .string(mdev)), ("id", .string("m")),
+        ]
+        #expect(h.execute("device_add", args, id: 1) == [#"{"return": {}, "id": 1}"# + "\r\n"])
+        #expect(h.host.lookedUp == ["/fake/sys/bus/mdev/devices/c0ffee00-0000-4000-8000-000000000001"])
+        #expect(h.host.opened.map(\.path) == ["/dev/vfio/9"])
+        #expect(
+            h.execute("qom-get", [("path", .string("m")), ("property", .string("sysfsdev"))]) == [
+                #"{"return": "\#(mdev)"}"# + "\r\n"
+            ])
+        #expect(
+            h.execute("qom-get", [("path", .string("m")), ("property", .string("host"))]) == [
+                #"{"return": "ffff:ff:ff.f"}"# + "\r\n"
+            ])
+        _ = h.settle("device_del", [("id", .string("m"))])
+        #expect(h.host.openFDs.isEmpty)
     }
 
     @Test func coldPluggedDevicesAreDiscoverable() throws {

@@ -1,3 +1,5 @@
+import Dispatch
+import Synchronization
 import Testing
 
 @testable import QMPRuntime
@@ -80,14 +82,19 @@ struct SocketTests {
         } throws: { error in
             (error as? RuntimeError)?.code == .timedOut && "\(error)".contains("-qmp unix:\(path),server=on")
         }
-        let listenTask = Task {
-            try await Task.sleep(for: .milliseconds(50))
-            return try Sockets.listenUnix(path: path)
+        // The listener appears from a plain thread: a Task could wait behind this test's blocking
+        // connect loop when the other tests occupy the cooperative pool (2 threads on 2 cores).
+        let listening = DispatchSemaphore(value: 0)
+        let listenerFD = Mutex<Int32>(-1)
+        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(50)) {
+            listenerFD.withLock { $0 = (try? Sockets.listenUnix(path: path)) ?? -1 }
+            listening.signal()
         }
         let fd = try Sockets.connect(to: .unix(path: path), retryingUntil: .now + .seconds(10))
         #expect(Sockets.peerPID(fd) == getpid())
         close(fd)
-        close(try await listenTask.value)
+        listening.wait()
+        close(listenerFD.withLock { $0 })
     }
 
     @Test("a listener accepts, and removes its socket file on close")

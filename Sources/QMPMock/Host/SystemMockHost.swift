@@ -15,8 +15,7 @@ public final class SystemMockHost: MockHost {
         for group in Array(holders.keys) { stopHolder(group: group) }
     }
 
-    public func lookup(bdf: String) -> MockHostLookup {
-        let device = "\(sysfsRoot)/bus/pci/devices/\(bdf)"
+    public func lookup(devicePath device: String) -> MockHostLookup {
         var st = stat()
         guard stat(device, &st) == 0 else { return .noDevice }
         guard let target = Self.readLink(device + "/iommu_group"),

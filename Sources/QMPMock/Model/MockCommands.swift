@@ -40,6 +40,7 @@ enum MockCommands {
         "qmp_capabilities": [Parameter("enable", .array, optional: true)],
         "query-status": [],
         "query-version": [],
+        "query-commands": [],
         "stop": [],
         "cont": [],
         "quit": [],

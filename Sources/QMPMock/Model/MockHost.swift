@@ -1,6 +1,6 @@
 /// What the model learns about a host PCI device from sysfs.
 public enum MockHostLookup: Sendable, Equatable {
-    /// No `<sysfs>/bus/pci/devices/<BDF>`.
+    /// No such sysfs device directory.
     case noDevice
     /// The device exists but has no `iommu_group` link.
     case noGroup
@@ -14,8 +14,8 @@ public enum MockHostLookup: Sendable, Equatable {
 /// dev root; unit tests use an in-memory one. Keeping this behind a protocol keeps ``MockMachine`` free
 /// of I/O while still letting it decide, synchronously, whether `device_add` succeeds.
 public protocol MockHost: AnyObject {
-    /// Resolves `<sysfs>/bus/pci/devices/<bdf>`.
-    func lookup(bdf: String) -> MockHostLookup
+    /// Resolves a sysfs device directory (`<sysfs>/bus/pci/devices/<BDF>`, `<sysfs>/bus/mdev/devices/<uuid>`).
+    func lookup(devicePath: String) -> MockHostLookup
     /// Opens `path` read-write. Returns the descriptor, or the errno.
     ///
     /// - Important: the model owns the descriptor and gives it back through ``close(_:)``.

@@ -79,7 +79,9 @@ public struct MockScriptDecision: Sendable, Equatable {
 /// Scripted behaviour consulted before the built-in model: scenarios and replays.
 public protocol MockScript: Sendable {
     /// Decides the reply to a negotiated command, or nil to let the built-in model answer it.
-    mutating func decide(command: String, arguments: MockJSON?) -> MockScriptDecision?
+    ///
+    /// - Parameter fdCount: how many descriptors arrived (SCM_RIGHTS) with the command's bytes.
+    mutating func decide(command: String, arguments: MockJSON?, fdCount: Int) -> MockScriptDecision?
     /// Events to send once a client has negotiated (their delays count from then).
     mutating func eventsAfterNegotiation() -> [MockScriptEvent]
     /// What is left unplayed, for the final report (empty when the script ran completely).
@@ -122,6 +124,8 @@ public struct MockMachine {
         var hotplugged: Bool
         var bdf: String?
         var sysfsdev: String?
+        /// The last component of `sysfsdev` when it is no PCI address (an mdev UUID).
+        var sysfsName: String?
         var group: Int?
         var cdevFD: Int32?
         var state = DeviceState.attached
@@ -147,6 +151,8 @@ public struct MockMachine {
     /// Devices by QOM path, in creation order (qom-list order).
     private var devices: [(path: String, device: Device)] = []
     private var groups: [Int: Group] = [:]
+    /// `<dev>/vfio/vfio`, open while any legacy group is (QEMU keeps one container for the machine).
+    private var containerFD: Int32?
     private var nextAnon = 1
     private var fdsets: [Int: [(fd: Int32, opaque: String?)]] = [:]
     private var timers: [Int: TimerTask] = [:]
@@ -375,22 +381,23 @@ public struct MockMachine {
             }
             return negotiate(arguments, client: client, actions: &actions)
         }
+        // Scripts answer any in-band command, including ones the model does not know.
+        var stepEvents: [MockScriptEvent] = []
+        if !hasOOB, var current = script {
+            let decision = current.decide(command: name, arguments: message["arguments"], fdCount: fds.count)
+            stepEvents = current.takePendingEvents()
+            script = current
+            if let decision { return Dispatched(reply: decision.reply, events: decision.events) }
+        }
         guard MockCommands.known.contains(name) else {
             return Dispatched(reply: .error("CommandNotFound", "The command \(name) has not been found"))
         }
         if hasOOB {
             return Dispatched(reply: .error("GenericError", "The command \(name) does not support OOB"))
         }
-        if var current = script {
-            let decision = current.decide(command: name, arguments: message["arguments"])
-            let stepEvents = current.takePendingEvents()
-            script = current
-            if let decision { return Dispatched(reply: decision.reply, events: decision.events) }
-            var result = command(name, arguments, client: client, fds: &fds, now: now, actions: &actions)
-            result.events += stepEvents
-            return result
-        }
-        return command(name, arguments, client: client, fds: &fds, now: now, actions: &actions)
+        var result = command(name, arguments, client: client, fds: &fds, now: now, actions: &actions)
+        result.events += stepEvents
+        return result
     }
 
     private mutating func negotiate(_ arguments: [(String, MockJSON)], client: Int, actions: inout [MockAction])
@@ -463,6 +470,10 @@ public struct MockMachine {
             )
         case "query-version":
             return Dispatched(reply: .success(configuration.version.json))
+        case "query-commands":
+            // The mock's own table (QEMU lists its ~200); clients such as qmp-shell use it for completion.
+            let names = MockCommands.known.sorted().map { MockJSON.object([("name", .string($0))]) }
+            return Dispatched(reply: .success(.array(names)))
         case "stop":
             // QEMU sends STOP before the reply to stop.
             if running { broadcast(event: "STOP", data: nil, now: now, actions: &actions) }
@@ -657,10 +668,8 @@ public struct MockMachine {
         }
         guard MockCommands.drivers.contains(driver) else { return fail("'\(driver)' is not a valid device model name") }
         var id: String?
-        if let value = arguments["id"] {
-            guard case .string(let text) = value else {
-                return fail("Invalid parameter type for 'id', expected: string")
-            }
+        // QEMU 7.2 reads the id with qdict_get_try_str: a non-string id makes an anonymous device.
+        if case .string(let text)? = arguments["id"] {
             guard Self.isIdentifier(text) else { return fail("Parameter 'id' expects an identifier") }
             guard !devices.contains(where: { $0.device.id == text }) else {
                 return fail("Duplicate device ID '\(text)'")
@@ -676,30 +685,39 @@ public struct MockMachine {
         var device = Device(id: id, path: path, driver: driver, hotplugged: hotplugged)
         if driver == "vfio-pci" {
             let sysfsDevices = configuration.sysfsRoot + "/bus/pci/devices/"
+            let devicePath: String
             if let host = stringProperty("host") {
                 guard let bdf = Self.canonicalBDF(host) else {
-                    return fail(
-                        "Property 'vfio-pci.host' doesn't take value '\(host)'"
-                    )
+                    return fail("Property 'vfio-pci.host' doesn't take value '\(host)'")
                 }
                 device.bdf = bdf
                 device.sysfsdev = sysfsDevices + bdf
+                devicePath = sysfsDevices + bdf
             } else if let sysfsdev = stringProperty("sysfsdev") {
+                // QEMU keeps the path as given; a PCI device's address is read from its last component,
+                // an mdev (UUID) has none. A path under /sys is looked up under the mock's sysfs root.
                 device.sysfsdev = sysfsdev
-                device.bdf = sysfsdev.split(separator: "/").last.map(String.init)
+                let last = sysfsdev.split(separator: "/").last.map(String.init) ?? sysfsdev
+                device.bdf = Self.canonicalBDF(last)
+                device.sysfsName = last
+                devicePath =
+                    sysfsdev.hasPrefix("/sys/") && configuration.sysfsRoot != "/sys"
+                    ? configuration.sysfsRoot + sysfsdev.dropFirst(4) : sysfsdev
             } else {
                 return fail(
                     "No provided host device - Use -device vfio-pci,host=DDDD:BB:DD.F or -device vfio-pci,sysfsdev=PATH_TO_DEVICE"
                 )
             }
-            let bdf = device.bdf ?? ""
+            let bdf = device.bdf ?? device.sysfsName ?? ""
             let name = device.sysfsdev!
-            if devices.contains(where: { $0.device.bdf == bdf && $0.device.driver == "vfio-pci" }) {
+            if devices.contains(where: {
+                ($0.device.bdf ?? $0.device.sysfsName) == bdf && $0.device.driver == "vfio-pci"
+            }) {
                 return fail("vfio \(bdf): device is already attached")
             }
             let group: Int
             let cdev: String?
-            switch host.lookup(bdf: bdf) {
+            switch host.lookup(devicePath: devicePath) {
             case .noDevice: return fail("vfio \(name): no such host device: No such file or directory")
             case .noGroup: return fail("vfio \(name): no iommu_group found: No such file or directory")
             case .found(let g, let c):
@@ -734,6 +752,12 @@ public struct MockMachine {
                 case .success(let fd):
                     groups[group, default: Group()].fd = fd
                     actions.append(.note("opened group \(group) (\(groupPath)) fd \(fd) for \(bdf)"))
+                    if containerFD == nil,
+                        case .success(let container) = host.open(configuration.devRoot + "/vfio/vfio")
+                    {
+                        // A dev root without the container node is fine: only group nodes matter here.
+                        containerFD = container
+                    }
                     if configuration.faults.secondHolder[group] != nil {
                         host.startHolder(group: group, fd: fd)
                         actions.append(.note("fault: a second process holds group \(group)"))
@@ -770,11 +794,9 @@ public struct MockMachine {
                 machine.devices[i].device.state = .unparented
                 machine.sendDeviceDeleted(machine.devices[i].device, now: now, actions: &actions)
             }
-            if delay > 0 {
-                machine.schedule(.finalize(path: path), after: delay, actions: &actions)
-            } else {
-                machine.finalize(path: path, now: now, actions: &actions)
-            }
+            // Always through a timer, even with no delay: QEMU finalizes from an RCU callback, so a
+            // command already read may be answered before the close and the event (as measured).
+            machine.schedule(.finalize(path: path), after: delay, actions: &actions)
         }
         return result
     }
@@ -795,6 +817,10 @@ public struct MockMachine {
                     host.close(fd)
                     groups[group]?.fd = nil
                     actions.append(.note("closed group \(group) fd \(fd)"))
+                    if let container = containerFD, !groups.values.contains(where: { $0.fd != nil }) {
+                        host.close(container)
+                        containerFD = nil
+                    }
                     if let lingering = configuration.faults.secondHolder[group], let seconds = lingering {
                         schedule(.stopHolder(group: group), after: Int64(seconds * 1e9), actions: &actions)
                     }

@@ -66,12 +66,13 @@ public struct ReplayScript: MockScript {
             switch dir {
             case "client-to-qemu", "sidecar-to-qemu":
                 guard let commandName = message.string(.execute) ?? message.string(.execOOB) else { continue }
-                if commandName == "qmp_capabilities" { continue }
                 let args = message.jsonValue(.arguments).map(MockJSON.init) ?? .object([])
-                commands.append(Recorded(name: commandName, arguments: args, t: t))
+                // Negotiation is the model's: kept in the pairing (its reply is on the channel) but never played.
+                commands.append(
+                    Recorded(name: commandName, arguments: args, t: t, used: commandName == "qmp_capabilities"))
                 let channel = dir == "client-to-qemu" ? "client \(client)" : "sidecar"
                 pendingByChannel[channel, default: []].append(commands.count - 1)
-                lastCommand = commands.count - 1
+                if commandName != "qmp_capabilities" { lastCommand = commands.count - 1 }
             case "qemu-to-client", "qemu-to-sidecar":
                 if message.range(of: .qmp) != nil {
                     greetingT = t
@@ -113,7 +114,7 @@ public struct ReplayScript: MockScript {
     /// Recorded commands (with replies) not replayed yet.
     public var remainingCommands: Int { commands.filter { !$0.used && $0.reply != nil }.count }
 
-    public mutating func decide(command: String, arguments: MockJSON?) -> MockScriptDecision? {
+    public mutating func decide(command: String, arguments: MockJSON?, fdCount: Int) -> MockScriptDecision? {
         let args = normalizedArguments(arguments)
         guard
             let index = commands.firstIndex(where: {

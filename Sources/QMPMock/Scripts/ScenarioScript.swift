@@ -17,7 +17,8 @@ import QMPWire
 ///   ]
 /// }
 /// ```
-/// A step matches a command by name and, when given, by `arguments` (member order ignored). With
+/// A step matches a command by name and, when given, by `arguments` (member order ignored) and by
+/// `fds`, the number of descriptors that came with it over SCM_RIGHTS. With
 /// `return` or `error` the step answers; without, the built-in model answers (the step only checks
 /// that the command came, in order) — so VFIO semantics stay real while the order is asserted.
 /// `events` of a step are sent `after-ms` after its reply; top-level `events` after the first
@@ -28,6 +29,8 @@ public struct ScenarioScript: MockScript {
     struct Step: Sendable {
         var execute: String
         var arguments: MockJSON?
+        /// Descriptors that must come with the command (SCM_RIGHTS), when given.
+        var fds: Int?
         var reply: MockReply?
         var events: [MockScriptEvent]
     }
@@ -79,7 +82,8 @@ public struct ScenarioScript: MockScript {
             }
             steps.append(
                 Step(
-                    execute: execute, arguments: value["arguments"].map(MockJSON.init), reply: reply,
+                    execute: execute, arguments: value["arguments"].map(MockJSON.init),
+                    fds: value["fds"]?.int64Value.map { Int($0) }, reply: reply,
                     events: try Self.events(value["events"], context: "\(context) events")))
         }
         self.steps = steps
@@ -108,12 +112,13 @@ public struct ScenarioScript: MockScript {
         return events
     }
 
-    public mutating func decide(command: String, arguments: MockJSON?) -> MockScriptDecision? {
+    public mutating func decide(command: String, arguments: MockJSON?, fdCount: Int) -> MockScriptDecision? {
         let candidates = ordered ? Array(used.firstIndex(of: false).map { [$0] } ?? []) : Array(steps.indices)
         for index in candidates where !used[index] {
             let step = steps[index]
             guard step.execute == command else { continue }
             if let expected = step.arguments, !expected.matches(normalizedArguments(arguments)) { continue }
+            if let fds = step.fds, fds != fdCount { continue }
             used[index] = true
             guard let reply = step.reply else {
                 // Expectation only: the model answers; the step's events still follow.
@@ -123,7 +128,7 @@ public struct ScenarioScript: MockScript {
             return MockScriptDecision(reply: reply, events: step.events)
         }
         let next = used.firstIndex(of: false).map { "step \($0 + 1) (\(steps[$0].execute))" } ?? "no more steps"
-        let got = arguments.map { "\(command) \($0.text)" } ?? command
+        let got = (arguments.map { "\(command) \($0.text)" } ?? command) + (fdCount > 0 ? " with \(fdCount) fd(s)" : "")
         violations.append("unexpected \(got), expected \(next)")
         if fallbackToModel { return nil }
         return MockScriptDecision(

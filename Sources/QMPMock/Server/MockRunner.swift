@@ -49,32 +49,28 @@ public enum MockRunner {
             if !keep { fakeHost?.removeTree() }
         }
 
-        var script: (any MockScript)?
-        if let path = options.scenarioPath {
-            script = try ScenarioScript(parsing: try readFile(path), name: path)
-        }
-        if let path = options.replayPath {
-            let replay = try ReplayScript(
-                parsing: try readFile(path), name: path, fallbackToModel: options.replayFallbackToModel)
-            if !options.versionGiven, let version = replay.greetingVersion { configuration.version = version }
-            script = replay
-        }
-
-        let address: SocketAddress
-        do {
-            address = try SocketAddress(parsing: options.listen)
-        } catch {
-            cleanup()
-            throw MockError.usage("--listen \(options.listen): \(error)")
-        }
+        // Everything that can fail before serving removes the fake host it leaves behind.
+        let script: (any MockScript)?
         let listeningFD: Int32
         var unlinkPath: String?
-        switch address {
-        case .unix(let path):
-            listeningFD = try Sockets.listenUnix(path: path)
-            unlinkPath = path
-        case .tcp(let host, let port):
-            listeningFD = try Sockets.listenTCP(host: host, port: port)
+        do {
+            (script, configuration) = try loadScript(options, configuration)
+            let address: SocketAddress
+            do {
+                address = try SocketAddress(parsing: options.listen)
+            } catch {
+                throw MockError.usage("--listen \(options.listen): \(error)")
+            }
+            switch address {
+            case .unix(let path):
+                listeningFD = try Sockets.listenUnix(path: path)
+                unlinkPath = path
+            case .tcp(let host, let port):
+                listeningFD = try Sockets.listenTCP(host: host, port: port)
+            }
+        } catch {
+            cleanup()
+            throw error
         }
 
         // SIGINT/SIGTERM end the loop through a self-pipe the reactor polls (write(2) is async-signal-safe).
@@ -90,6 +86,12 @@ public enum MockRunner {
         signal(SIGINT, handler)
         signal(SIGTERM, handler)
         signal(SIGPIPE, SIG_IGN)
+        // A parent may have spawned us with these blocked (test runners' worker threads do).
+        var unblock = sigset_t()
+        sigemptyset(&unblock)
+        sigaddset(&unblock, SIGINT)
+        sigaddset(&unblock, SIGTERM)
+        pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
 
         let reactor = try Reactor(logger: logger)
         let host = SystemMockHost(sysfsRoot: configuration.sysfsRoot)
@@ -124,6 +126,23 @@ public enum MockRunner {
         host.stopAllHolders()
         cleanup()
         return unmet.isEmpty ? 0 : 1
+    }
+
+    /// The scenario or replay script of `options`; a replay also sets the greeting's version.
+    private static func loadScript(_ options: MockRunOptions, _ configuration: MockConfiguration) throws(MockError)
+        -> ((any MockScript)?, MockConfiguration)
+    {
+        var configuration = configuration
+        if let path = options.scenarioPath {
+            return (try ScenarioScript(parsing: try readFile(path), name: path), configuration)
+        }
+        if let path = options.replayPath {
+            let replay = try ReplayScript(
+                parsing: try readFile(path), name: path, fallbackToModel: options.replayFallbackToModel)
+            if !options.versionGiven, let version = replay.greetingVersion { configuration.version = version }
+            return (replay, configuration)
+        }
+        return (nil, configuration)
     }
 
     private static func readFile(_ path: String) throws(MockError) -> [UInt8] {

@@ -51,8 +51,22 @@ final class ChildProcess: @unchecked Sendable {
         posix_spawn_file_actions_addopen(&actions, 2, logPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
+        // Test worker threads block signals; the child must start with none blocked and default handlers.
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        posix_spawnattr_setsigmask(&attributes, &empty)
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        sigaddset(&defaults, SIGTERM)
+        sigaddset(&defaults, SIGINT)
+        sigaddset(&defaults, SIGPIPE)
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, executable, &actions, nil, argv, environ)
+        let rc = posix_spawn(&pid, executable, &actions, &attributes, argv, environ)
         Glibc.close(pipeFDs[1])
         guard rc == 0 else {
             Glibc.close(pipeFDs[0])
@@ -181,20 +195,32 @@ final class MockTestClient: @unchecked Sendable {
     private(set) var greeting = ""
 
     init(path: String, timeout: Double = 10) throws {
-        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
-        let rc = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+        // A server may have bound its socket file before listen(): retry ECONNREFUSED/ENOENT briefly.
+        let deadline = monotonicSeconds() + timeout
+        var connected: Int32 = -1
+        while connected < 0 {
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            var address = sockaddr_un()
+            address.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
+            let rc = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+                }
             }
-        }
-        guard rc == 0 else {
+            if rc == 0 {
+                connected = fd
+                break
+            }
             let e = errno
             Glibc.close(fd)
-            throw QMPTestKitError("connect(\(path)): errno \(e)")
+            guard (e == ECONNREFUSED || e == ENOENT) && monotonicSeconds() < deadline else {
+                throw QMPTestKitError("connect(\(path)): errno \(e)")
+            }
+            var pfd = pollfd(fd: -1, events: 0, revents: 0)
+            _ = poll(&pfd, 0, 10)
         }
+        fd = connected
         greeting = try readLine(timeout: timeout) ?? ""
     }
 
@@ -264,4 +290,26 @@ final class MockTestClient: @unchecked Sendable {
         }
         throw QMPTestKitError("EOF before a line with \(text); got \(lines)")
     }
+}
+
+/// The package root (three levels above this file).
+func packageRoot() -> String {
+    var parts = #filePath.split(separator: "/", omittingEmptySubsequences: false)
+    parts.removeLast(4)
+    return parts.joined(separator: "/")
+}
+
+/// A whole file, or nil.
+func readAll(_ path: String) -> [UInt8]? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { Glibc.close(fd) }
+    var out: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = read(fd, &chunk, chunk.count)
+        if n <= 0 { break }
+        out += chunk[0..<n]
+    }
+    return out
 }

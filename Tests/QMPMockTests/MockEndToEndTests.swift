@@ -1,0 +1,342 @@
+import Glibc
+import QMPTestKit
+import QMPWire
+import Testing
+
+/// A running `qmp-sidecar` in front of a mock.
+final class SidecarInstance: @unchecked Sendable {
+    let socketPath: String
+    let process: ChildProcess
+
+    convenience init(upstream: MockInstance, extra: [String] = []) throws {
+        try self.init(
+            upstreamPath: upstream.socketPath, directory: upstream.directory,
+            extra: ["--sysfs-root", upstream.fakeRoot + "/sys", "--dev-root", upstream.fakeRoot + "/dev"] + extra)
+    }
+
+    init(upstreamPath: String, directory: String, extra: [String] = []) throws {
+        socketPath = directory + "/sidecar.sock"
+        let args = ["--upstream", "unix:\(upstreamPath)", "--listen", "unix:\(socketPath)"]
+        process = try ChildProcess(
+            productsDirectory() + "/qmp-sidecar", args + extra, logPath: directory + "/sidecar.log")
+    }
+
+    deinit { process.terminate() }
+
+    /// Connects, retrying while the sidecar has not created its socket yet (bounded).
+    func connect(timeout: Double = 10) throws -> MockTestClient {
+        let deadline = monotonicSeconds() + timeout
+        while true {
+            do {
+                return try MockTestClient(path: socketPath)
+            } catch {
+                guard monotonicSeconds() < deadline else {
+                    throw QMPTestKitError("qmp-sidecar not accepting on \(socketPath): \(error); log: \(process.log)")
+                }
+                var pfd = pollfd(fd: -1, events: 0, revents: 0)
+                _ = poll(&pfd, 0, 10)
+            }
+        }
+    }
+}
+
+/// Waits (bounded) until the sidecar tracks `group`: its cold-plug discovery runs after its own
+/// negotiation and may still be going when the first client is served.
+func awaitTracked(_ client: MockTestClient, group: Int, timeout: Double = 10) throws {
+    let deadline = monotonicSeconds() + timeout
+    while true {
+        let reply = try client.execute(#"{"execute":"__org.qmp-sidecar_query-vfio-groups"}"#).last ?? ""
+        if reply.contains(#""group": \#(group)"#) { return }
+        guard monotonicSeconds() < deadline else {
+            throw QMPTestKitError("the sidecar does not track group \(group): \(reply)")
+        }
+        var pfd = pollfd(fd: -1, events: 0, revents: 0)
+        _ = poll(&pfd, 0, 10)
+    }
+}
+
+@Suite("qmp-mock process: scenarios, record and replay, through qmp-sidecar")
+struct MockEndToEndTests {
+    static let group7 = "7=0000:01:00.0,0000:01:00.1"
+    static let coldPlugged = [
+        "--device", "vfio-pci,host=0000:01:00.0,id=hostdev0", "--device", "vfio-pci,host=0000:01:00.1,id=hostdev1",
+    ]
+
+    static func write(_ text: String, to path: String) throws {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw QMPTestKitError("cannot write \(path)") }
+        defer { close(fd) }
+        _ = Array(text.utf8).withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+    }
+
+    @Test func scenarioFileDrivesTheMockAndExitStatusReportsUnmetSteps() throws {
+        let directory = try makeTempDirectory()
+        defer { removeTree(directory) }
+        let path = directory + "/s.json"
+        try Self.write(
+            #"""
+            {"ordered": true, "fallback": "error", "steps": [
+              {"execute": "query-status", "return": {"running": true, "singlestep": false, "status": "running"}},
+              {"execute": "device_del", "arguments": {"id": "d0"}, "return": {},
+               "events": [{"after-ms": 20, "event": "DEVICE_DELETED", "data": {"device": "d0", "path": "/machine/peripheral/d0"}}]},
+              {"execute": "quit", "return": {}}
+            ]}
+            """#, to: path)
+        for complete in [false, true] {
+            let mock = try MockInstance(["--scenario", path])
+            let client = try mock.connect()
+            _ = try client.execute(#"{"execute":"qmp_capabilities"}"#)
+            #expect(
+                try client.execute(#"{"execute":"query-status","id":1}"#) == [
+                    #"{"return": {"status": "running", "singlestep": false, "running": true}, "id": 1}"#
+                ])
+            #expect(
+                try client.execute(#"{"execute":"device_del","arguments":{"id":"d0"},"id":2}"#) == [
+                    #"{"return": {}, "id": 2}"#
+                ])
+            #expect(try client.readLine()?.contains(#""event": "DEVICE_DELETED", "data": {"device": "d0""#) == true)
+            if complete {
+                // The scripted quit is a canned reply: the process keeps running until SIGTERM.
+                #expect(try client.execute(#"{"execute":"quit","id":3}"#) == [#"{"return": {}, "id": 3}"#])
+            }
+            #expect(mock.process.terminate() == (complete ? 0 : 1), "log: \(mock.process.log)")
+        }
+    }
+
+    /// Records a session through the sidecar (--trace), then replays it with a new mock behind a new
+    /// sidecar: the client sees the same replies and events, and the replay is complete.
+    @Test func sidecarTraceReplaysThroughTheSidecar() throws {
+        let recording = try MockInstance(Self.coldPlugged + ["--finalize-delay", "0.02"], fakeHost: [Self.group7])
+        let tracePath = recording.directory + "/trace.jsonl"
+        var sidecar: SidecarInstance? = try SidecarInstance(upstream: recording, extra: ["--trace", tracePath])
+        let session = [
+            #"{"execute":"query-version","id":"v"}"#,
+            #"{"execute":"qom-get","arguments":{"path":"/machine/peripheral/hostdev1","property":"host"},"id":"h"}"#,
+            #"{"execute":"device_del","arguments":{"id":"hostdev0"},"id":"d"}"#,
+        ]
+        func play(_ client: MockTestClient) throws -> [String] {
+            var lines: [String] = []
+            _ = try client.execute(#"{"execute":"qmp_capabilities"}"#)
+            for command in session { lines += try client.execute(command) }
+            lines += try client.readUntil("DEVICE_DELETED")
+            return lines.map(MockDifferentialTests.normalized).filter { !$0.contains("GROUP_") }
+        }
+        let recorded = try play(try #require(sidecar).connect())
+        #expect(sidecar?.process.terminate() == 0)
+        sidecar = nil
+        let trace = String(decoding: readAll(tracePath) ?? [], as: UTF8.self)
+        #expect(trace.contains(#""dir": "client-to-qemu""#), "trace: \(trace)")
+
+        let replaying = try MockInstance(["--replay", tracePath], fakeHost: [Self.group7])
+        var replaySidecar: SidecarInstance? = try SidecarInstance(upstream: replaying)
+        let replayed = try play(try #require(replaySidecar).connect())
+        #expect(replayed == recorded)
+        #expect(replaySidecar?.process.terminate() == 0)
+        replaySidecar = nil
+        #expect(replaying.process.terminate() == 0, "replay incomplete; log: \(replaying.process.log)")
+    }
+
+    /// The product's point: a two-device group hot-unplugged through qmp-sidecar against qmp-mock;
+    /// GROUP_RELEASED only once both devices are gone and the mock closed the group node.
+    @Test func twoDeviceGroupHotUnplugThroughTheSidecar() throws {
+        let mock = try MockInstance(["--finalize-delay", "0.05"], fakeHost: [Self.group7])
+        let node = mock.fakeRoot + "/dev/vfio/7"
+        let sidecar = try SidecarInstance(upstream: mock, extra: ["--release-timeout", "5"])
+        let client = try sidecar.connect()
+        do {
+            _ = try client.execute(#"{"execute":"qmp_capabilities"}"#)
+        } catch {
+            Issue.record(
+                "negotiation: \(error); greeting \(client.greeting); mock log: \(mock.process.log); sidecar log: \(sidecar.process.log)"
+            )
+            return
+        }
+        for (id, bdf) in [("hostdev0", "0000:01:00.0"), ("hostdev1", "0000:01:00.1")] {
+            #expect(
+                try client.execute(
+                    #"{"execute":"device_add","arguments":{"driver":"vfio-pci","host":"\#(bdf)","id":"\#(id)"},"id":"a"}"#
+                )
+                    == [#"{"return": {}, "id": "a"}"#])
+        }
+        let watcher = try CloseWatcher(node)
+
+        _ = try client.execute(#"{"execute":"device_del","arguments":{"id":"hostdev0"}}"#)
+        let first: [String]
+        do {
+            first = try client.readUntil("DEVICE_DELETED", timeout: 10)
+        } catch {
+            Issue.record(
+                "no DEVICE_DELETED: \(error); mock log: \(mock.process.log); sidecar log: \(sidecar.process.log)")
+            return
+        }
+        #expect(!first.contains { $0.contains("GROUP_RELEASED") }, "a device of the group is still in the guest")
+        #expect(descriptorsOn(node, pid: mock.process.pid) == 1)
+
+        _ = try client.execute(#"{"execute":"device_del","arguments":{"id":"hostdev1"}}"#)
+        let rest: [String]
+        do {
+            rest = try client.readUntil("GROUP_RELEASED", timeout: 10)
+        } catch {
+            Issue.record(
+                "no GROUP_RELEASED from qmp-sidecar within 10 s (\(error)); group node closed: \(watcher.hasPendingClose); sidecar log: \(sidecar.process.log)"
+            )
+            return
+        }
+        #expect(rest.contains { $0.contains(#""device": "hostdev1""#) })
+        let released = try #require(rest.last)
+        let event = try JSONValue(parsing: Array(released.utf8))
+        #expect(event["data"]?["group"]?.int64Value == 7)
+        #expect(event["data"]?["devices"] == .array([.string("hostdev0"), .string("hostdev1")]))
+        #expect(watcher.hasPendingClose, "the group node was closed before GROUP_RELEASED")
+        #expect(descriptorsOn(node, pid: mock.process.pid) == 0)
+    }
+
+    /// Faults seen through the sidecar: a leaked group fd gives GROUP_RELEASE_TIMEOUT naming the mock;
+    /// a second holder delays GROUP_RELEASED until it lets go.
+    @Test func faultsThroughTheSidecar() throws {
+        let cold = ["--device", "vfio-pci,host=0000:02:00.0,id=nic0"]
+        let leak = try MockInstance(cold + ["--leak-group", "8"], fakeHost: ["8=0000:02:00.0"])
+        let leakSidecar = try SidecarInstance(upstream: leak, extra: ["--release-timeout", "0.3"])
+        let client = try leakSidecar.connect()
+        _ = try client.execute(#"{"execute":"qmp_capabilities"}"#)
+        try awaitTracked(client, group: 8)
+        _ = try client.execute(#"{"execute":"device_del","arguments":{"id":"nic0"}}"#)
+        let timeoutLines: [String]
+        do {
+            timeoutLines = try client.readUntil("GROUP_RELEASE_TIMEOUT", timeout: 10)
+        } catch {
+            Issue.record(
+                "no GROUP_RELEASE_TIMEOUT: \(error); sidecar log: \(leakSidecar.process.log); mock log: \(leak.process.log)"
+            )
+            return
+        }
+        let timeout = try #require(timeoutLines.last)
+        #expect(timeout.contains(#""pid": \#(leak.process.pid)"#), "names the mock as holder: \(timeout)")
+
+        let held = try MockInstance(cold + ["--second-holder", "8:0.3"], fakeHost: ["8=0000:02:00.0"])
+        let heldSidecar = try SidecarInstance(upstream: held, extra: ["--release-timeout", "10"])
+        let second = try heldSidecar.connect()
+        _ = try second.execute(#"{"execute":"qmp_capabilities"}"#)
+        try awaitTracked(second, group: 8)
+        _ = try second.execute(#"{"execute":"device_del","arguments":{"id":"nic0"}}"#)
+        let lines: [String]
+        do {
+            lines = try second.readUntil("GROUP_RELEASED", timeout: 10)
+        } catch {
+            Issue.record(
+                "no GROUP_RELEASED: \(error); sidecar log: \(heldSidecar.process.log); mock log: \(held.process.log)")
+            return
+        }
+        let released = try JSONValue(parsing: Array(try #require(lines.last).utf8))
+        let waited = try #require(released["data"]?["waited-ms"]?.int64Value)
+        #expect(waited >= 250, "released only after the second holder let go (\(waited) ms)")
+    }
+
+    /// iommufd backend: no group fd, one cdev fd per device; the group is released once both are closed.
+    @Test func iommufdDevicesThroughTheSidecar() throws {
+        let mock = try MockInstance(["--finalize-delay", "0.02"], fakeHost: [Self.group7])
+        let sidecar = try SidecarInstance(upstream: mock, extra: ["--release-timeout", "5"])
+        let client = try sidecar.connect()
+        _ = try client.execute(#"{"execute":"qmp_capabilities"}"#)
+        for (id, bdf) in [("hostdev0", "0000:01:00.0"), ("hostdev1", "0000:01:00.1")] {
+            let add =
+                #"{"execute":"device_add","arguments":{"driver":"vfio-pci","host":"\#(bdf)","id":"\#(id)","iommufd":"iommufd0"}}"#
+            #expect(try client.execute(add) == [#"{"return": {}}"#])
+        }
+        #expect(descriptorsOn(mock.fakeRoot + "/dev/vfio/7", pid: mock.process.pid) == 0)
+        _ = try client.execute(#"{"execute":"device_del","arguments":{"id":"hostdev0"}}"#)
+        let first = try client.readUntil("DEVICE_DELETED")
+        #expect(!first.contains { $0.contains("GROUP_RELEASED") })
+        _ = try client.execute(#"{"execute":"device_del","arguments":{"id":"hostdev1"}}"#)
+        let rest: [String]
+        do {
+            rest = try client.readUntil("GROUP_RELEASED", timeout: 10)
+        } catch {
+            Issue.record("no GROUP_RELEASED for iommufd devices: \(error); sidecar log: \(sidecar.process.log)")
+            return
+        }
+        #expect(rest.last?.contains(#""group": 7"#) == true)
+        let cdevs = mock.openFiles().values.filter { $0.contains("/vfio/devices/") }
+        #expect(cdevs.isEmpty)
+    }
+
+    /// "A session captured on a real host becomes a test": record real QEMU 7.2 through the sidecar,
+    /// replay the recording with qmp-mock behind a sidecar; the client sees the same bytes.
+    @Test(.enabled(if: QEMULauncher.shouldRun, "QEMU 7.2 not installed (set QMP_SIDECAR_REQUIRE_QEMU to fail instead)"))
+    func realQEMUSessionReplays() throws {
+        let qemu = try QEMULauncher()
+        defer { qemu.terminate() }
+        let directory = try makeTempDirectory()
+        defer { removeTree(directory) }
+        let tracePath = directory + "/real.jsonl"
+        let session = [
+            #"{"execute":"query-status","id":1}"#,
+            #"{"execute":"device_add","arguments":{"driver":"usb-kbd","id":"kb0"},"id":2}"#,
+            #"{"execute":"qom-list","arguments":{"path":"/machine/peripheral"},"id":3}"#,
+            #"{"execute":"query-pci","id":4}"#,
+            #"{"execute":"device_del","arguments":{"id":"kb0"},"id":5}"#,
+        ]
+        func play(_ client: MockTestClient) throws -> [String] {
+            var lines = [client.greeting]
+            lines += try client.execute(#"{"execute":"qmp_capabilities"}"#)
+            for command in session { lines += try client.execute(command) }
+            if !lines.contains(where: { $0.contains("DEVICE_DELETED") }) {
+                lines += try client.readUntil("DEVICE_DELETED")
+            }
+            return lines.map(MockDifferentialTests.normalized).sorted()
+        }
+        var recorder: SidecarInstance? = try SidecarInstance(
+            upstreamPath: qemu.socketPath, directory: directory, extra: ["--trace", tracePath])
+        let recorded = try play(try #require(recorder).connect())
+        #expect(recorder?.process.terminate() == 0)
+        recorder = nil
+
+        let replaying = try MockInstance(["--replay", tracePath])
+        var replaySidecar: SidecarInstance? = try SidecarInstance(
+            upstreamPath: replaying.socketPath, directory: replaying.directory)
+        let replayed = try play(try #require(replaySidecar).connect())
+        #expect(replayed == recorded)
+        #expect(recorded.contains { $0.contains(#""return": [{"bus": 0"#) }, "query-pci came from QEMU's recording")
+        #expect(replaySidecar?.process.terminate() == 0)
+        replaySidecar = nil
+        #expect(replaying.process.terminate() == 0, "replay incomplete; log: \(replaying.process.log)")
+    }
+
+    /// A mediated device given by sysfsdev (no PCI address): its group is released through the sidecar.
+    @Test func mdevBySysfsdevThroughTheSidecar() throws {
+        let uuid = "c0ffee00-0000-4000-8000-000000000001"
+        let mock = try MockInstance([], fakeHost: ["9=\(uuid)"])
+        let sidecar = try SidecarInstance(upstream: mock, extra: ["--release-timeout", "5"])
+        let client = try sidecar.connect()
+        _ = try client.execute(#"{"execute":"qmp_capabilities"}"#)
+        let add =
+            #"{"execute":"device_add","arguments":{"driver":"vfio-pci","sysfsdev":"/sys/bus/mdev/devices/\#(uuid)","id":"vgpu0"}}"#
+        #expect(try client.execute(add) == [#"{"return": {}}"#])
+        #expect(descriptorsOn(mock.fakeRoot + "/dev/vfio/9", pid: mock.process.pid) == 1)
+        _ = try client.execute(#"{"execute":"device_del","arguments":{"id":"vgpu0"}}"#)
+        let lines: [String]
+        do {
+            lines = try client.readUntil("GROUP_RELEASED", timeout: 10)
+        } catch {
+            Issue.record("no GROUP_RELEASED for the mdev: \(error); sidecar log: \(sidecar.process.log)")
+            return
+        }
+        #expect(lines.last?.contains(#""group": 9"#) == true)
+    }
+}
+
+/// The README's main command must keep working: run examples/demo/run-demo.sh on the built binaries.
+@Suite("Demo script")
+struct DemoScriptTests {
+    @Test(arguments: [[String](), ["--hotplug", "--event-order", "before-close"], ["--fault", "leak"]])
+    func demoRunsToTheEnd(options: [String]) throws {
+        let directory = try makeTempDirectory()
+        defer { removeTree(directory) }
+        let script = packageRoot() + "/examples/demo/run-demo.sh"
+        let process = try ChildProcess(
+            "/bin/bash", [script, productsDirectory()] + options, logPath: directory + "/demo.err")
+        let last = try process.waitForLine(containing: "ok: ", timeout: 60)
+        #expect(process.waitForExit() == 0, "stderr: \(process.log)")
+        #expect(last.contains(options.contains("leak") ? "GROUP_RELEASE_TIMEOUT" : "GROUP_RELEASED"))
+    }
+}
