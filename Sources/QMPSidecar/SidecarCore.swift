@@ -171,20 +171,64 @@ final class SidecarCore: QMPUpstreamCommander {
 
     // MARK: Actions
 
+    /// Output collected while performing one batch of actions, written with one `send` per peer:
+    /// a read carrying many pipelined commands (or replies) costs one `sendmsg`, not one per message.
+    private var upstreamBatch: [UInt8] = []
+    private var clientBatches: [(id: Int, bytes: [UInt8])] = []
+    private var performDepth = 0
+
+    private func flushUpstreamBatch() {
+        guard !upstreamBatch.isEmpty else { return }
+        upstream?.send(upstreamBatch)
+        upstreamBatch = []
+    }
+
+    private func flushClientBatches(only id: Int? = nil) {
+        guard !clientBatches.isEmpty else { return }
+        var kept: [(id: Int, bytes: [UInt8])] = []
+        for batch in clientBatches {
+            if let id, batch.id != id {
+                kept.append(batch)
+            } else {
+                clients[batch.id]?.send(batch.bytes)
+            }
+        }
+        clientBatches = kept
+    }
+
     private func perform(_ actions: [ProxyRouter.Action]) {
+        performDepth += 1
+        defer {
+            performDepth -= 1
+            if performDepth == 0 {
+                flushUpstreamBatch()
+                flushClientBatches()
+            }
+        }
         for action in actions {
             switch action {
             case .sendToClient(let id, let bytes):
-                clients[id]?.send(bytes)
+                if let index = clientBatches.firstIndex(where: { $0.id == id }) {
+                    clientBatches[index].bytes.append(contentsOf: bytes)
+                } else {
+                    clientBatches.append((id, bytes))
+                }
             case .sendUpstream(let bytes, let fds):
                 if let upstream {
-                    upstream.send(bytes, fds: fds)
+                    if fds.isEmpty {
+                        upstreamBatch.append(contentsOf: bytes)
+                    } else {
+                        // fds travel with the first bytes of their own sendmsg.
+                        flushUpstreamBatch()
+                        upstream.send(bytes, fds: fds)
+                    }
                 } else {
                     for fd in fds { Glibc.close(fd) }
                 }
             case .closeFDs(let fds):
                 for fd in fds { Glibc.close(fd) }
             case .disconnectClient(let id):
+                flushClientBatches(only: id)
                 clients[id]?.close()
             case .upstreamReady(let oob):
                 logger.info("QMP session with QEMU negotiated", metadata: ["oob": "\(oob)"])

@@ -99,13 +99,11 @@ public struct QMPFramer: Sendable {
     /// Feeds the next bytes of the stream and returns the units they complete, in order.
     public mutating func append(_ bytes: some Collection<UInt8>) -> [QMPFrame] {
         var frames: [QMPFrame] = []
-        if let done = bytes.withContiguousStorageIfAvailable({ buffer in
+        let handled: Void? = bytes.withContiguousStorageIfAvailable { buffer in
             feed(UnsafeRawBufferPointer(buffer), into: &frames)
-        }) {
-            _ = done
-        } else {
-            let copy = Array(bytes)
-            copy.withUnsafeBytes { feed($0, into: &frames) }
+        }
+        if handled == nil {
+            Array(bytes).withUnsafeBytes { feed($0, into: &frames) }
         }
         return frames
     }

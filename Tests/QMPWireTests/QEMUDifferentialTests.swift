@@ -3,6 +3,10 @@ import Testing
 
 @testable import QMPWire
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// What the framer and parser predict QEMU replies for each unit of `input`.
 enum Prediction: Equatable, CustomStringConvertible {
     /// QEMU rejects the unit before dispatch with exactly this reply line.
@@ -209,5 +213,33 @@ struct QEMUDifferentialTests {
             JSONMember("device", .string("k1")), JSONMember("path", .string("/machine/peripheral/k1")),
         ])
         #expect(text(QMPBuilder.event(name: "DEVICE_DELETED", data: data, at: timestamp).dropLast(2)) == text(event))
+    }
+
+    /// QEMU's monitor reads one byte per recvmsg: 64 MiB takes minutes, so this runs on demand
+    /// (`QMP_SIDECAR_SLOW_QEMU_TESTS=1 swift test --filter sizeLimits`).
+    @Test(
+        .enabled(
+            if: QEMULauncher.isAvailable && getenv("QMP_SIDECAR_SLOW_QEMU_TESTS") != nil,
+            "slow: set QMP_SIDECAR_SLOW_QEMU_TESTS=1"))
+    func sizeLimits() throws {
+        let qemu = try QEMULauncher()
+        // One token above 64 MiB: QEMU cuts it and lexes the rest of it as new input.
+        var huge = Array("{\"execute\":\"query-status\",\"id\":\"".utf8)
+        huge += [UInt8](repeating: UInt8(ascii: "a"), count: (64 << 20) + 5)
+        huge += Array("\"}\n\"\n{\"execute\":\"query-status\"}".utf8)
+        try Self.compare(qemu, huge)
+    }
+
+    /// See ``sizeLimits()``: on demand only.
+    @Test(
+        .enabled(
+            if: QEMULauncher.isAvailable && getenv("QMP_SIDECAR_SLOW_QEMU_TESTS") != nil,
+            "slow: set QMP_SIDECAR_SLOW_QEMU_TESTS=1"))
+    func messageSizeLimit() throws {
+        let qemu = try QEMULauncher()
+        // A message whose tokens add up to more than 64 MiB.
+        let piece = "\"" + String(repeating: "b", count: 1 << 20) + "\","
+        let big = "[" + String(repeating: piece, count: 64) + "1]"
+        try Self.compare(qemu, Array(big.utf8))
     }
 }

@@ -1,0 +1,95 @@
+import Foundation
+import Testing
+
+/// qmp-sidecar in front of qmp-mock (no QEMU needed): the VFIO hooks as wired by the sidecar.
+@Suite struct SidecarWithMockTests {
+    /// Starts qmp-mock with a two-device group 7 whose fake sysfs/dev tree is built under `dir/host`.
+    func startMock(dir: String) throws -> (Process, sysfs: String, dev: String) {
+        let mock = Process()
+        mock.executableURL = URL(fileURLWithPath: productsDirectory + "/qmp-mock")
+        mock.arguments = [
+            "--listen", "unix:\(dir)/vm.qmp", "--fake-host", "7=0000:01:00.0,0000:01:00.1", "--fake-host-root",
+            "\(dir)/host", "--device", "vfio-pci,host=0000:01:00.0,id=hostdev0", "--device",
+            "vfio-pci,host=0000:01:00.1,id=hostdev1", "--finalize-delay", "0.05",
+        ]
+        mock.standardOutput = FileHandle.nullDevice
+        mock.standardError = FileHandle.nullDevice
+        try mock.run()
+        guard waitFor({ FileManager.default.fileExists(atPath: "\(dir)/vm.qmp") }) else {
+            mock.terminate()
+            throw TestFailure("qmp-mock did not listen at \(dir)/vm.qmp")
+        }
+        return (mock, "\(dir)/host/sys", "\(dir)/host/dev")
+    }
+
+    @Test func holdModeForwardsDeviceDeletedRightBeforeGroupReleased() throws {
+        let dir = makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (mock, sysfs, dev) = try startMock(dir: dir)
+        defer {
+            mock.terminate()
+            if !waitFor(seconds: 5, { !mock.isRunning }) { kill(mock.processIdentifier, SIGKILL) }
+            mock.waitUntilExit()
+        }
+        let sidecar = try SidecarInstance(
+            dir: dir, upstream: "\(dir)/vm.qmp",
+            extra: [
+                "--sysfs-root", sysfs, "--dev-root", dev, "--hold-device-deleted", "--event-prefix", "__com.example_",
+            ])
+        let a = try TestClient.connecting(to: sidecar.listenPath)
+        let b = try TestClient.connecting(to: sidecar.listenPath)
+        try a.negotiate()
+        try b.negotiate()
+        #expect(
+            try a.command(#"{"execute": "device_del", "arguments": {"id": "hostdev0"}, "id": 1}"#)
+                == #"{"return": {}, "id": 1}"#)
+        // Held: nothing arrives after the first device (the group is still attached).
+        #expect(a.readLine(timeout: 0.5) == nil)
+        #expect(
+            try a.command(#"{"execute": "device_del", "arguments": {"id": "hostdev1"}, "id": 2}"#)
+                == #"{"return": {}, "id": 2}"#)
+        for client in [a, b] {
+            var names: [String] = []
+            while names.last != "__com.example_GROUP_RELEASED", let line = client.readLine() {
+                names.append(
+                    line.components(separatedBy: #""event": ""#).last?.prefix { $0 != "\"" }.description ?? line)
+            }
+            #expect(names == ["DEVICE_DELETED", "DEVICE_DELETED", "__com.example_GROUP_RELEASED"], "\(sidecar.log)")
+        }
+        sidecar.terminate()
+    }
+
+    @Test(.enabled(if: Requirements.pythonQMPUsable, "needs python3 with qemu.qmp"))
+    func unplugAndRebindExampleWaitsForGroupReleased() throws {
+        let dir = makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (mock, sysfs, dev) = try startMock(dir: dir)
+        defer {
+            mock.terminate()
+            if !waitFor(seconds: 5, { !mock.isRunning }) { kill(mock.processIdentifier, SIGKILL) }
+            mock.waitUntilExit()
+        }
+        let sidecar = try SidecarInstance(
+            dir: dir, upstream: "\(dir)/vm.qmp", extra: ["--sysfs-root", sysfs, "--dev-root", dev])
+        defer { sidecar.terminate() }
+        let example = (pythonDirectory as NSString).deletingLastPathComponent + "/../../examples/unplug-and-rebind.py"
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = [
+            "python3", example, sidecar.listenPath, "hostdev0", "hostdev1", "--driver", "e1000e", "--sysfs-root",
+            sysfs, "--dry-run", "--timeout", "20",
+        ]
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0, "\(text)")
+        let lines = text.split(separator: "\n").map(String.init)
+        let released = try #require(lines.firstIndex { $0.hasPrefix("GROUP_RELEASED group 7") }, "\(text)")
+        let firstRebind = try #require(lines.firstIndex { $0.contains("rebound to e1000e") }, "\(text)")
+        #expect(lines.filter { $0.hasPrefix("DEVICE_DELETED") }.count == 2)
+        #expect(released < firstRebind, "rebinding only after GROUP_RELEASED")
+    }
+}
