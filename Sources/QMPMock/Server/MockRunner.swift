@@ -73,26 +73,6 @@ public enum MockRunner {
             throw error
         }
 
-        // SIGINT/SIGTERM end the loop through a self-pipe the reactor polls (write(2) is async-signal-safe).
-        var pipeFDs: [Int32] = [-1, -1]
-        guard cqmp_pipe(&pipeFDs, 1) == 0 else {
-            throw MockError.syscall("pipe2", errno: errno, "creating the signal pipe")
-        }
-        mockSignalPipe = pipeFDs[1]
-        let handler: @convention(c) (Int32) -> Void = { _ in
-            var byte: UInt8 = 1
-            _ = write(mockSignalPipe, &byte, 1)
-        }
-        signal(SIGINT, handler)
-        signal(SIGTERM, handler)
-        signal(SIGPIPE, SIG_IGN)
-        // A parent may have spawned us with these blocked (test runners' worker threads do).
-        var unblock = sigset_t()
-        sigemptyset(&unblock)
-        sigaddset(&unblock, SIGINT)
-        sigaddset(&unblock, SIGTERM)
-        pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
-
         let reactor = try Reactor(logger: logger)
         let host = SystemMockHost(sysfsRoot: configuration.sysfsRoot)
         let machine = MockMachine(configuration: configuration, host: host, script: script)
@@ -113,13 +93,14 @@ public enum MockRunner {
             cleanup()
             throw error
         }
-        let registration = reactor.register(fd: pipeFDs[0], interest: .read) { _ in reactor.stop() }
+        // SIGINT/SIGTERM end the loop; the process never touches Swift concurrency (no idle wake-ups).
+        let signals = try TerminationSignals(reactor: reactor) { _ in reactor.stop() }
         print(
             "qmp-mock: listening on \(options.listen) (sysfs-root \(configuration.sysfsRoot), dev-root \(configuration.devRoot), pid \(getpid()))"
         )
         fflush(nil)
         try reactor.run()
-        reactor.unregister(registration)
+        withExtendedLifetime(signals) {}
         let unmet = server.unmetExpectations
         for item in unmet { logger.error("script not played completely: \(item)") }
         server.close()
@@ -163,6 +144,3 @@ public enum MockRunner {
         return out
     }
 }
-
-/// The write end of the signal self-pipe (set once before the handlers are installed).
-nonisolated(unsafe) private var mockSignalPipe: Int32 = -1
