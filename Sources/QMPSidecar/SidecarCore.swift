@@ -267,6 +267,33 @@ final class SidecarCore: QMPUpstreamCommander {
         }
     }
 
+    // MARK: Shutdown
+
+    /// Graceful shutdown (SIGTERM/SIGINT): no new clients; the hooks broadcast what they hold (hold
+    /// mode's withheld `DEVICE_DELETED` events), clients get their queued output (bounded by
+    /// `drainTimeout`), then the loop stops.
+    func shutdown(drainTimeout: Duration = .seconds(2)) {
+        logger.info("shutting down", metadata: ["clients": "\(clients.count)"])
+        for listener in listeners { listener.close() }
+        listeners = []
+        hooks?.shutdown()
+        drainThenStop(deadline: .now + drainTimeout)
+    }
+
+    private func drainThenStop(deadline: ContinuousClock.Instant) {
+        let pending = clients.values.reduce(0) { $0 + $1.pendingBytes }
+        guard pending > 0, ContinuousClock.now < deadline else {
+            if pending > 0 {
+                logger.warning(
+                    "clients did not read their last output before shutdown", metadata: ["bytes": "\(pending)"])
+            }
+            for client in clients.values { client.close() }
+            reactor.stop()
+            return
+        }
+        reactor.schedule(after: .milliseconds(5)) { self.drainThenStop(deadline: deadline) }
+    }
+
     // MARK: Client gate
 
     /// Clients' commands wait (in the router) until the hooks' cold-plug discovery is complete: a

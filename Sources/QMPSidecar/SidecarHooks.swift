@@ -29,6 +29,8 @@ public protocol SidecarVFIOHooks: AnyObject {
     func localCommand(_ name: String, arguments: [UInt8]?) -> ProxyRouter.LocalReply?
     /// QEMU went away.
     func upstreamClosed()
+    /// The sidecar is shutting down (SIGTERM/SIGINT): stop, and broadcast every held event now.
+    func shutdown()
 }
 
 /// ``SidecarVFIOHooks`` onto VFIOTracking's `VFIOReleaseMonitor`.
@@ -64,5 +66,9 @@ public final class VFIOMonitorHooks: SidecarVFIOHooks {
 
     public func upstreamClosed() {
         monitor.upstreamClosed()
+    }
+
+    public func shutdown() {
+        monitor.stop()
     }
 }

@@ -203,6 +203,35 @@ struct MockEndToEndTests {
         #expect(released["data"]?["devices"] == .array([.string("hostdev0"), .string("hostdev1")]))
     }
 
+    /// `--hold-device-deleted` and SIGTERM: the withheld `DEVICE_DELETED` reaches the client before
+    /// the sidecar disconnects it, not dropped.
+    @Test func heldDeviceDeletedIsFlushedOnSIGTERM() throws {
+        let mock = try MockInstance(Self.coldPlugged + ["--finalize-delay", "0.02"], fakeHost: [Self.group7])
+        let sidecar = try SidecarInstance(upstream: mock, extra: ["--hold-device-deleted"])
+        let client = try sidecar.connect()
+        _ = try client.execute(#"{"execute":"qmp_capabilities"}"#)
+        _ = try client.execute(#"{"execute":"device_del","arguments":{"id":"hostdev0"}}"#)
+        // Held: hostdev1 keeps group 7 in the guest. Wait until the sidecar has seen the event.
+        let deadline = monotonicSeconds() + 10
+        var seen = false
+        while !seen && monotonicSeconds() < deadline {
+            let reply = try client.execute(#"{"execute":"__org.qmp-sidecar_query-vfio-groups"}"#)
+            #expect(!reply.contains { $0.contains("DEVICE_DELETED") }, "held, not forwarded")
+            seen = reply.last?.contains(#""deleted": ["hostdev0"]"#) == true
+            if !seen {
+                var pfd = pollfd(fd: -1, events: 0, revents: 0)
+                _ = poll(&pfd, 0, 10)
+            }
+        }
+        #expect(seen, "the sidecar never saw DEVICE_DELETED of hostdev0: \(sidecar.process.log)")
+        #expect(sidecar.process.terminate() == 0, "log: \(sidecar.process.log)")
+        var rest: [String] = []
+        while let line = try client.readLine(timeout: 5) { rest.append(line) }
+        #expect(
+            rest.contains { $0.contains(#""event": "DEVICE_DELETED""#) && $0.contains(#""device": "hostdev0""#) },
+            "got \(rest); log: \(sidecar.process.log)")
+    }
+
     /// A QEMU that does not answer discovery in time does not wedge clients: after
     /// `--discovery-timeout` their commands go on, with a warning naming the reason. (The mock, like
     /// QEMU, runs commands in order, so the reply itself still waits for the slow `qom-list`s.)
