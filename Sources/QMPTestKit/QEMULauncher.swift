@@ -1,3 +1,5 @@
+import QMPRuntime
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -152,14 +154,8 @@ public final class QEMULauncher: @unchecked Sendable {
     }
 
     private static func removeDirectory(_ path: String) {
-        guard let dir = opendir(path) else { return }
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-            }
-            if name != "." && name != ".." { unlink("\(path)/\(name)") }
-        }
-        closedir(dir)
+        guard let names = DirectoryEntries.names(in: path) else { return }
+        for name in names { unlink("\(path)/\(name)") }
         rmdir(path)
     }
 }

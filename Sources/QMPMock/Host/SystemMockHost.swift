@@ -1,4 +1,5 @@
 import Glibc
+import QMPRuntime
 
 /// The real ``MockHost``: reads `<sysfs-root>`, opens nodes under `<dev-root>`, spawns holder processes.
 ///
@@ -22,17 +23,8 @@ public final class SystemMockHost: MockHost {
             let last = target.split(separator: "/").last, let group = Int(last)
         else { return .noGroup }
         var cdev: String?
-        if let dir = opendir(device + "/vfio-dev") {
-            while let entry = readdir(dir) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                    String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-                }
-                if name.hasPrefix("vfio") {
-                    cdev = name
-                    break
-                }
-            }
-            closedir(dir)
+        if let names = DirectoryEntries.names(in: device + "/vfio-dev") {
+            cdev = names.first { $0.hasPrefix("vfio") }
         }
         return .found(group: group, cdev: cdev)
     }

@@ -1,5 +1,6 @@
 import CQMPShims
 import Glibc
+import QMPRuntime
 import QMPTestKit
 
 /// A fresh `/tmp/qs-XXXXXX` directory (short enough for socket paths).
@@ -176,10 +177,7 @@ final class MockInstance: @unchecked Sendable {
 /// `/proc/<pid>/fd` as fd → link target.
 func openFilesOf(_ pid: pid_t) -> [Int32: String] {
     var result: [Int32: String] = [:]
-    guard let dir = opendir("/proc/\(pid)/fd") else { return result }
-    defer { closedir(dir) }
-    while let entry = readdir(dir) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+    for name in DirectoryEntries.names(in: "/proc/\(pid)/fd") ?? [] {
         guard let fd = Int32(name) else { continue }
         var buffer = [CChar](repeating: 0, count: 4096)
         let n = readlink("/proc/\(pid)/fd/\(name)", &buffer, buffer.count - 1)
