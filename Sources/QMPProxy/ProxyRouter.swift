@@ -115,7 +115,7 @@ public struct ProxyRouter: Sendable {
 
     /// A client command held while the client gate is closed.
     private enum GatedItem {
-        case upstream(UpstreamItem)
+        case upstream(UpstreamItem, trace: Action?)
         case local(Action)
     }
 
@@ -157,7 +157,9 @@ public struct ProxyRouter: Sendable {
         gated = []
         for item in items {
             switch item {
-            case .upstream(let upstreamItem): upstreamQueue.append(upstreamItem)
+            case .upstream(let upstreamItem, let trace):
+                if let trace { actions.append(trace) }
+                upstreamQueue.append(upstreamItem)
             case .local(let action): actions.append(action)
             }
         }
@@ -279,7 +281,7 @@ public struct ProxyRouter: Sendable {
         for item in upstreamQueue[upstreamHead...] where !item.fds.isEmpty {
             actions.append(.closeFDs(item.fds))
         }
-        for case .upstream(let item) in gated where !item.fds.isEmpty {
+        for case .upstream(let item, _) in gated where !item.fds.isEmpty {
             actions.append(.closeFDs(item.fds))
         }
         gated = []
@@ -486,13 +488,17 @@ public struct ProxyRouter: Sendable {
         if !oob {
             session.enqueue(.waiting(id))
         }
+        guard clientGateOpen else {
+            // Traced when the gate opens, so the trace keeps the order QEMU sees.
+            var traced: [Action] = []
+            trace(.clientToQEMU, client: clientID, fds: fds.count, bytes, into: &traced)
+            bytes.append(contentsOf: QEMUReply.crlf)
+            gated.append(.upstream(UpstreamItem(bytes: bytes, fds: fds, id: id), trace: traced.first))
+            return
+        }
         trace(.clientToQEMU, client: clientID, fds: fds.count, bytes, into: &actions)
         bytes.append(contentsOf: QEMUReply.crlf)
         let item = UpstreamItem(bytes: bytes, fds: fds, id: id)
-        guard clientGateOpen else {
-            gated.append(.upstream(item))
-            return
-        }
         upstreamQueue.append(item)
         flushUpstream(into: &actions)
     }

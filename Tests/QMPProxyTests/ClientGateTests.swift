@@ -66,6 +66,17 @@ import Testing
         #expect(!h.router.isClientGateOpen, "each new QEMU session starts gated")
     }
 
+    @Test func heldCommandsAreTracedWhenTheyReachQEMU() {
+        var h = RouterHarness(configuration: .init(tracing: true, gateClientCommands: true))
+        h.negotiated(1)
+        h.other.removeAll()
+        h.send(1, #"{"execute":"device_del","arguments":{"id":"d0"},"id":1}"#)
+        h.perform(h.router.sendInternalCommand("qom-list", arguments: nil).actions)
+        h.perform(h.router.openClientGate())
+        let directions = h.other.compactMap { if case .trace(let record) = $0 { record.direction } else { nil } }
+        #expect(directions == [.sidecarToQEMU, .clientToQEMU], "the trace keeps the order QEMU sees")
+    }
+
     @Test func withoutGatingCommandsGoStraightOn() {
         var h = RouterHarness()
         #expect(h.router.isClientGateOpen)
