@@ -30,10 +30,15 @@ public struct ProxyRouter: Sendable {
         public var localCommands: Set<String>
         /// Emit ``Action/trace(_:)`` for every message (off: no cost).
         public var tracing: Bool
+        /// Hold clients' commands (after their own negotiation, which stays local and immediate) from
+        /// each upstream negotiation until ``ProxyRouter/openClientGate()``: the sidecar's own start-up
+        /// commands (cold-plug discovery) then finish before any client command reaches QEMU.
+        public var gateClientCommands: Bool
 
-        public init(localCommands: Set<String> = [], tracing: Bool = false) {
+        public init(localCommands: Set<String> = [], tracing: Bool = false, gateClientCommands: Bool = false) {
             self.localCommands = localCommands
             self.tracing = tracing
+            self.gateClientCommands = gateClientCommands
         }
     }
 
@@ -108,6 +113,12 @@ public struct ProxyRouter: Sendable {
         var id: UInt64
     }
 
+    /// A client command held while the client gate is closed.
+    private enum GatedItem {
+        case upstream(UpstreamItem, trace: Action?)
+        case local(Action)
+    }
+
     private let configuration: Configuration
     private var phase = UpstreamPhase.awaitingGreeting
     private var upstreamFramer = QMPFramer()
@@ -121,9 +132,39 @@ public struct ProxyRouter: Sendable {
     private var upstreamQueue: [UpstreamItem] = []
     private var upstreamHead = 0
     private var fdCommandInFlight: UInt64?
+    private var clientGateOpen: Bool
+    private var gated: [GatedItem] = []
 
     public init(configuration: Configuration = Configuration()) {
         self.configuration = configuration
+        self.clientGateOpen = !configuration.gateClientCommands
+    }
+
+    /// Whether clients' commands currently go on to QEMU (always true without
+    /// ``Configuration/gateClientCommands``).
+    public var isClientGateOpen: Bool { clientGateOpen }
+
+    /// Number of client commands held by the closed gate.
+    public var gatedCommands: Int { gated.count }
+
+    /// Opens the client gate (the sidecar's start-up work is done, or waiting for it gave up): held
+    /// client commands go on in the order they arrived. Closed again when QEMU goes away.
+    public mutating func openClientGate() -> [Action] {
+        guard !clientGateOpen else { return [] }
+        clientGateOpen = true
+        var actions: [Action] = []
+        let items = gated
+        gated = []
+        for item in items {
+            switch item {
+            case .upstream(let upstreamItem, let trace):
+                if let trace { actions.append(trace) }
+                upstreamQueue.append(upstreamItem)
+            case .local(let action): actions.append(action)
+            }
+        }
+        flushUpstream(into: &actions)
+        return actions
     }
 
     /// Number of connected clients.
@@ -240,6 +281,11 @@ public struct ProxyRouter: Sendable {
         for item in upstreamQueue[upstreamHead...] where !item.fds.isEmpty {
             actions.append(.closeFDs(item.fds))
         }
+        for case .upstream(let item, _) in gated where !item.fds.isEmpty {
+            actions.append(.closeFDs(item.fds))
+        }
+        gated = []
+        clientGateOpen = !configuration.gateClientCommands
         clients = [:]
         pending = [:]
         localPending = [:]
@@ -411,8 +457,13 @@ public struct ProxyRouter: Sendable {
                 let token = allocateID()
                 localPending[token] = (clientID, message.idBytes)
                 session.enqueue(.waiting(token))
-                actions.append(
-                    .localCommand(client: clientID, token: token, name: name, arguments: message.argumentBytes))
+                let local = Action.localCommand(
+                    client: clientID, token: token, name: name, arguments: message.argumentBytes)
+                if clientGateOpen {
+                    actions.append(local)
+                } else {
+                    gated.append(.local(local))
+                }
                 return
             }
             forward(message, name: name, end: end, clientID, &session, into: &actions)
@@ -437,9 +488,18 @@ public struct ProxyRouter: Sendable {
         if !oob {
             session.enqueue(.waiting(id))
         }
+        guard clientGateOpen else {
+            // Traced when the gate opens, so the trace keeps the order QEMU sees.
+            var traced: [Action] = []
+            trace(.clientToQEMU, client: clientID, fds: fds.count, bytes, into: &traced)
+            bytes.append(contentsOf: QEMUReply.crlf)
+            gated.append(.upstream(UpstreamItem(bytes: bytes, fds: fds, id: id), trace: traced.first))
+            return
+        }
         trace(.clientToQEMU, client: clientID, fds: fds.count, bytes, into: &actions)
         bytes.append(contentsOf: QEMUReply.crlf)
-        upstreamQueue.append(UpstreamItem(bytes: bytes, fds: fds, id: id))
+        let item = UpstreamItem(bytes: bytes, fds: fds, id: id)
+        upstreamQueue.append(item)
         flushUpstream(into: &actions)
     }
 

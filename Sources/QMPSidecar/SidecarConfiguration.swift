@@ -38,13 +38,19 @@ public struct SidecarConfiguration: Sendable {
     /// The VFIO release monitor's options (`--sysfs-root`, `--dev-root`, `--release-timeout`,
     /// `--event-prefix`, `--hold-device-deleted`); nil runs the proxy without VFIO tracking.
     public var vfio: VFIOConfiguration?
+    /// How long clients' commands wait, after each negotiation with QEMU, for cold-plug discovery to
+    /// finish before they are forwarded anyway (with a warning): a QEMU that never answers the
+    /// sidecar's `qom-list`/`qom-get` must not wedge clients.
+    public var discoveryGateTimeout: Duration
 
     public init(
         upstream: SocketAddress? = nil, connectTimeout: Duration = .seconds(30), listeners: [ListenSpec] = [],
         takeOver: String? = nil, socketMode: mode_t = 0o600, qemuPID: pid_t? = nil, reconnect: Bool = false,
-        tracePath: String? = nil, clientOutputLimit: Int = 16 << 20, vfio: VFIOConfiguration? = VFIOConfiguration()
+        tracePath: String? = nil, clientOutputLimit: Int = 16 << 20, vfio: VFIOConfiguration? = VFIOConfiguration(),
+        discoveryGateTimeout: Duration = .seconds(10)
     ) {
         self.vfio = vfio
+        self.discoveryGateTimeout = discoveryGateTimeout
         self.upstream = upstream
         self.connectTimeout = connectTimeout
         self.listeners = listeners

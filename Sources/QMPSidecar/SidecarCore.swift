@@ -29,6 +29,10 @@ final class SidecarCore: QMPUpstreamCommander {
     private var clients: [Int: Connection] = [:]
     private var nextClient = 1
     private var internalReplies: [UInt64: ([UInt8]) -> Void] = [:]
+    /// Bumped on every upstream session: a late discovery completion or gate timer of an old session
+    /// does nothing.
+    private var gateGeneration = 0
+    private var gateTimer: Reactor.TimerID?
 
     init(
         reactor: Reactor, configuration: SidecarConfiguration, upstreamAddress: SocketAddress, trace: TraceWriter?,
@@ -46,7 +50,9 @@ final class SidecarCore: QMPUpstreamCommander {
     /// Installs the VFIO hooks (before ``start(listeningFDs:)``).
     func install(hooks: any SidecarVFIOHooks) {
         self.hooks = hooks
-        router = ProxyRouter(configuration: .init(localCommands: hooks.localCommandNames, tracing: trace != nil))
+        router = ProxyRouter(
+            configuration: .init(
+                localCommands: hooks.localCommandNames, tracing: trace != nil, gateClientCommands: true))
     }
 
     /// Starts accepting on the listening sockets and connecting to QEMU.
@@ -96,6 +102,9 @@ final class SidecarCore: QMPUpstreamCommander {
     private func upstreamLost(_ reason: String) {
         upstream = nil
         internalReplies = [:]
+        gateGeneration += 1
+        if let gateTimer { reactor.cancel(gateTimer) }
+        gateTimer = nil
         hooks?.upstreamClosed()
         let clientCount = clients.count
         perform(router.upstreamClosed())
@@ -232,7 +241,7 @@ final class SidecarCore: QMPUpstreamCommander {
                 clients[id]?.close()
             case .upstreamReady(let oob):
                 logger.info("QMP session with QEMU negotiated", metadata: ["oob": "\(oob)"])
-                hooks?.upstreamReady(qemuPID: qemuPID)
+                if let hooks { startDiscoveryGate(hooks) }
             case .upstreamFailed(let reason):
                 logger.error("\(reason)")
                 upstream?.close()
@@ -256,6 +265,64 @@ final class SidecarCore: QMPUpstreamCommander {
                 trace?.record(record)
             }
         }
+    }
+
+    // MARK: Shutdown
+
+    /// Graceful shutdown (SIGTERM/SIGINT): no new clients; the hooks broadcast what they hold (hold
+    /// mode's withheld `DEVICE_DELETED` events), clients get their queued output (bounded by
+    /// `drainTimeout`), then the loop stops.
+    func shutdown(drainTimeout: Duration = .seconds(2)) {
+        logger.info("shutting down", metadata: ["clients": "\(clients.count)"])
+        for listener in listeners { listener.close() }
+        listeners = []
+        hooks?.shutdown()
+        drainThenStop(deadline: .now + drainTimeout)
+    }
+
+    private func drainThenStop(deadline: ContinuousClock.Instant) {
+        let pending = clients.values.reduce(0) { $0 + $1.pendingBytes }
+        guard pending > 0, ContinuousClock.now < deadline else {
+            if pending > 0 {
+                logger.warning(
+                    "clients did not read their last output before shutdown", metadata: ["bytes": "\(pending)"])
+            }
+            for client in clients.values { client.close() }
+            reactor.stop()
+            return
+        }
+        reactor.schedule(after: .milliseconds(5)) { self.drainThenStop(deadline: deadline) }
+    }
+
+    // MARK: Client gate
+
+    /// Clients' commands wait (in the router) until the hooks' cold-plug discovery is complete: a
+    /// client's `device_del` forwarded earlier could bring a `DEVICE_DELETED` for a device not yet
+    /// tracked, whose group would then never be released.
+    private func startDiscoveryGate(_ hooks: any SidecarVFIOHooks) {
+        gateGeneration += 1
+        let generation = gateGeneration
+        let timeout = configuration.discoveryGateTimeout
+        gateTimer = reactor.schedule(after: timeout) {
+            guard self.gateGeneration == generation else { return }
+            self.gateTimer = nil
+            self.logger.warning(
+                "cold-plug discovery not finished in time: forwarding client commands anyway (devices not yet discovered are not tracked)",
+                metadata: ["timeout": "\(timeout)", "held-commands": "\(self.router.gatedCommands)"])
+            self.openClientGate()
+        }
+        hooks.upstreamReady(qemuPID: qemuPID) {
+            guard self.gateGeneration == generation else { return }
+            self.logger.debug("cold-plug discovery done; forwarding client commands")
+            self.openClientGate()
+        }
+    }
+
+    private func openClientGate() {
+        if let gateTimer { reactor.cancel(gateTimer) }
+        gateTimer = nil
+        perform(router.openClientGate())
+        updateClientReading()
     }
 
     // MARK: QMPUpstreamCommander

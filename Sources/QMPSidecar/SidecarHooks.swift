@@ -16,8 +16,10 @@ import Glibc
 public protocol SidecarVFIOHooks: AnyObject {
     /// Names of commands the monitor answers itself (checked before forwarding).
     var localCommandNames: Set<String> { get }
-    /// The sidecar's own negotiation with QEMU succeeded.
-    func upstreamReady(qemuPID: pid_t?)
+    /// The sidecar's own negotiation with QEMU succeeded. Call `discovered` once the monitor's
+    /// start-up commands (cold-plug discovery) are all answered; clients' commands are held until then
+    /// (bounded by ``SidecarConfiguration/discoveryGateTimeout``).
+    func upstreamReady(qemuPID: pid_t?, discovered: @escaping () -> Void)
     /// A client's `device_add` got a success reply; `arguments` is its arguments object's text.
     func deviceAddSucceeded(arguments: [UInt8])
     /// A `DEVICE_DELETED` event line (CRLF included); true holds it back (hold mode: the monitor
@@ -27,6 +29,8 @@ public protocol SidecarVFIOHooks: AnyObject {
     func localCommand(_ name: String, arguments: [UInt8]?) -> ProxyRouter.LocalReply?
     /// QEMU went away.
     func upstreamClosed()
+    /// The sidecar is shutting down (SIGTERM/SIGINT): stop, and broadcast every held event now.
+    func shutdown()
 }
 
 /// ``SidecarVFIOHooks`` onto VFIOTracking's `VFIOReleaseMonitor`.
@@ -39,8 +43,8 @@ public final class VFIOMonitorHooks: SidecarVFIOHooks {
 
     public var localCommandNames: Set<String> { monitor.localCommandNames }
 
-    public func upstreamReady(qemuPID: pid_t?) {
-        monitor.upstreamReady(qemuPID: qemuPID)
+    public func upstreamReady(qemuPID: pid_t?, discovered: @escaping () -> Void) {
+        monitor.upstreamReady(qemuPID: qemuPID, discovered: discovered)
     }
 
     public func deviceAddSucceeded(arguments: [UInt8]) {
@@ -62,5 +66,9 @@ public final class VFIOMonitorHooks: SidecarVFIOHooks {
 
     public func upstreamClosed() {
         monitor.upstreamClosed()
+    }
+
+    public func shutdown() {
+        monitor.stop()
     }
 }

@@ -103,18 +103,24 @@ public struct SidecarService: Service {
             let configuration = self.configuration
             let logger = self.logger
             let makeHooks = self.makeHooks
+            let box = CoreBox()
             let thread = try ReactorThread.start(name: "qmp-sidecar", logger: logger) { reactor in
                 let core = SidecarCore(
                     reactor: reactor, configuration: configuration, upstreamAddress: upstream, trace: trace,
                     outcome: outcome, logger: logger)
+                box.core = core
                 if let makeHooks {
                     core.install(hooks: makeHooks(reactor, core, logger))
                 }
                 core.start(listeningFDs: fds)
             }
             logger.info("qmp-sidecar running", metadata: ["upstream": "\(upstream)"])
-            try await cancelWhenGracefulShutdown {
+            // Graceful shutdown runs on the reactor thread: held events are flushed to the clients
+            // before they are disconnected. Cancellation (or a second signal) still stops at once.
+            try await withGracefulShutdownHandler {
                 try await thread.wait()
+            } onGracefulShutdown: {
+                thread.handle.execute { _ in box.core?.shutdown() }
             }
             if let error = outcome.error { throw error }
         } catch {
@@ -122,4 +128,9 @@ public struct SidecarService: Service {
             throw error
         }
     }
+}
+
+/// The ``SidecarCore``, for jobs run on the reactor thread (it is created and only touched there).
+private final class CoreBox: @unchecked Sendable {
+    var core: SidecarCore?
 }

@@ -1,3 +1,5 @@
+import QMPRuntime
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -67,7 +69,7 @@ public final class QEMULauncher: @unchecked Sendable {
         let sockets = (0..<max(1, monitors)).map { "\(directory)/qmp\($0).sock" }
         socketPaths = sockets
         var arguments = [
-            Self.binary, "-M", "pc", "-accel", "tcg", "-nodefaults", "-display", "none", "-S", "-device", "qemu-xhci",
+            "-M", "pc", "-accel", "tcg", "-nodefaults", "-display", "none", "-S", "-device", "qemu-xhci",
         ]
         for socket in sockets {
             arguments += ["-qmp", "unix:\(socket),server=on,wait=off"]
@@ -75,19 +77,18 @@ public final class QEMULauncher: @unchecked Sendable {
         arguments += extraArguments
         let logPath = "\(directory)/qemu.log"
 
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        let argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var child: pid_t = 0
-        let rc = posix_spawn(&child, Self.binary, &actions, nil, argv, environ)
-        guard rc == 0 else {
+        let child: pid_t
+        do {
+            // ChildSpawn: the test thread's blocked SIGTERM/SIGINT must not be inherited.
+            child = try ChildSpawn.spawn(
+                Self.binary, arguments: arguments,
+                fileActions: [
+                    .open(fd: 0, path: "/dev/null", flags: O_RDONLY),
+                    .open(fd: 1, path: logPath, flags: O_WRONLY | O_CREAT | O_TRUNC), .dup2(from: 1, to: 2),
+                ])
+        } catch {
             Self.removeDirectory(directory)
-            throw QMPTestKitError("posix_spawn(\(Self.binary)) failed: errno \(rc)")
+            throw QMPTestKitError("cannot start \(Self.binary): \(error)")
         }
         pid = child
 
@@ -152,14 +153,8 @@ public final class QEMULauncher: @unchecked Sendable {
     }
 
     private static func removeDirectory(_ path: String) {
-        guard let dir = opendir(path) else { return }
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-            }
-            if name != "." && name != ".." { unlink("\(path)/\(name)") }
-        }
-        closedir(dir)
+        guard let names = DirectoryEntries.names(in: path) else { return }
+        for name in names { unlink("\(path)/\(name)") }
         rmdir(path)
     }
 }

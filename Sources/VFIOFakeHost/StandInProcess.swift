@@ -1,3 +1,5 @@
+import QMPRuntime
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -81,22 +83,19 @@ public final class StandInProcess {
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
             throw FakeHostError("cannot create a socketpair for the QEMU stand-in", syscall: "socketpair", errno: errno)
         }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, pair[1], 0)
-        posix_spawn_file_actions_adddup2(&actions, pair[1], 1)
-        let arguments = [Self.interpreter, "-u", "-c", Self.script]
-        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
-        defer { for pointer in argv { free(pointer) } }
-        var child: pid_t = 0
-        let status = posix_spawnp(&child, Self.interpreter, &actions, nil, &argv, environ)
-        Glibc.close(pair[1])
-        guard status == 0 else {
+        let child: pid_t
+        do {
+            child = try ChildSpawn.spawn(
+                Self.interpreter, arguments: ["-u", "-c", Self.script], searchPath: true,
+                fileActions: [.dup2(from: pair[1], to: 0), .dup2(from: pair[1], to: 1)])
+        } catch {
             Glibc.close(pair[0])
+            Glibc.close(pair[1])
             throw FakeHostError(
-                "cannot start the QEMU stand-in (\(Self.interpreter))", syscall: "posix_spawn", errno: status)
+                "cannot start the QEMU stand-in (\(Self.interpreter))", syscall: "posix_spawnp", errno: error.errno ?? 0
+            )
         }
+        Glibc.close(pair[1])
         pid = child
         socket = pair[0]
     }

@@ -1,3 +1,5 @@
+import QMPRuntime
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -126,7 +128,7 @@ public struct HolderScanner: Sendable {
         guard !nodes.isEmpty, let dir = opendir(procRoot) else { return [] }
         var pids: [Int32] = []
         while let entry = readdir(dir) {
-            if let pid = Self.parseFD(direntName(entry)) { pids.append(pid) }
+            if let pid = Self.parseFD(DirectoryEntries.name(of: entry)) { pids.append(pid) }
         }
         closedir(dir)
         var holders: [NodeHolder] = []
@@ -169,15 +171,6 @@ public struct HolderScanner: Sendable {
     }
 }
 
-/// The name of a `readdir` entry, read in place.
-///
-/// Copying `entry.pointee.d_name` (a 256-byte tuple) would read past a short record at the end of the
-/// kernel's getdents buffer and can fault; the name is a NUL-terminated string inside the record.
-func direntName(_ entry: UnsafeMutablePointer<dirent>) -> UnsafePointer<CChar> {
-    UnsafeRawPointer(entry).advanced(by: MemoryLayout<dirent>.offset(of: \dirent.d_name)!)
-        .assumingMemoryBound(to: CChar.self)
-}
-
 /// A resumable full scan of one process's fd directory (see ``HolderScanner/startScan(of:matching:)``).
 ///
 /// - Important: not thread-safe; owns an open directory stream until finished or deallocated.
@@ -215,7 +208,7 @@ public final class FDScan {
                 self.dir = nil
                 return true
             }
-            let name = direntName(entry)
+            let name = DirectoryEntries.name(of: entry)
             guard let number = HolderScanner.parseFD(name) else { continue }
             budget -= 1
             entriesChecked += 1

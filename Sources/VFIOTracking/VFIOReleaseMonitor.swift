@@ -69,6 +69,19 @@ public final class VFIOReleaseMonitor {
     private var pendingLearn: Set<Int> = []
     private var learnTimer: Reactor.TimerID?
     private var learnScan: (scan: FDScan, groups: [Int])?
+    private var discovery: Discovery?
+
+    /// Cold-plug discovery after one upstream negotiation: internal commands whose replies are
+    /// outstanding, and the completion to call when none are.
+    private final class Discovery {
+        var outstanding = 0
+        var completion: (() -> Void)?
+        /// QOM paths whose `DEVICE_DELETED` came while discovery was running.
+        var deleted: Set<String> = []
+    }
+
+    /// Whether cold-plug discovery is still waiting for replies.
+    public var isDiscovering: Bool { discovery != nil }
 
     private struct Node {
         /// The node under `--dev-root`.
@@ -107,7 +120,12 @@ public final class VFIOReleaseMonitor {
 
     /// Upstream negotiation finished: remember QEMU's pid (nil when unknown, e.g. TCP without the pid
     /// option), watch for its exit, and discover cold-plugged VFIO devices with `qom-list`/`qom-get`.
-    public func upstreamReady(qemuPID: pid_t?) {
+    ///
+    /// - Parameter discovered: called once every discovery reply is in (every cold-plugged VFIO device
+    ///   is tracked), at once when there is nothing to discover; never when QEMU goes away first. The
+    ///   sidecar holds client commands until then, so a client's `device_del` cannot overtake
+    ///   discovery.
+    public func upstreamReady(qemuPID: pid_t?, discovered: (() -> Void)? = nil) {
         self.qemuPID = qemuPID
         self.qemuGone = false
         exitWatcher?.cancel()
@@ -123,10 +141,27 @@ public final class VFIOReleaseMonitor {
                     metadata: ["pid": "\(qemuPID)", "error": "\(error)"])
             }
         }
+        let batch = Discovery()
+        batch.completion = discovered
+        discovery = batch
         if configuration.discoverColdPlugged {
-            discover(under: "/machine/peripheral")
-            discover(under: "/machine/peripheral-anon")
+            discover(under: "/machine/peripheral", batch: batch)
+            discover(under: "/machine/peripheral-anon", batch: batch)
         }
+        if batch.outstanding == 0 { finishDiscovery(batch) }
+    }
+
+    private func finishDiscovery(_ batch: Discovery) {
+        guard discovery === batch else { return }
+        discovery = nil
+        if !batch.deleted.isEmpty {
+            logger.debug(
+                "cold-plug discovery done; devices deleted meanwhile were not tracked",
+                metadata: ["devices": "\(batch.deleted.sorted())"])
+        }
+        let completion = batch.completion
+        batch.completion = nil
+        completion?()
     }
 
     /// A client's `device_add` succeeded (the proxy calls this only on a success reply).
@@ -150,9 +185,18 @@ public final class VFIOReleaseMonitor {
         let data = event.jsonValue(.data)
         guard
             let path = VFIODeviceRegistry.deletedPath(
-                path: data?["path"]?.stringValue, device: data?["device"]?.stringValue),
-            let device = registry.untrack(qomPath: path)
+                path: data?["path"]?.stringValue, device: data?["device"]?.stringValue)
         else { return .forward }
+        guard let device = registry.untrack(qomPath: path) else {
+            if let discovery {
+                // Discovery may still be asking about this device; it must not track it afterwards.
+                discovery.deleted.insert(path)
+                logger.info(
+                    "DEVICE_DELETED during cold-plug discovery for a device not (yet) tracked; it will not be tracked",
+                    metadata: ["device": "\(path)"])
+            }
+            return .forward
+        }
         let now = Self.monotonicNow()
         logger.debug(
             "VFIO device deleted", metadata: ["device": "\(device.displayName)", "group": "\(device.group)"])
@@ -199,6 +243,7 @@ public final class VFIOReleaseMonitor {
     /// QEMU's monitor connection went away. With a pid, its exit is awaited through the pidfd; without
     /// one, QEMU is taken as gone now.
     public func upstreamClosed() {
+        discovery = nil
         if exitWatcher == nil || exitWatcher?.hasExited == true {
             qemuExited()
         }
@@ -256,11 +301,18 @@ public final class VFIOReleaseMonitor {
         run(machine.deviceAttached(qomPath, group: resolved.group))
     }
 
-    private func discover(under parent: String) {
+    private func discover(under parent: String, batch: Discovery? = nil) {
         guard let commander else { return }
+        batch?.outstanding += 1
         commander.sendInternalCommand("qom-list", arguments: .object([JSONMember("path", .string(parent))])) {
             [weak self] reply in
             guard let self else { return }
+            defer {
+                if let batch {
+                    batch.outstanding -= 1
+                    if batch.outstanding == 0 { self.finishDiscovery(batch) }
+                }
+            }
             guard let entries = reply.jsonValue(.returnValue)?.arrayValue else {
                 self.logger.debug("qom-list failed", metadata: ["path": "\(parent)"])
                 return
@@ -273,13 +325,14 @@ public final class VFIOReleaseMonitor {
                 let path = parent + "/" + name
                 guard self.registry.device(atPath: path) == nil else { continue }
                 let id = parent == "/machine/peripheral" ? name : nil
-                self.fetchProperties(of: path, driver: driver, id: id)
+                self.fetchProperties(of: path, driver: driver, id: id, batch: batch)
             }
         }
     }
 
-    private func fetchProperties(of path: String, driver: String, id: String?) {
+    private func fetchProperties(of path: String, driver: String, id: String?, batch: Discovery?) {
         guard let commander else { return }
+        batch?.outstanding += 1
         func get(_ property: String, _ done: @escaping (String?) -> Void) {
             commander.sendInternalCommand(
                 "qom-get",
@@ -288,9 +341,26 @@ public final class VFIOReleaseMonitor {
         }
         get("host") { [weak self] host in
             get("sysfsdev") { sysfsdev in
-                guard let self, self.registry.device(atPath: path) == nil else { return }
+                guard let self else { return }
+                defer {
+                    if let batch {
+                        batch.outstanding -= 1
+                        if batch.outstanding == 0 { self.finishDiscovery(batch) }
+                    }
+                }
+                guard self.registry.device(atPath: path) == nil else { return }
+                if let batch, batch.deleted.contains(path) {
+                    self.logger.info(
+                        "cold-plugged VFIO device deleted before discovery finished: not tracked",
+                        metadata: ["device": "\(path)"])
+                    return
+                }
                 let description = VFIODeviceDescription(driver: driver, id: id, host: host, sysfsdev: sysfsdev)
-                guard description.isVFIO else { return }
+                guard description.isVFIO else {
+                    self.logger.debug(
+                        "discovered device has no host/sysfsdev (gone?): not tracked", metadata: ["device": "\(path)"])
+                    return
+                }
                 self.track(description, at: path)
             }
         }

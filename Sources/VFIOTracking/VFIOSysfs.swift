@@ -1,3 +1,5 @@
+import QMPRuntime
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -112,14 +114,7 @@ public struct VFIOSysfs: Sendable {
     }
 
     static func directoryEntries(_ path: String) -> [String] {
-        guard let dir = opendir(path) else { return [] }
-        defer { closedir(dir) }
-        var names: [String] = []
-        while let entry = readdir(dir) {
-            let name = String(cString: direntName(entry))
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names
+        DirectoryEntries.names(in: path) ?? []
     }
 
     private static func trimmed(_ root: String) -> String {

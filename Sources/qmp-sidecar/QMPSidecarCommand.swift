@@ -81,6 +81,12 @@ struct QMPSidecarCommand: AsyncParsableCommand {
     @Option(help: "Seconds a detaching group may take before GROUP_RELEASE_TIMEOUT.")
     var releaseTimeout: Double = 30
 
+    @Option(
+        help:
+            "Seconds client commands wait for the sidecar's cold-plug discovery after it connects to QEMU, before they are forwarded anyway."
+    )
+    var discoveryTimeout: Double = 10
+
     @Option(help: "Prefix for the sidecar's event names (e.g. __com.example_).")
     var eventPrefix: String = ""
 
@@ -130,7 +136,8 @@ struct QMPSidecarCommand: AsyncParsableCommand {
             clientOutputLimit: clientOutputLimit,
             vfio: VFIOConfiguration(
                 sysfsRoot: sysfsRoot, devRoot: devRoot, releaseTimeout: .milliseconds(Int64(releaseTimeout * 1000)),
-                eventPrefix: eventPrefix, holdDeviceDeleted: holdDeviceDeleted))
+                eventPrefix: eventPrefix, holdDeviceDeleted: holdDeviceDeleted),
+            discoveryGateTimeout: .milliseconds(Int64(discoveryTimeout * 1000)))
         let service = SidecarService(configuration: configuration, logger: logger)
         let group = ServiceGroup(
             configuration: .init(

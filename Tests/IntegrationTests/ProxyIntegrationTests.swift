@@ -269,11 +269,8 @@ struct ProxyIntegrationTests {
             os.dup2(s.fileno(), 3); os.set_inheritable(3, True)
             os.execv(sys.argv[2], [sys.argv[2], "--upstream", "unix:" + sys.argv[3], "--listen-fd", "3"])
             """
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", "-c", script, path, productsDirectory + "/qmp-sidecar", qemu.socketPath]
-        process.standardError = FileHandle.nullDevice
-        try process.run()
+        let process = try SpawnedProcess(
+            "python3", ["-c", script, path, productsDirectory + "/qmp-sidecar", qemu.socketPath], searchPath: true)
         defer {
             process.terminate()
             process.waitUntilExit()

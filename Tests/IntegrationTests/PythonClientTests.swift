@@ -8,20 +8,7 @@ import Testing
 struct PythonClientTests {
     /// Runs `arguments` under /usr/bin/env with `input` on stdin; returns (status, stdout+stderr).
     func run(_ arguments: [String], input: String = "") throws -> (Int32, String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = arguments
-        let output = Pipe()
-        let stdin = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        process.standardInput = stdin
-        try process.run()
-        stdin.fileHandleForWriting.write(Data(input.utf8))
-        try stdin.fileHandleForWriting.close()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+        try SpawnedProcess.run(arguments, input: input)
     }
 
     @Test func qemuQMPScenarioWithSendFDSCM() throws {

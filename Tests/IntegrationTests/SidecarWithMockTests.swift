@@ -1,20 +1,17 @@
 import Foundation
+import QMPTestKit
 import Testing
 
 /// qmp-sidecar in front of qmp-mock (no QEMU needed): the VFIO hooks as wired by the sidecar.
 @Suite struct SidecarWithMockTests {
     /// Starts qmp-mock with a two-device group 7 whose fake sysfs/dev tree is built under `dir/host`.
-    func startMock(dir: String) throws -> (Process, sysfs: String, dev: String) {
-        let mock = Process()
-        mock.executableURL = URL(fileURLWithPath: productsDirectory + "/qmp-mock")
-        mock.arguments = [
+    func startMock(dir: String) throws -> (SpawnedProcess, sysfs: String, dev: String) {
+        let arguments = [
             "--listen", "unix:\(dir)/vm.qmp", "--fake-host", "7=0000:01:00.0,0000:01:00.1", "--fake-host-root",
             "\(dir)/host", "--device", "vfio-pci,host=0000:01:00.0,id=hostdev0", "--device",
             "vfio-pci,host=0000:01:00.1,id=hostdev1", "--finalize-delay", "0.05",
         ]
-        mock.standardOutput = FileHandle.nullDevice
-        mock.standardError = FileHandle.nullDevice
-        try mock.run()
+        let mock = try SpawnedProcess(productsDirectory + "/qmp-mock", arguments)
         guard waitFor({ FileManager.default.fileExists(atPath: "\(dir)/vm.qmp") }) else {
             mock.terminate()
             throw TestFailure("qmp-mock did not listen at \(dir)/vm.qmp")
@@ -73,19 +70,11 @@ import Testing
             dir: dir, upstream: "\(dir)/vm.qmp", extra: ["--sysfs-root", sysfs, "--dev-root", dev])
         defer { sidecar.terminate() }
         let example = (pythonDirectory as NSString).deletingLastPathComponent + "/../../examples/unplug-and-rebind.py"
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = [
+        let (status, text) = try SpawnedProcess.run([
             "python3", example, sidecar.listenPath, "hostdev0", "hostdev1", "--driver", "e1000e", "--sysfs-root",
             sysfs, "--dry-run", "--timeout", "20",
-        ]
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0, "\(text)")
+        ])
+        #expect(status == 0, "\(text)")
         let lines = text.split(separator: "\n").map(String.init)
         let released = try #require(lines.firstIndex { $0.hasPrefix("GROUP_RELEASED group 7") }, "\(text)")
         let firstRebind = try #require(lines.firstIndex { $0.contains("rebound to e1000e") }, "\(text)")

@@ -26,14 +26,10 @@ enum Requirements {
 
     @discardableResult
     static func run(_ arguments: [String]) -> Int32 {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = arguments
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        guard (try? process.run()) != nil else { return -1 }
-        process.waitUntilExit()
-        return process.terminationStatus
+        guard let process = try? SpawnedProcess(arguments[0], Array(arguments.dropFirst()), searchPath: true) else {
+            return -1
+        }
+        return process.waitUntilExit()
     }
 }
 
@@ -75,18 +71,14 @@ let pythonDirectory: String = {
 final class QEMUInstance {
     let dir: String
     let monitors: [String]
-    let process = Process()
+    let process: SpawnedProcess
 
     init(dir: String, monitors count: Int = 2) throws {
         self.dir = dir
         monitors = (0..<count).map { "\(dir)/m\($0).sock" }
-        process.executableURL = URL(fileURLWithPath: Requirements.qemuPath)
         var arguments = ["-M", "pc", "-accel", "tcg", "-nodefaults", "-display", "none", "-S", "-device", "qemu-xhci"]
         for path in monitors { arguments += ["-qmp", "unix:\(path),server=on,wait=off"] }
-        process.arguments = arguments
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
+        process = try SpawnedProcess(Requirements.qemuPath, arguments)
         guard waitFor({ self.monitors.allSatisfy { FileManager.default.fileExists(atPath: $0) } }) else {
             process.terminate()
             throw TestFailure("QEMU did not create its QMP sockets in \(dir)")
@@ -96,10 +88,8 @@ final class QEMUInstance {
     var pid: pid_t { process.processIdentifier }
 
     func kill() {
-        if process.isRunning {
-            Foundation.kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-        }
+        process.signal(SIGKILL)
+        process.waitUntilExit()
     }
 
     deinit { kill() }
@@ -107,7 +97,7 @@ final class QEMUInstance {
 
 /// The `qmp-sidecar` executable, run as a child.
 final class SidecarInstance {
-    let process = Process()
+    let process: SpawnedProcess
     let logPath: String
     let listenPath: String
 
@@ -116,14 +106,11 @@ final class SidecarInstance {
     {
         listenPath = listen ?? "\(dir)/sidecar.sock"
         logPath = "\(dir)/sidecar.log"
-        process.executableURL = URL(fileURLWithPath: productsDirectory + "/qmp-sidecar")
         var arguments: [String] = []
         if let upstream { arguments += ["--upstream", "unix:\(upstream)", "--listen", "unix:\(listenPath)"] }
-        process.arguments = arguments + extra + ["--log-level", "debug"]
-        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-        process.standardError = FileHandle(forWritingAtPath: logPath)
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
+        process = try SpawnedProcess(
+            productsDirectory + "/qmp-sidecar", arguments + extra + ["--log-level", "debug"],
+            fileActions: SpawnedProcess.stderr(to: logPath))
         if waitForSocket {
             guard waitFor({ FileManager.default.fileExists(atPath: self.listenPath) }) else {
                 throw TestFailure("qmp-sidecar did not listen at \(listenPath): \(log)")
@@ -149,10 +136,8 @@ final class SidecarInstance {
     }
 
     deinit {
-        if process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-        }
+        process.signal(SIGKILL)
+        process.waitUntilExit()
     }
 }
 

@@ -26,13 +26,10 @@ struct RealQEMUTakeOverTests {
         defer { dir.remove() }
         let path = dir.file("qmp")
         let args = [
-            Self.qemu, "-M", "pc", "-accel", "tcg", "-nodefaults", "-display", "none", "-S",
+            "-M", "pc", "-accel", "tcg", "-nodefaults", "-display", "none", "-S",
             "-qmp", "unix:\(path),server=on,wait=off",
         ]
-        var argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
-        defer { for arg in argv { free(arg) } }
-        var pid: pid_t = 0
-        try #require(posix_spawn(&pid, Self.qemu, nil, nil, &argv, environ) == 0)
+        let pid = try ChildSpawn.spawn(Self.qemu, arguments: args)
         defer {
             kill(pid, SIGKILL)
             var status: Int32 = 0

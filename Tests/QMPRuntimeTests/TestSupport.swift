@@ -20,15 +20,7 @@ struct TempDir {
     func file(_ name: String) -> String { "\(path)/\(name)" }
 
     func remove() {
-        if let dir = opendir(path) {
-            while let entry = readdir(dir) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                    String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
-                }
-                if name != "." && name != ".." { unlink("\(path)/\(name)") }
-            }
-            closedir(dir)
-        }
+        for name in DirectoryEntries.names(in: path) ?? [] { unlink("\(path)/\(name)") }
         rmdir(path)
     }
 }

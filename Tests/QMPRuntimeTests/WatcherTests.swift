@@ -63,11 +63,7 @@ struct WatcherTests {
 
     @Test("a pidfd reports the exit of a spawned child")
     func processExit() throws {
-        var pid: pid_t = 0
-        var argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/sleep"), strdup("0.05"), nil]
-        defer { for arg in argv { free(arg) } }
-        let rc = posix_spawn(&pid, "/bin/sleep", nil, nil, &argv, environ)
-        try #require(rc == 0)
+        let pid = try ChildSpawn.spawn("/bin/sleep", arguments: ["0.05"])
         let reactor = try Reactor()
         var exited = false
         let watcher = try ProcessExitWatcher(pid: pid, reactor: reactor) {
@@ -84,10 +80,7 @@ struct WatcherTests {
 
     @Test("a process that is already gone is reported on the next round")
     func processAlreadyGone() throws {
-        var pid: pid_t = 0
-        var argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/true"), nil]
-        defer { for arg in argv { free(arg) } }
-        try #require(posix_spawn(&pid, "/bin/true", nil, nil, &argv, environ) == 0)
+        let pid = try ChildSpawn.spawn("/bin/true")
         var status: Int32 = 0
         try #require(waitpid(pid, &status, 0) == pid)
         let reactor = try Reactor()

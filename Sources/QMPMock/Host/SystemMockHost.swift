@@ -1,4 +1,5 @@
 import Glibc
+import QMPRuntime
 
 /// The real ``MockHost``: reads `<sysfs-root>`, opens nodes under `<dev-root>`, spawns holder processes.
 ///
@@ -22,17 +23,8 @@ public final class SystemMockHost: MockHost {
             let last = target.split(separator: "/").last, let group = Int(last)
         else { return .noGroup }
         var cdev: String?
-        if let dir = opendir(device + "/vfio-dev") {
-            while let entry = readdir(dir) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                    String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-                }
-                if name.hasPrefix("vfio") {
-                    cdev = name
-                    break
-                }
-            }
-            closedir(dir)
+        if let names = DirectoryEntries.names(in: device + "/vfio-dev") {
+            cdev = names.first { $0.hasPrefix("vfio") }
         }
         return .found(group: group, cdev: cdev)
     }
@@ -49,14 +41,9 @@ public final class SystemMockHost: MockHost {
     /// Spawns `sleep infinity` with a copy of `fd` as its descriptor 3: another process holding the group.
     public func startHolder(group: Int, fd: Int32) {
         guard holders[group] == nil else { return }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, fd, 3)
-        var pid: pid_t = 0
-        let argv: [UnsafeMutablePointer<CChar>?] = [strdup("sleep"), strdup("infinity"), nil]
-        defer { argv.forEach { free($0) } }
-        if posix_spawnp(&pid, "sleep", &actions, nil, argv, environ) == 0 {
+        if let pid = try? ChildSpawn.spawn(
+            "sleep", arguments: ["infinity"], searchPath: true, fileActions: [.dup2(from: fd, to: 3)])
+        {
             holders[group] = pid
         }
     }

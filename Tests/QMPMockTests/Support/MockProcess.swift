@@ -1,5 +1,6 @@
 import CQMPShims
 import Glibc
+import QMPRuntime
 import QMPTestKit
 
 /// A fresh `/tmp/qs-XXXXXX` directory (short enough for socket paths).
@@ -12,10 +13,7 @@ func makeTempDirectory() throws -> String {
 /// Removes a directory tree (test cleanup).
 func removeTree(_ path: String) {
     var status: Int32 = 0
-    var pid: pid_t = 0
-    let argv: [UnsafeMutablePointer<CChar>?] = [strdup("rm"), strdup("-rf"), strdup(path), nil]
-    defer { argv.forEach { free($0) } }
-    if posix_spawnp(&pid, "rm", nil, nil, argv, environ) == 0 { waitpid(pid, &status, 0) }
+    if let pid = try? ChildSpawn.spawn("rm", arguments: ["-rf", path], searchPath: true) { waitpid(pid, &status, 0) }
 }
 
 /// The directory holding the test bundle, where SwiftPM puts the package's executables.
@@ -43,35 +41,21 @@ final class ChildProcess: @unchecked Sendable {
     init(_ executable: String, _ arguments: [String], logPath: String) throws {
         var pipeFDs: [Int32] = [-1, -1]
         guard cqmp_pipe(&pipeFDs, 0) == 0 else { throw QMPTestKitError("pipe failed: errno \(errno)") }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_adddup2(&actions, pipeFDs[1], 1)
-        posix_spawn_file_actions_addopen(&actions, 2, logPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        // Test worker threads block signals; the child must start with none blocked and default handlers.
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attributes, &empty)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        sigaddset(&defaults, SIGTERM)
-        sigaddset(&defaults, SIGINT)
-        sigaddset(&defaults, SIGPIPE)
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, executable, &actions, &attributes, argv, environ)
-        Glibc.close(pipeFDs[1])
-        guard rc == 0 else {
+        // Test worker threads block signals; ChildSpawn starts the child with none blocked.
+        let pid: pid_t
+        do {
+            pid = try ChildSpawn.spawn(
+                executable, arguments: arguments,
+                fileActions: [
+                    .open(fd: 0, path: "/dev/null", flags: O_RDONLY), .dup2(from: pipeFDs[1], to: 1),
+                    .open(fd: 2, path: logPath, flags: O_WRONLY | O_CREAT | O_TRUNC),
+                ])
+        } catch {
             Glibc.close(pipeFDs[0])
-            throw QMPTestKitError("cannot start \(executable): errno \(rc); build it first (swift build)")
+            Glibc.close(pipeFDs[1])
+            throw QMPTestKitError("cannot start \(executable): \(error); build it first (swift build)")
         }
+        Glibc.close(pipeFDs[1])
         self.pid = pid
         self.stdoutFD = pipeFDs[0]
         self.logPath = logPath
@@ -176,10 +160,7 @@ final class MockInstance: @unchecked Sendable {
 /// `/proc/<pid>/fd` as fd → link target.
 func openFilesOf(_ pid: pid_t) -> [Int32: String] {
     var result: [Int32: String] = [:]
-    guard let dir = opendir("/proc/\(pid)/fd") else { return result }
-    defer { closedir(dir) }
-    while let entry = readdir(dir) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+    for name in DirectoryEntries.names(in: "/proc/\(pid)/fd") ?? [] {
         guard let fd = Int32(name) else { continue }
         var buffer = [CChar](repeating: 0, count: 4096)
         let n = readlink("/proc/\(pid)/fd/\(name)", &buffer, buffer.count - 1)
