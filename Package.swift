@@ -63,11 +63,9 @@ let package = Package(
         .executableTarget(
             name: "qmp-sidecar",
             dependencies: [
-                "QMPSidecar",
+                "QMPSidecar", "QMPRuntime", "VFIOTracking",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
         .executableTarget(
@@ -76,7 +74,6 @@ let package = Package(
                 "QMPMock",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .executableTarget(

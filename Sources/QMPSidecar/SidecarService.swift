@@ -7,11 +7,14 @@ import VFIOTracking
 import Glibc
 #endif
 
-/// qmp-sidecar as a swift-service-lifecycle `Service`: opens the listeners, runs the proxy on one
-/// reactor thread, and on graceful shutdown (SIGTERM/SIGINT) stops it and puts a taken-over socket
-/// back.
+/// qmp-sidecar: opens the listeners, runs the proxy on one reactor, and on SIGTERM/SIGINT flushes
+/// held events, disconnects the clients and puts a taken-over socket back.
 ///
-/// `run()` throws a ``SidecarError`` when QEMU cannot be reached in time or goes away (without
+/// Two ways to run it: ``runUntilTerminated()`` on the calling thread (what the executable does: no
+/// Swift concurrency, so an idle sidecar never wakes up — libdispatch's worker pool, which async
+/// code starts, keeps a 1 Hz monitor timer for the life of the process), or as a
+/// swift-service-lifecycle `Service` inside an application's `ServiceGroup` (``run()``).
+/// Both throw a ``SidecarError`` when QEMU cannot be reached in time or goes away (without
 /// `--reconnect`), so the process exits non-zero.
 public struct SidecarService: Service {
     /// Builds the VFIO hooks on the reactor thread, given the reactor and the sidecar as commander.
@@ -41,19 +44,82 @@ public struct SidecarService: Service {
         }
     }
 
+    /// Runs the sidecar on the calling thread until SIGTERM/SIGINT (a second signal stops at once) or
+    /// until QEMU goes away.
+    ///
+    /// - Important: Installs process-wide SIGTERM/SIGINT handlers and ignores SIGPIPE.
+    public func runUntilTerminated() throws {
+        let resources = try SidecarResources(configuration: configuration, logger: logger)
+        defer { resources.release() }
+        let reactor = try Reactor(logger: logger)
+        let outcome = SidecarOutcome()
+        let core = makeCore(reactor: reactor, resources: resources, outcome: outcome)
+        var signalled = false
+        let signals = try TerminationSignals(reactor: reactor) { signal in
+            logger.info("signal received, shutting down", metadata: ["signal": "\(signal)"])
+            if signalled { reactor.stop() } else { core.shutdown() }
+            signalled = true
+        }
+        logger.info("qmp-sidecar running", metadata: ["upstream": "\(resources.upstream)"])
+        try reactor.run()
+        withExtendedLifetime(signals) {}
+        if let error = outcome.error { throw error }
+    }
+
+    /// The `Service` entry point: the reactor runs on a thread of its own; graceful shutdown flushes
+    /// held events to the clients before they are disconnected, cancellation stops at once.
     public func run() async throws {
+        let resources = try SidecarResources(configuration: configuration, logger: logger)
+        defer { resources.release() }
+        let outcome = SidecarOutcome()
+        let box = CoreBox()
+        let thread = try ReactorThread.start(name: "qmp-sidecar", logger: logger) { reactor in
+            box.core = makeCore(reactor: reactor, resources: resources, outcome: outcome)
+        }
+        logger.info("qmp-sidecar running", metadata: ["upstream": "\(resources.upstream)"])
+        try await withGracefulShutdownHandler {
+            try await thread.wait()
+        } onGracefulShutdown: {
+            thread.handle.execute { _ in box.core?.shutdown() }
+        }
+        if let error = outcome.error { throw error }
+    }
+
+    /// Creates the core on the reactor's thread and hands it the listening sockets.
+    private func makeCore(reactor: Reactor, resources: SidecarResources, outcome: SidecarOutcome) -> SidecarCore {
+        let core = SidecarCore(
+            reactor: reactor, configuration: configuration, upstreamAddress: resources.upstream,
+            trace: resources.trace, outcome: outcome, logger: logger)
+        if let makeHooks {
+            core.install(hooks: makeHooks(reactor, core, logger))
+        }
+        core.start(listeningFDs: resources.takeListeningFDs())
+        return core
+    }
+}
+
+/// What a run sets up before the reactor starts, and puts back after it: the listening sockets
+/// (closed unless the core took them), socket files we created, a taken-over QEMU socket, the trace.
+private final class SidecarResources: @unchecked Sendable {
+    let upstream: SocketAddress
+    let trace: TraceWriter?
+    private let logger: Logger
+    private var listeningFDs: [Int32] = []
+    private var ownedSockets: [(path: String, inode: ino_t)] = []
+    private var takeOver: SocketTakeOver?
+
+    init(configuration: SidecarConfiguration, logger: Logger) throws {
+        self.logger = logger
+        var upstream = configuration.upstream
         var listeningFDs: [Int32] = []
         var ownedSockets: [(path: String, inode: ino_t)] = []
         var takeOver: SocketTakeOver?
-        defer {
+        func undo() {
+            for fd in listeningFDs { close(fd) }
             try? takeOver?.restore()
-            for socket in ownedSockets {
-                var info = stat()
-                if lstat(socket.path, &info) == 0, info.st_ino == socket.inode { unlink(socket.path) }
-            }
+            SidecarResources.unlinkOwned(ownedSockets)
         }
         do {
-            var upstream = configuration.upstream
             if let path = configuration.takeOver {
                 let taken = try SocketTakeOver(path: path, mode: configuration.socketMode)
                 takeOver = taken
@@ -88,44 +154,41 @@ public struct SidecarService: Service {
                     listeningFDs += fds
                 }
             }
-            let trace = try configuration.tracePath.map { path throws(SidecarError) in try TraceWriter(path: path) }
-            defer {
-                if let trace {
-                    let dropped = trace.close()
-                    if dropped > 0 {
-                        logger.warning("trace lines dropped (writer fell behind)", metadata: ["count": "\(dropped)"])
-                    }
-                }
-            }
-            let outcome = SidecarOutcome()
-            let fds = listeningFDs
-            listeningFDs = []
-            let configuration = self.configuration
-            let logger = self.logger
-            let makeHooks = self.makeHooks
-            let box = CoreBox()
-            let thread = try ReactorThread.start(name: "qmp-sidecar", logger: logger) { reactor in
-                let core = SidecarCore(
-                    reactor: reactor, configuration: configuration, upstreamAddress: upstream, trace: trace,
-                    outcome: outcome, logger: logger)
-                box.core = core
-                if let makeHooks {
-                    core.install(hooks: makeHooks(reactor, core, logger))
-                }
-                core.start(listeningFDs: fds)
-            }
-            logger.info("qmp-sidecar running", metadata: ["upstream": "\(upstream)"])
-            // Graceful shutdown runs on the reactor thread: held events are flushed to the clients
-            // before they are disconnected. Cancellation (or a second signal) still stops at once.
-            try await withGracefulShutdownHandler {
-                try await thread.wait()
-            } onGracefulShutdown: {
-                thread.handle.execute { _ in box.core?.shutdown() }
-            }
-            if let error = outcome.error { throw error }
+            self.trace = try configuration.tracePath.map { path throws(SidecarError) in try TraceWriter(path: path) }
+            self.upstream = upstream
         } catch {
-            for fd in listeningFDs { close(fd) }
+            undo()
             throw error
+        }
+        self.listeningFDs = listeningFDs
+        self.ownedSockets = ownedSockets
+        self.takeOver = takeOver
+    }
+
+    /// The listening sockets, once: the caller owns them from now on.
+    func takeListeningFDs() -> [Int32] {
+        defer { listeningFDs = [] }
+        return listeningFDs
+    }
+
+    /// Closes what the core did not take, flushes the trace, restores a taken-over socket and removes
+    /// the socket files we created (only if they are still ours).
+    func release() {
+        for fd in takeListeningFDs() { close(fd) }
+        if let trace {
+            let dropped = trace.close()
+            if dropped > 0 {
+                logger.warning("trace lines dropped (writer fell behind)", metadata: ["count": "\(dropped)"])
+            }
+        }
+        try? takeOver?.restore()
+        SidecarResources.unlinkOwned(ownedSockets)
+    }
+
+    private static func unlinkOwned(_ sockets: [(path: String, inode: ino_t)]) {
+        for socket in sockets {
+            var info = stat()
+            if lstat(socket.path, &info) == 0, info.st_ino == socket.inode { unlink(socket.path) }
         }
     }
 }

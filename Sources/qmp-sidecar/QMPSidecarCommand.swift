@@ -2,8 +2,6 @@ import ArgumentParser
 import Logging
 import QMPRuntime
 import QMPSidecar
-import ServiceLifecycle
-import UnixSignals
 import VFIOTracking
 
 #if canImport(Glibc)
@@ -11,7 +9,7 @@ import Glibc
 #endif
 
 @main
-struct QMPSidecarCommand: AsyncParsableCommand {
+struct QMPSidecarCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "qmp-sidecar",
         abstract: "A transparent proxy on QEMU's QMP socket that tells clients when a VFIO IOMMU group is really free.",
@@ -111,7 +109,7 @@ struct QMPSidecarCommand: AsyncParsableCommand {
         }
     }
 
-    func run() async throws {
+    func run() throws {
         let level = Logger.Level(rawValue: logLevel)!
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -138,12 +136,8 @@ struct QMPSidecarCommand: AsyncParsableCommand {
                 sysfsRoot: sysfsRoot, devRoot: devRoot, releaseTimeout: .milliseconds(Int64(releaseTimeout * 1000)),
                 eventPrefix: eventPrefix, holdDeviceDeleted: holdDeviceDeleted),
             discoveryGateTimeout: .milliseconds(Int64(discoveryTimeout * 1000)))
-        let service = SidecarService(configuration: configuration, logger: logger)
-        let group = ServiceGroup(
-            configuration: .init(
-                services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
-                gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger))
-        try await group.run()
+        // On the main thread, without Swift concurrency: an idle sidecar sleeps in poll() and nothing
+        // else in the process wakes up.
+        try SidecarService(configuration: configuration, logger: logger).runUntilTerminated()
     }
 }
