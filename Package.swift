@@ -97,7 +97,11 @@ let package = Package(
             name: "QMPMockTests", dependencies: ["QMPMock", "QMPTestKit", "CQMPShims", "qmp-mock", "qmp-sidecar"]),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["QMPSidecar", "QMPWire", "QMPTestKit", "qmp-sidecar", "qmp-mock"],
+            dependencies: [
+                "QMPSidecar", "QMPRuntime", "QMPWire", "QMPTestKit", "qmp-sidecar", "qmp-mock",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             exclude: ["python"]
         ),
     ]

@@ -1,0 +1,43 @@
+import Foundation
+import Logging
+import QMPRuntime
+import QMPSidecar
+import QMPTestKit
+import ServiceLifecycle
+import Testing
+
+/// `SidecarService` embedded in an application's `ServiceGroup` (the executable runs it on its main
+/// thread instead; the other integration tests cover that path).
+@Suite(.enabled(if: Requirements.qemuUsable))
+struct ServiceLifecycleTests {
+    @Test func sidecarServiceInAServiceGroupServesAndShutsDownGracefully() async throws {
+        let qemu = try QEMULauncher()
+        defer { qemu.terminate() }
+        let dir = makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let listenPath = "\(dir)/sidecar.qmp"
+        let logger = Logger(label: "test.service-lifecycle")
+        let service = SidecarService(
+            configuration: SidecarConfiguration(
+                upstream: .unix(path: qemu.socketPath), listeners: [.unix(path: listenPath, mode: 0o600)], vfio: nil),
+            logger: logger)
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
+                logger: logger))
+        let running = Task { try await group.run() }
+
+        #expect(waitFor { FileManager.default.fileExists(atPath: listenPath) })
+        let client = try QMPTestClient(path: listenPath)
+        #expect(String(decoding: client.greeting, as: UTF8.self).hasPrefix(#"{"QMP": {"version": "#))
+        try client.negotiate()
+        try client.send(#"{"execute": "query-status", "id": "s1"}"#)
+        let reply = String(decoding: try client.readReply(), as: UTF8.self)
+        #expect(reply.contains(#""status": "prelaunch""#) && reply.hasSuffix(#""id": "s1"}"#))
+
+        await group.triggerGracefulShutdown()
+        try await running.value
+        #expect(!FileManager.default.fileExists(atPath: listenPath), "the sidecar removes its socket file on exit")
+        #expect(throws: (any Error).self) { _ = try client.readLine() }
+    }
+}
