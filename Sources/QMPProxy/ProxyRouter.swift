@@ -110,7 +110,7 @@ public struct ProxyRouter: Sendable {
 
     private let configuration: Configuration
     private var phase = UpstreamPhase.awaitingGreeting
-    private var upstreamFramer = QMPFramer()
+    private var upstreamFramer = QMPOutputFramer()
     /// QEMU's greeting line, CRLF included, once received.
     public private(set) var greeting: [UInt8]?
     private var offered: [String] = []
@@ -137,18 +137,14 @@ public struct ProxyRouter: Sendable {
     /// Bytes read from QEMU.
     public mutating func upstreamReceived(_ bytes: [UInt8]) -> [Action] {
         var actions: [Action] = []
-        let frames = bytes.withUnsafeBytes { upstreamFramer.append($0) }
-        for frame in frames {
-            switch frame {
-            case .invalid(let error, _):
+        // QEMU's output is not bound by its input rules (size, token and nesting limits; `inf`/`nan`):
+        // split it by brace depth and parse it with the output grammar.
+        for bytes in upstreamFramer.append(bytes) {
+            switch QMPMessage.parseOutput(bytes) {
+            case .failure(let error):
                 actions.append(.warning("unparsable output from QEMU: \(error.desc)"))
-            case .message(let bytes, _):
-                switch QMPMessage.parse(bytes) {
-                case .failure(let error):
-                    actions.append(.warning("unparsable output from QEMU: \(error.desc)"))
-                case .success(let message):
-                    handleUpstream(Envelope(message), into: &actions)
-                }
+            case .success(let message):
+                handleUpstream(Envelope(message), into: &actions)
             }
         }
         return actions
@@ -246,7 +242,7 @@ public struct ProxyRouter: Sendable {
         upstreamQueue = []
         upstreamHead = 0
         fdCommandInFlight = nil
-        upstreamFramer = QMPFramer()
+        upstreamFramer = QMPOutputFramer()
         greeting = nil
         offered = []
         phase = .awaitingGreeting
