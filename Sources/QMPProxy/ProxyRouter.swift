@@ -258,7 +258,7 @@ public struct ProxyRouter: Sendable {
         var actions: [Action] = []
         let id = allocateID()
         pending[id] = .sidecar
-        var request = Array("{\"execute\": \(QEMUString.quoted(name))".utf8)
+        var request = Array("{\"execute\": ".utf8) + QMPJSON.quoted(name)
         if let arguments {
             request += Array(", \"arguments\": ".utf8) + arguments
         }
@@ -377,7 +377,7 @@ public struct ProxyRouter: Sendable {
         _ message: Envelope, end: Int, _ clientID: ClientID, _ session: inout ClientSession,
         into actions: inout [Action]
     ) {
-        let members = { QEMUValue.read(message.bytes)?.members ?? [] }
+        let members = { (try? JSONValue(parsing: message.bytes))?.objectValue ?? [] }
         switch session.phase {
         case .awaitingGreeting:
             preconditionFailure("frames of a client without greeting are deferred")

@@ -1,3 +1,5 @@
+import QMPWire
+
 /// An error reply QEMU would give: its class and description (id handling is the caller's).
 public struct QMPErrorText: Equatable, Sendable {
     public var errorClass: String
@@ -22,10 +24,10 @@ enum QEMURequestRules {
     ///
     /// - Returns: the error QEMU reports for the first offending member, or nil when the request is
     ///   well-formed.
-    static func checkRequest(_ members: [(key: String, value: QEMUValue)], allowOOB: Bool) -> QMPErrorText? {
+    static func checkRequest(_ members: [JSONMember], allowOOB: Bool) -> QMPErrorText? {
         var execKey: String?
-        for key in QDictOrder.ordered(members.map(\.key)) {
-            let value = members.first(where: { $0.key == key })!.value
+        for index in QMPJSON.qdictOrder(members.map(\.key)) {
+            let (key, value) = (members[index].key, members[index].value)
             if key == "execute" || (key == "exec-oob" && allowOOB) {
                 guard case .string = value else {
                     return .generic("QMP input member '\(key)' must be a string")
@@ -62,7 +64,7 @@ enum QEMURequestRules {
     /// - Parameters:
     ///   - members: the request's members in parse order.
     ///   - offered: the capabilities in QEMU's greeting.
-    static func negotiate(_ members: [(key: String, value: QEMUValue)], offered: [String]) -> NegotiationOutcome {
+    static func negotiate(_ members: [JSONMember], offered: [String]) -> NegotiationOutcome {
         // OOB is never allowed before negotiation: `exec-oob` is "unexpected".
         if let error = checkRequest(members, allowOOB: false) {
             return .error(error)
@@ -73,7 +75,7 @@ enum QEMURequestRules {
             return .error(
                 QMPErrorText("CommandNotFound", "Expecting capabilities negotiation with 'qmp_capabilities'"))
         }
-        let arguments = members.first(where: { $0.key == "arguments" })?.value.members ?? []
+        let arguments = members.first(where: { $0.key == "arguments" })?.value.objectValue ?? []
         var enabled: [String] = []
         if let enable = arguments.first(where: { $0.key == "enable" })?.value {
             guard case .array(let elements) = enable else {
@@ -91,7 +93,9 @@ enum QEMURequestRules {
             }
         }
         // visit_check_struct: the first member the visitor did not consume.
-        if let unexpected = QDictOrder.ordered(arguments.map(\.key)).first(where: { $0 != "enable" }) {
+        if let unexpected = QMPJSON.qdictOrder(arguments.map(\.key)).lazy.map({ arguments[$0].key })
+            .first(where: { $0 != "enable" })
+        {
             return .error(.generic("Parameter '\(unexpected)' is unexpected"))
         }
         let unavailable = enabled.filter { !offered.contains($0) }
@@ -103,34 +107,22 @@ enum QEMURequestRules {
 
     /// QEMU's answer to a request containing `exec-oob` from a client that did not enable OOB (after
     /// negotiation). Such a request never reaches QEMU, whose session with the sidecar has OOB enabled.
-    static func rejectWithoutOOB(_ members: [(key: String, value: QEMUValue)]) -> QMPErrorText {
+    static func rejectWithoutOOB(_ members: [JSONMember]) -> QMPErrorText {
         checkRequest(members, allowOOB: false) ?? .generic("QMP input member 'exec-oob' is unexpected")
     }
 }
 
-/// Reply lines the proxy builds itself, byte-identical to QEMU's (member order as QEMU's QDict
-/// iterates: `"id"` before `"error"`, `"return"` before `"id"`).
+/// Reply lines the proxy builds itself, byte-identical to QEMU's (``QMPBuilder``).
 enum QEMUReply {
     static let crlf: [UInt8] = [0x0D, 0x0A]
 
     /// `{"id": ID, "error": {"class": C, "desc": D}}\r\n`; `echoedID` is the id as QEMU echoes it.
     static func error(_ error: QMPErrorText, echoedID: [UInt8]?) -> [UInt8] {
-        var line: [UInt8] = Array("{".utf8)
-        if let echoedID {
-            line += Array("\"id\": ".utf8) + echoedID + Array(", ".utf8)
-        }
-        line += Array(
-            "\"error\": {\"class\": \(QEMUString.quoted(error.errorClass)), \"desc\": \(QEMUString.quoted(error.desc))}}"
-                .utf8)
-        return line + crlf
+        QMPBuilder.error(class: error.errorClass, desc: error.desc, echoedID: echoedID)
     }
 
     /// `{"return": VALUE, "id": ID}\r\n`; `value` is QEMU-style JSON text.
     static func success(_ value: [UInt8], echoedID: [UInt8]?) -> [UInt8] {
-        var line: [UInt8] = Array("{\"return\": ".utf8) + value
-        if let echoedID {
-            line += Array(", \"id\": ".utf8) + echoedID
-        }
-        return line + Array("}".utf8) + crlf
+        QMPBuilder.reply(returnValue: .raw(value), echoedID: echoedID)
     }
 }
