@@ -59,7 +59,7 @@ struct Harness {
     var client = 0
     var pendingTimers: [(timer: Int, after: Int64)] = []
     var lastActions: [MockAction] = []
-    let now = MockTimestamp(seconds: 1_700_000_000, microseconds: 42)
+    let now = QMPTimestamp(seconds: 1_700_000_000, microseconds: 42)
 
     init(_ configure: (inout MockConfiguration) throws -> Void = { _ in }, script: (any MockScript)? = nil) throws {
         var configuration = MockConfiguration()
@@ -170,7 +170,7 @@ struct MockNegotiationTests {
         var configuration = MockConfiguration()
         configuration.version = MockQEMUVersion(major: 7, minor: 2, micro: 22, package: "Debian")
         var machine = MockMachine(configuration: configuration, host: FakeMockHost())
-        let (client, actions) = machine.clientConnected(now: MockTimestamp(seconds: 0, microseconds: 0))
+        let (client, actions) = machine.clientConnected(now: QMPTimestamp(seconds: 0, microseconds: 0))
         let expected =
             #"{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian"}, "capabilities": ["oob"]}}"#
             + "\r\n"

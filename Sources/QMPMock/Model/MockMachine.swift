@@ -1,28 +1,6 @@
 import Glibc
 import QMPWire
 
-/// Wall-clock time as QEMU stamps events.
-public struct MockTimestamp: Sendable, Equatable {
-    public var seconds: Int64
-    public var microseconds: Int64
-
-    public init(seconds: Int64, microseconds: Int64) {
-        self.seconds = seconds
-        self.microseconds = microseconds
-    }
-
-    /// The current `CLOCK_REALTIME`.
-    public static func now() -> MockTimestamp {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return MockTimestamp(seconds: Int64(ts.tv_sec), microseconds: Int64(ts.tv_nsec) / 1000)
-    }
-
-    var json: JSONValue {
-        .object([JSONMember("seconds", .integer(seconds)), JSONMember("microseconds", .integer(microseconds))])
-    }
-}
-
 /// One unit of client input, as the framer and parser delivered it.
 public enum MockInputUnit: Sendable, Equatable {
     /// Input QEMU's JSON parser rejects; `desc` is QEMU's text. Answered with an id-less GenericError.
@@ -200,7 +178,7 @@ public struct MockMachine {
     }
 
     /// A client connected: it gets the greeting.
-    public mutating func clientConnected(now: MockTimestamp) -> (client: Int, actions: [MockAction]) {
+    public mutating func clientConnected(now: QMPTimestamp) -> (client: Int, actions: [MockAction]) {
         let id = nextClient
         nextClient += 1
         clients[id] = Client()
@@ -223,7 +201,7 @@ public struct MockMachine {
     }
 
     /// One unit of input from `client` with the descriptors that arrived with its bytes (the model owns them).
-    public mutating func receive(_ unit: MockInputUnit, fds: [Int32], from client: Int, now: MockTimestamp)
+    public mutating func receive(_ unit: MockInputUnit, fds: [Int32], from client: Int, now: QMPTimestamp)
         -> [MockAction]
     {
         guard clients[client] != nil else {
@@ -237,7 +215,7 @@ public struct MockMachine {
     }
 
     /// A timer scheduled with ``MockAction/schedule(timer:afterNanoseconds:)`` expired.
-    public mutating func timerFired(_ timer: Int, now: MockTimestamp) -> [MockAction] {
+    public mutating func timerFired(_ timer: Int, now: QMPTimestamp) -> [MockAction] {
         guard let task = timers.removeValue(forKey: timer) else { return [] }
         var actions: [MockAction] = []
         switch task {
@@ -260,7 +238,7 @@ public struct MockMachine {
 
     // MARK: - Dispatch
 
-    private mutating func drain(_ client: Int, now: MockTimestamp, actions: inout [MockAction]) {
+    private mutating func drain(_ client: Int, now: QMPTimestamp, actions: inout [MockAction]) {
         while let state = clients[client], !state.busy, let head = state.queue.first {
             if case .message(let message, _) = head.unit, let name = commandName(message),
                 let delay = configuration.faults.delay(for: name)
@@ -283,7 +261,7 @@ public struct MockMachine {
         _ unit: MockInputUnit,
         fds: [Int32],
         client: Int,
-        now: MockTimestamp,
+        now: QMPTimestamp,
         actions: inout [MockAction]
     ) {
         var fds = fds
@@ -336,14 +314,14 @@ public struct MockMachine {
         var reply: MockReply
         var events: [MockScriptEvent] = []
         /// Work that QEMU does after the reply is on its way (unplug of usb devices, finalize with no delay).
-        var after: (inout MockMachine, MockTimestamp, inout [MockAction]) -> Void = { _, _, _ in }
+        var after: (inout MockMachine, QMPTimestamp, inout [MockAction]) -> Void = { _, _, _ in }
     }
 
     private mutating func dispatch(
         _ members: [JSONMember],
         client: Int,
         fds: inout [Int32],
-        now: MockTimestamp,
+        now: QMPTimestamp,
         actions: inout [MockAction]
     ) -> Dispatched {
         let allowOOB = clients[client]!.oob
@@ -453,7 +431,7 @@ public struct MockMachine {
         _ arguments: [JSONMember],
         client: Int,
         fds: inout [Int32],
-        now: MockTimestamp,
+        now: QMPTimestamp,
         actions: inout [MockAction]
     ) -> Dispatched {
         let schema = MockCommands.schema[name] ?? []
@@ -787,7 +765,7 @@ public struct MockMachine {
         return nil
     }
 
-    private mutating func deviceDel(_ idOrPath: String, now: MockTimestamp, actions: inout [MockAction]) -> Dispatched {
+    private mutating func deviceDel(_ idOrPath: String, now: QMPTimestamp, actions: inout [MockAction]) -> Dispatched {
         let index =
             idOrPath.hasPrefix("/")
             ? devices.firstIndex { $0.path == idOrPath }
@@ -813,7 +791,7 @@ public struct MockMachine {
         return result
     }
 
-    private mutating func finalize(path: String, now: MockTimestamp, actions: inout [MockAction]) {
+    private mutating func finalize(path: String, now: QMPTimestamp, actions: inout [MockAction]) {
         guard let index = devices.firstIndex(where: { $0.path == path }) else { return }
         let device = devices.remove(at: index).device
         if let fd = device.cdevFD {
@@ -844,7 +822,7 @@ public struct MockMachine {
         }
     }
 
-    private mutating func sendDeviceDeleted(_ device: Device, now: MockTimestamp, actions: inout [MockAction]) {
+    private mutating func sendDeviceDeleted(_ device: Device, now: QMPTimestamp, actions: inout [MockAction]) {
         var data: [JSONMember] = []
         if let id = device.id { data.append(JSONMember("device", .string(id))) }
         data.append(JSONMember("path", .string(device.path)))
@@ -865,10 +843,8 @@ public struct MockMachine {
     }
 
     /// Sends an event to every negotiated client (never to one still negotiating, as QEMU).
-    private func broadcast(event name: String, data: JSONValue?, now: MockTimestamp, actions: inout [MockAction]) {
-        var members: [JSONMember] = [JSONMember("timestamp", now.json), JSONMember("event", .string(name))]
-        if let data { members.append(JSONMember("data", data)) }
-        let line = JSONValue.object(members).qemuLine
+    private func broadcast(event name: String, data: JSONValue?, now: QMPTimestamp, actions: inout [MockAction]) {
+        let line = QMPBuilder.event(name: name, data: data, at: now)
         for id in clients.keys.sorted() where clients[id]!.negotiated {
             actions.append(.send(client: id, bytes: line))
         }
