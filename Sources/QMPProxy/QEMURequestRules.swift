@@ -25,31 +25,7 @@ enum QEMURequestRules {
     /// - Returns: the error QEMU reports for the first offending member, or nil when the request is
     ///   well-formed.
     static func checkRequest(_ members: [JSONMember], allowOOB: Bool) -> QMPErrorText? {
-        var execKey: String?
-        for index in QMPJSON.qdictOrder(members.map(\.key)) {
-            let (key, value) = (members[index].key, members[index].value)
-            if key == "execute" || (key == "exec-oob" && allowOOB) {
-                guard case .string = value else {
-                    return .generic("QMP input member '\(key)' must be a string")
-                }
-                if let execKey {
-                    return .generic("QMP input member '\(key)' clashes with '\(execKey)'")
-                }
-                execKey = key
-            } else if key == "arguments" {
-                guard case .object = value else {
-                    return .generic("QMP input member 'arguments' must be an object")
-                }
-            } else if key == "id" {
-                continue
-            } else {
-                return .generic("QMP input member '\(key)' is unexpected")
-            }
-        }
-        if execKey == nil {
-            return .generic("QMP input lacks member 'execute'")
-        }
-        return nil
+        QMPDispatchCheck.firstError(members, allowOOB: allowOOB).map(QMPErrorText.generic)
     }
 
     /// The outcome of one request in capabilities negotiation mode.

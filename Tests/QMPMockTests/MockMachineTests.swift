@@ -229,6 +229,26 @@ struct MockNegotiationTests {
         #expect(invalid == [#"{"error": {"class": "GenericError", "desc": "JSON parse error, stray '}'"}}"# + "\r\n"])
     }
 
+    @Test func clashIsReportedBeforeLaterMembersAsQEMUDoes() throws {
+        // Recorded from QEMU 7.2 with OOB enabled: QDict order is exec-oob, execute, zz; the clash
+        // comes before the unexpected member.
+        var h = try Harness()
+        _ = h.send(
+            .object([
+                JSONMember("execute", .string("qmp_capabilities")),
+                JSONMember("arguments", .object([JSONMember("enable", .array([.string("oob")]))])),
+            ]))
+        #expect(
+            h.send(
+                .object([
+                    JSONMember("exec-oob", .string("query-status")), JSONMember("execute", .string("query-status")),
+                    JSONMember("zz", .integer(1)),
+                ]), id: .integer(5)) == [
+                    #"{"id": 5, "error": {"class": "GenericError", "desc": "QMP input member 'execute' clashes with 'exec-oob'"}}"#
+                        + "\r\n"
+                ])
+    }
+
     @Test func queriesAndUnknownCommands() throws {
         var h = try Harness()
         h.negotiate()

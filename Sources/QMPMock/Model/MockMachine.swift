@@ -326,35 +326,11 @@ public struct MockMachine {
     ) -> Dispatched {
         let allowOOB = clients[client]!.oob
         // qmp_dispatch_check_obj: members in QDict order.
-        for (key, value) in QMPJSON.qdictOrdered(members).map({ ($0.key, $0.value) }) {
-            switch key {
-            case "execute":
-                guard case .string = value else {
-                    return Dispatched(reply: .error("GenericError", "QMP input member 'execute' must be a string"))
-                }
-            case "exec-oob" where allowOOB:
-                guard case .string = value else {
-                    return Dispatched(reply: .error("GenericError", "QMP input member 'exec-oob' must be a string"))
-                }
-            case "arguments":
-                guard case .object = value else {
-                    return Dispatched(reply: .error("GenericError", "QMP input member 'arguments' must be an object"))
-                }
-            case "id":
-                continue
-            default:
-                return Dispatched(reply: .error("GenericError", "QMP input member '\(key)' is unexpected"))
-            }
+        if let desc = QMPDispatchCheck.firstError(members, allowOOB: allowOOB) {
+            return Dispatched(reply: .error("GenericError", desc))
         }
         let message = JSONValue.object(members)
-        let hasExecute = message["execute"] != nil
         let hasOOB = message["exec-oob"] != nil
-        guard hasExecute || hasOOB else {
-            return Dispatched(reply: .error("GenericError", "QMP input lacks member 'execute'"))
-        }
-        if hasExecute && hasOOB {
-            return Dispatched(reply: .error("GenericError", "QMP input member 'execute' clashes with 'exec-oob'"))
-        }
         let name = commandName(message)!
         var arguments: [JSONMember] = []
         if case .object(let args)? = message["arguments"] { arguments = args }
