@@ -52,33 +52,10 @@ enum QEMURequestRules {
                 QMPErrorText("CommandNotFound", "Expecting capabilities negotiation with 'qmp_capabilities'"))
         }
         let arguments = members.first(where: { $0.key == "arguments" })?.value.objectValue ?? []
-        var enabled: [String] = []
-        if let enable = arguments.first(where: { $0.key == "enable" })?.value {
-            guard case .array(let elements) = enable else {
-                return .error(.generic("Invalid parameter type for 'enable', expected: array"))
-            }
-            for (index, element) in elements.enumerated() {
-                guard case .string(let name) = element else {
-                    return .error(.generic("Invalid parameter type for 'enable[\(index)]', expected: string"))
-                }
-                // QMPCapability has one member; QEMU 7.2 names list elements 'null' in this message.
-                guard name == "oob" else {
-                    return .error(.generic("Parameter 'null' does not accept value '\(name)'"))
-                }
-                enabled.append(name)
-            }
+        switch QMPDispatchCheck.capabilities(arguments, offered: offered) {
+        case .failure(let desc): return .error(.generic(desc))
+        case .enabled(let enabled): return .negotiated(oob: enabled.contains("oob"))
         }
-        // visit_check_struct: the first member the visitor did not consume.
-        if let unexpected = QMPJSON.qdictOrder(arguments.map(\.key)).lazy.map({ arguments[$0].key })
-            .first(where: { $0 != "enable" })
-        {
-            return .error(.generic("Parameter '\(unexpected)' is unexpected"))
-        }
-        let unavailable = enabled.filter { !offered.contains($0) }
-        if !unavailable.isEmpty {
-            return .error(.generic("Capability \(unavailable.joined(separator: ", ")) not available"))
-        }
-        return .negotiated(oob: enabled.contains("oob"))
     }
 
     /// QEMU's answer to a request containing `exec-oob` from a client that did not enable OOB (after

@@ -25,4 +25,45 @@ public enum QMPDispatchCheck {
         }
         return execKey == nil ? "QMP input lacks member 'execute'" : nil
     }
+
+    /// What QEMU 7.2 makes of the arguments of `qmp_capabilities`.
+    public enum CapabilitiesOutcome: Equatable, Sendable {
+        /// Accepted: the capabilities to enable (possibly none).
+        case enabled([String])
+        /// Rejected with a GenericError carrying this `desc`.
+        case failure(String)
+    }
+
+    /// Checks the arguments of `qmp_capabilities` as QEMU 7.2 does (`qmp_qmp_capabilities`, the QAPI
+    /// input visitor, `qmp_caps_accept`): the `enable` list element by element, then the first
+    /// member left over in QDict order, then capabilities the greeting did not offer.
+    ///
+    /// - Parameters:
+    ///   - arguments: the members of `arguments` (empty when absent).
+    ///   - offered: the capabilities in the greeting.
+    public static func capabilities(_ arguments: [JSONMember], offered: [String]) -> CapabilitiesOutcome {
+        var enabled: [String] = []
+        if let enable = arguments.first(where: { $0.key == "enable" })?.value {
+            guard case .array(let elements) = enable else {
+                return .failure("Invalid parameter type for 'enable', expected: array")
+            }
+            for (index, element) in elements.enumerated() {
+                guard case .string(let name) = element else {
+                    return .failure("Invalid parameter type for 'enable[\(index)]', expected: string")
+                }
+                // QMPCapability has one member; QEMU 7.2 names list elements 'null' in this message.
+                guard name == "oob" else { return .failure("Parameter 'null' does not accept value '\(name)'") }
+                enabled.append(name)
+            }
+        }
+        // visit_check_struct: the first member the visitor did not consume.
+        if let unexpected = QMPJSON.qdictOrdered(arguments).first(where: { $0.key != "enable" }) {
+            return .failure("Parameter '\(unexpected.key)' is unexpected")
+        }
+        let unavailable = enabled.filter { !offered.contains($0) }
+        if !unavailable.isEmpty {
+            return .failure("Capability \(unavailable.joined(separator: ", ")) not available")
+        }
+        return .enabled(enabled)
+    }
 }

@@ -229,6 +229,32 @@ struct MockNegotiationTests {
         #expect(invalid == [#"{"error": {"class": "GenericError", "desc": "JSON parse error, stray '}'"}}"# + "\r\n"])
     }
 
+    @Test func capabilitiesArgumentsAreCheckedAsQEMUDoes() throws {
+        // Each reply recorded from QEMU 7.2: elements are visited before leftover members.
+        let cases: [([JSONMember], String)] = [
+            ([JSONMember("enable", .array([.integer(1)]))], "Invalid parameter type for 'enable[0]', expected: string"),
+            (
+                [JSONMember("enable", .array([.string("foo")])), JSONMember("zz", .integer(1))],
+                "Parameter 'null' does not accept value 'foo'"
+            ),
+            (
+                [JSONMember("enable", .string("oob")), JSONMember("zz", .integer(1))],
+                "Invalid parameter type for 'enable', expected: array"
+            ),
+            (
+                [JSONMember("zz", .integer(1)), JSONMember("enable", .array([.integer(2)]))],
+                "Invalid parameter type for 'enable[0]', expected: string"
+            ),
+        ]
+        for (arguments, desc) in cases {
+            var h = try Harness()
+            #expect(
+                h.execute("qmp_capabilities", arguments, id: 1) == [
+                    #"{"id": 1, "error": {"class": "GenericError", "desc": "\#(desc)"}}"# + "\r\n"
+                ])
+        }
+    }
+
     @Test func clashIsReportedBeforeLaterMembersAsQEMUDoes() throws {
         // Recorded from QEMU 7.2 with OOB enabled: QDict order is exec-oob, execute, zz; the clash
         // comes before the unexpected member.

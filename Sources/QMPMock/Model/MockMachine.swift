@@ -367,21 +367,11 @@ public struct MockMachine {
     private mutating func negotiate(_ arguments: [JSONMember], client: Int, actions: inout [MockAction])
         -> Dispatched
     {
-        let parsed = MockCommands.check(arguments, [.init("enable", .array, optional: true)])
-        guard case .success(let args) = parsed else { return Dispatched(reply: parsed.failureReply!) }
-        var oob = false
-        if case .array(let items)? = args["enable"] {
-            for item in items {
-                guard case .string(let capability) = item else {
-                    return Dispatched(
-                        reply: .error("GenericError", "Invalid parameter type for 'null', expected: string"))
-                }
-                guard capability == "oob" else {
-                    return Dispatched(
-                        reply: .error("GenericError", "Parameter 'null' does not accept value '\(capability)'"))
-                }
-                oob = true
-            }
+        // The mock's greeting always offers OOB.
+        let oob: Bool
+        switch QMPDispatchCheck.capabilities(arguments, offered: ["oob"]) {
+        case .failure(let desc): return Dispatched(reply: .error("GenericError", desc))
+        case .enabled(let enabled): oob = enabled.contains("oob")
         }
         clients[client]!.negotiated = true
         clients[client]!.oob = oob
