@@ -133,6 +133,16 @@ struct ReplayScriptTests {
         #expect(h.machine.unmetExpectations.count == 2, "one miss, the sidecar's qom-list not replayed")
     }
 
+    @Test func recordedRepliesWithNonFiniteNumbersReplayVerbatim() throws {
+        let trace = """
+            {"t": 1, "dir": "client-to-qemu", "client": 1, "fds": 0, "msg": "{\\"execute\\":\\"qom-get\\",\\"id\\":1}"}
+            {"t": 2, "dir": "qemu-to-client", "client": 1, "fds": 0, "msg": "{\\"return\\": [inf, -inf, nan], \\"id\\": 1}"}
+            """
+        var h = try Harness(script: try ReplayScript(parsing: Array(trace.utf8)))
+        h.negotiate()
+        #expect(h.execute("qom-get", id: 7) == [#"{"return": [inf, -inf, nan], "id": 7}"# + "\r\n"])
+    }
+
     @Test func fallbackToModel() throws {
         let replay = try ReplayScript(parsing: Array(Self.trace.utf8), fallbackToModel: true)
         var h = try Harness(script: replay)

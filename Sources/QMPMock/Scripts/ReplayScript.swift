@@ -60,7 +60,8 @@ public struct ReplayScript: MockScript {
             else { throw .scenario("\(context): a record needs \"t\" (µs), \"dir\" and \"msg\"") }
             let client = record["client"]?.int64Value ?? 0
             let msgBytes = Array(text.utf8)
-            guard case .success(let message) = QMPMessage.parse(msgBytes) else {
+            // Output grammar: QEMU's replies may hold `inf`/`nan` (client input parses the same).
+            guard case .success(let message) = QMPMessage.parseOutput(msgBytes) else {
                 throw .scenario("\(context): \"msg\" is not a QMP message")
             }
             switch dir {
