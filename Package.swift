@@ -36,7 +36,7 @@ let package = Package(
         ),
 
         // Kernel-shaped fake sysfs/dev trees: qmp-mock --fake-host and the tests build hosts with it.
-        .target(name: "VFIOFakeHost", dependencies: ["QMPRuntime"]),
+        .target(name: "VFIOFakeHost", dependencies: ["QMPRuntime", "VFIOTracking"]),
 
         // The I/O shell: one poll() reactor, sockets with SCM_RIGHTS, inotify, pidfd, timers.
         .target(

@@ -44,7 +44,8 @@ struct Envelope {
 
     /// The capabilities QEMU's greeting offers.
     var offeredCapabilities: [String] {
-        guard let greeting = slice(message.qmp), case .array(let list)? = QEMUValue.read(greeting)?["capabilities"]
+        guard let greeting = slice(message.qmp),
+            case .array(let list)? = (try? JSONValue(parsing: greeting))?["capabilities"]
         else { return [] }
         return list.compactMap { if case .string(let s) = $0 { s } else { nil } }
     }

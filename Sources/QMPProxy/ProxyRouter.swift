@@ -121,7 +121,7 @@ public struct ProxyRouter: Sendable {
 
     private let configuration: Configuration
     private var phase = UpstreamPhase.awaitingGreeting
-    private var upstreamFramer = QMPFramer()
+    private var upstreamFramer = QMPOutputFramer()
     /// QEMU's greeting line, CRLF included, once received.
     public private(set) var greeting: [UInt8]?
     private var offered: [String] = []
@@ -178,18 +178,14 @@ public struct ProxyRouter: Sendable {
     /// Bytes read from QEMU.
     public mutating func upstreamReceived(_ bytes: [UInt8]) -> [Action] {
         var actions: [Action] = []
-        let frames = bytes.withUnsafeBytes { upstreamFramer.append($0) }
-        for frame in frames {
-            switch frame {
-            case .invalid(let error, _):
+        // QEMU's output is not bound by its input rules (size, token and nesting limits; `inf`/`nan`):
+        // split it by brace depth and parse it with the output grammar.
+        for bytes in upstreamFramer.append(bytes) {
+            switch QMPMessage.parseOutput(bytes) {
+            case .failure(let error):
                 actions.append(.warning("unparsable output from QEMU: \(error.desc)"))
-            case .message(let bytes, _):
-                switch QMPMessage.parse(bytes) {
-                case .failure(let error):
-                    actions.append(.warning("unparsable output from QEMU: \(error.desc)"))
-                case .success(let message):
-                    handleUpstream(Envelope(message), into: &actions)
-                }
+            case .success(let message):
+                handleUpstream(Envelope(message), into: &actions)
             }
         }
         return actions
@@ -292,7 +288,7 @@ public struct ProxyRouter: Sendable {
         upstreamQueue = []
         upstreamHead = 0
         fdCommandInFlight = nil
-        upstreamFramer = QMPFramer()
+        upstreamFramer = QMPOutputFramer()
         greeting = nil
         offered = []
         phase = .awaitingGreeting
@@ -308,7 +304,7 @@ public struct ProxyRouter: Sendable {
         var actions: [Action] = []
         let id = allocateID()
         pending[id] = .sidecar
-        var request = Array("{\"execute\": \(QEMUString.quoted(name))".utf8)
+        var request = Array("{\"execute\": ".utf8) + QMPJSON.quoted(name)
         if let arguments {
             request += Array(", \"arguments\": ".utf8) + arguments
         }
@@ -427,7 +423,7 @@ public struct ProxyRouter: Sendable {
         _ message: Envelope, end: Int, _ clientID: ClientID, _ session: inout ClientSession,
         into actions: inout [Action]
     ) {
-        let members = { QEMUValue.read(message.bytes)?.members ?? [] }
+        let members = { (try? JSONValue(parsing: message.bytes))?.objectValue ?? [] }
         switch session.phase {
         case .awaitingGreeting:
             preconditionFailure("frames of a client without greeting are deferred")

@@ -1,3 +1,5 @@
+import QMPWire
+
 /// An error reply QEMU would give: its class and description (id handling is the caller's).
 public struct QMPErrorText: Equatable, Sendable {
     public var errorClass: String
@@ -22,32 +24,8 @@ enum QEMURequestRules {
     ///
     /// - Returns: the error QEMU reports for the first offending member, or nil when the request is
     ///   well-formed.
-    static func checkRequest(_ members: [(key: String, value: QEMUValue)], allowOOB: Bool) -> QMPErrorText? {
-        var execKey: String?
-        for key in QDictOrder.ordered(members.map(\.key)) {
-            let value = members.first(where: { $0.key == key })!.value
-            if key == "execute" || (key == "exec-oob" && allowOOB) {
-                guard case .string = value else {
-                    return .generic("QMP input member '\(key)' must be a string")
-                }
-                if let execKey {
-                    return .generic("QMP input member '\(key)' clashes with '\(execKey)'")
-                }
-                execKey = key
-            } else if key == "arguments" {
-                guard case .object = value else {
-                    return .generic("QMP input member 'arguments' must be an object")
-                }
-            } else if key == "id" {
-                continue
-            } else {
-                return .generic("QMP input member '\(key)' is unexpected")
-            }
-        }
-        if execKey == nil {
-            return .generic("QMP input lacks member 'execute'")
-        }
-        return nil
+    static func checkRequest(_ members: [JSONMember], allowOOB: Bool) -> QMPErrorText? {
+        QMPDispatchCheck.firstError(members, allowOOB: allowOOB).map(QMPErrorText.generic)
     }
 
     /// The outcome of one request in capabilities negotiation mode.
@@ -62,7 +40,7 @@ enum QEMURequestRules {
     /// - Parameters:
     ///   - members: the request's members in parse order.
     ///   - offered: the capabilities in QEMU's greeting.
-    static func negotiate(_ members: [(key: String, value: QEMUValue)], offered: [String]) -> NegotiationOutcome {
+    static func negotiate(_ members: [JSONMember], offered: [String]) -> NegotiationOutcome {
         // OOB is never allowed before negotiation: `exec-oob` is "unexpected".
         if let error = checkRequest(members, allowOOB: false) {
             return .error(error)
@@ -73,64 +51,31 @@ enum QEMURequestRules {
             return .error(
                 QMPErrorText("CommandNotFound", "Expecting capabilities negotiation with 'qmp_capabilities'"))
         }
-        let arguments = members.first(where: { $0.key == "arguments" })?.value.members ?? []
-        var enabled: [String] = []
-        if let enable = arguments.first(where: { $0.key == "enable" })?.value {
-            guard case .array(let elements) = enable else {
-                return .error(.generic("Invalid parameter type for 'enable', expected: array"))
-            }
-            for (index, element) in elements.enumerated() {
-                guard case .string(let name) = element else {
-                    return .error(.generic("Invalid parameter type for 'enable[\(index)]', expected: string"))
-                }
-                // QMPCapability has one member; QEMU 7.2 names list elements 'null' in this message.
-                guard name == "oob" else {
-                    return .error(.generic("Parameter 'null' does not accept value '\(name)'"))
-                }
-                enabled.append(name)
-            }
+        let arguments = members.first(where: { $0.key == "arguments" })?.value.objectValue ?? []
+        switch QMPDispatchCheck.capabilities(arguments, offered: offered) {
+        case .failure(let desc): return .error(.generic(desc))
+        case .enabled(let enabled): return .negotiated(oob: enabled.contains("oob"))
         }
-        // visit_check_struct: the first member the visitor did not consume.
-        if let unexpected = QDictOrder.ordered(arguments.map(\.key)).first(where: { $0 != "enable" }) {
-            return .error(.generic("Parameter '\(unexpected)' is unexpected"))
-        }
-        let unavailable = enabled.filter { !offered.contains($0) }
-        if !unavailable.isEmpty {
-            return .error(.generic("Capability \(unavailable.joined(separator: ", ")) not available"))
-        }
-        return .negotiated(oob: enabled.contains("oob"))
     }
 
     /// QEMU's answer to a request containing `exec-oob` from a client that did not enable OOB (after
     /// negotiation). Such a request never reaches QEMU, whose session with the sidecar has OOB enabled.
-    static func rejectWithoutOOB(_ members: [(key: String, value: QEMUValue)]) -> QMPErrorText {
+    static func rejectWithoutOOB(_ members: [JSONMember]) -> QMPErrorText {
         checkRequest(members, allowOOB: false) ?? .generic("QMP input member 'exec-oob' is unexpected")
     }
 }
 
-/// Reply lines the proxy builds itself, byte-identical to QEMU's (member order as QEMU's QDict
-/// iterates: `"id"` before `"error"`, `"return"` before `"id"`).
+/// Reply lines the proxy builds itself, byte-identical to QEMU's (``QMPBuilder``).
 enum QEMUReply {
     static let crlf: [UInt8] = [0x0D, 0x0A]
 
     /// `{"id": ID, "error": {"class": C, "desc": D}}\r\n`; `echoedID` is the id as QEMU echoes it.
     static func error(_ error: QMPErrorText, echoedID: [UInt8]?) -> [UInt8] {
-        var line: [UInt8] = Array("{".utf8)
-        if let echoedID {
-            line += Array("\"id\": ".utf8) + echoedID + Array(", ".utf8)
-        }
-        line += Array(
-            "\"error\": {\"class\": \(QEMUString.quoted(error.errorClass)), \"desc\": \(QEMUString.quoted(error.desc))}}"
-                .utf8)
-        return line + crlf
+        QMPBuilder.error(class: error.errorClass, desc: error.desc, echoedID: echoedID)
     }
 
     /// `{"return": VALUE, "id": ID}\r\n`; `value` is QEMU-style JSON text.
     static func success(_ value: [UInt8], echoedID: [UInt8]?) -> [UInt8] {
-        var line: [UInt8] = Array("{\"return\": ".utf8) + value
-        if let echoedID {
-            line += Array(", \"id\": ".utf8) + echoedID
-        }
-        return line + Array("}".utf8) + crlf
+        QMPBuilder.reply(returnValue: .raw(value), echoedID: echoedID)
     }
 }

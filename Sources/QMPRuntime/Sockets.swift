@@ -159,31 +159,14 @@ public enum Sockets {
     /// (read it back with ``localPort(_:)``).
     /// - Returns: the listening descriptor. Caller owns it.
     public static func listenTCP(host: String, port: UInt16, backlog: Int32 = 64) throws(RuntimeError) -> Int32 {
-        let results = try resolve(host: host, port: port, passive: true)
-        defer { freeaddrinfo(results) }
-        var lastError = RuntimeError(code: .invalidAddress, message: "\(host): no usable address")
-        var entry: UnsafeMutablePointer<addrinfo>? = results
-        while let info = entry {
-            entry = info.pointee.ai_next
-            let fd: Int32
-            do throws(RuntimeError) { fd = try makeSocket(domain: info.pointee.ai_family) } catch {
-                lastError = error
-                continue
-            }
+        try firstTCPSocket(host: host, port: port, passive: true, named: "\(host)") { fd, info in
             var one: Int32 = 1
             setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-            if bind(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) != 0 || Glibc.listen(fd, backlog) != 0 {
-                lastError = .systemCall("bind/listen", context: "listening at tcp:\(host):\(port)")
-                Glibc.close(fd)
-                continue
+            guard bind(fd, info.ai_addr, info.ai_addrlen) == 0, Glibc.listen(fd, backlog) == 0 else {
+                return .systemCall("bind/listen", context: "listening at tcp:\(host):\(port)")
             }
-            do throws(RuntimeError) { try setNonblocking(fd) } catch {
-                Glibc.close(fd)
-                throw error
-            }
-            return fd
+            return nil
         }
-        throw lastError
     }
 
     /// The local port a TCP socket is bound to, or nil.
@@ -383,9 +366,26 @@ public enum Sockets {
     }
 
     private static func connectTCP(host: String, port: UInt16, address: SocketAddress) throws(RuntimeError) -> Int32 {
-        let results = try resolve(host: host, port: port, passive: false)
+        try firstTCPSocket(host: host, port: port, passive: false, named: "\(address)") { fd, info in
+            guard Glibc.connect(fd, info.ai_addr, info.ai_addrlen) == 0 else {
+                return .systemCall("connect", context: "connecting to \(address)")
+            }
+            var one: Int32 = 1
+            setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+            return nil
+        }
+    }
+
+    /// Tries each address `host:port` resolves to in turn: a socket for its family, then `setUp`
+    /// (bind and listen, or connect; nil on success). The first that succeeds is made non-blocking
+    /// and returned; otherwise the last error is thrown.
+    private static func firstTCPSocket(
+        host: String, port: UInt16, passive: Bool, named name: String,
+        setUp: (Int32, addrinfo) -> RuntimeError?
+    ) throws(RuntimeError) -> Int32 {
+        let results = try resolve(host: host, port: port, passive: passive)
         defer { freeaddrinfo(results) }
-        var lastError = RuntimeError(code: .invalidAddress, message: "\(address): no usable address")
+        var lastError = RuntimeError(code: .invalidAddress, message: "\(name): no usable address")
         var entry: UnsafeMutablePointer<addrinfo>? = results
         while let info = entry {
             entry = info.pointee.ai_next
@@ -394,13 +394,11 @@ public enum Sockets {
                 lastError = error
                 continue
             }
-            if Glibc.connect(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) != 0 {
-                lastError = .systemCall("connect", context: "connecting to \(address)")
+            if let error = setUp(fd, info.pointee) {
+                lastError = error
                 Glibc.close(fd)
                 continue
             }
-            var one: Int32 = 1
-            setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
             do throws(RuntimeError) { try setNonblocking(fd) } catch {
                 Glibc.close(fd)
                 throw error

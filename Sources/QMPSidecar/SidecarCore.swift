@@ -330,7 +330,7 @@ final class SidecarCore: QMPUpstreamCommander {
     func sendInternalCommand(_ name: String, arguments: JSONValue?, reply: @escaping (QMPMessage) -> Void) {
         let (token, actions) = router.sendInternalCommand(name, arguments: arguments?.qemuBytes)
         internalReplies[token] = { [logger] bytes in
-            switch QMPMessage.parse(bytes) {
+            switch QMPMessage.parseOutput(bytes) {
             case .success(let message): reply(message)
             case .failure(let error): logger.warning("unparsable reply to the sidecar's \(name): \(error.desc)")
             }

@@ -13,6 +13,10 @@ public indirect enum JSONValue: Hashable, Sendable {
     case string(String)
     case array([JSONValue])
     case object([JSONMember])
+    /// Already-serialized QEMU JSON text, written verbatim by ``qemuBytes`` (an id as QEMU echoes
+    /// it, a reply value taken from a trace or scenario, an integer beyond `UInt64`). Never produced
+    /// by parsing; the accessors see no value in it.
+    case raw([UInt8])
 
     /// The member value for `key` of an object (the first one), or `nil`.
     public subscript(key: String) -> JSONValue? {
@@ -238,6 +242,15 @@ extension JSONValue {
         return out
     }
 
+    /// ``qemuBytes`` followed by CR LF: one QMP output line.
+    public var qemuLine: [UInt8] {
+        var out: [UInt8] = []
+        writeQEMU(into: &out)
+        out.append(0x0D)
+        out.append(0x0A)
+        return out
+    }
+
     func writeQEMU(into out: inout [UInt8]) {
         switch self {
         case .null: out.append(contentsOf: "null".utf8)
@@ -246,6 +259,7 @@ extension JSONValue {
         case .unsigned(let v): out.append(contentsOf: String(v).utf8)
         case .double(let v): out.append(contentsOf: QMPJSON.formatDouble(v))
         case .string(let s): QMPJSON.writeQuoted(s, into: &out)
+        case .raw(let bytes): out.append(contentsOf: bytes)
         case .array(let elements):
             out.append(UInt8(ascii: "["))
             for (index, element) in elements.enumerated() {
@@ -255,25 +269,11 @@ extension JSONValue {
             out.append(UInt8(ascii: "]"))
         case .object(let members):
             out.append(UInt8(ascii: "{"))
-            // A QDict keeps one entry per key: a later duplicate replaces the earlier value in place.
-            var keys: [[UInt8]] = []
-            var values: [JSONValue] = []
-            var seen: [[UInt8]: Int] = [:]
-            for member in members {
-                let key = ModifiedUTF8.bytes(member.key)
-                if let at = seen[key] {
-                    values[at] = member.value
-                } else {
-                    seen[key] = keys.count
-                    keys.append(key)
-                    values.append(member.value)
-                }
-            }
-            for (n, index) in QMPJSON.qdictOrder(keys).enumerated() {
+            for (n, member) in QMPJSON.qdictOrdered(members).enumerated() {
                 if n > 0 { out.append(contentsOf: ", ".utf8) }
-                QMPJSON.writeQuoted(ModifiedUTF8.string(keys[index]), into: &out)
+                QMPJSON.writeQuoted(member.key, into: &out)
                 out.append(contentsOf: ": ".utf8)
-                values[index].writeQEMU(into: &out)
+                member.value.writeQEMU(into: &out)
             }
             out.append(UInt8(ascii: "}"))
         }

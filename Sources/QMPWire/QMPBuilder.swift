@@ -42,8 +42,8 @@ public enum QMPBuilder {
     }
 
     /// The id bytes QEMU would echo for `id` (the value as the client sent it).
-    private static func echo(_ id: [UInt8]) -> [UInt8] {
-        QMPJSON.echoed(id) ?? id
+    private static func echo(_ id: [UInt8]?) -> [UInt8]? {
+        id.map { QMPJSON.echoed($0) ?? $0 }
     }
 
     /// An error reply: `{"id": <id>, "error": {"class": <class>, "desc": <desc>}}\r\n`.
@@ -55,17 +55,22 @@ public enum QMPBuilder {
     public static func error(class errorClass: String, desc: String, id: [UInt8]?) -> [UInt8] {
         var descBytes: [UInt8] = []
         QMPJSON.writeQuoted(desc, into: &descBytes)
-        return error(class: errorClass, quotedDesc: descBytes, id: id)
+        return error(class: errorClass, quotedDesc: descBytes, echoedID: echo(id))
+    }
+
+    /// ``error(class:desc:id:)`` for an id already in the form QEMU echoes it.
+    public static func error(class errorClass: String, desc: String, echoedID: [UInt8]?) -> [UInt8] {
+        error(class: errorClass, quotedDesc: QMPJSON.quoted(desc), echoedID: echoedID)
     }
 
     /// The reply QEMU sends for a unit it rejected before dispatch (no id).
     public static func error(_ input: QMPInputError) -> [UInt8] {
         var descBytes: [UInt8] = []
         QMPJSON.writeQuoted(rawBytes: input.descBytes, into: &descBytes)
-        return error(class: "GenericError", quotedDesc: descBytes, id: nil)
+        return error(class: "GenericError", quotedDesc: descBytes, echoedID: nil)
     }
 
-    private static func error(class errorClass: String, quotedDesc: [UInt8], id: [UInt8]?) -> [UInt8] {
+    private static func error(class errorClass: String, quotedDesc: [UInt8], echoedID id: [UInt8]?) -> [UInt8] {
         var classBytes: [UInt8] = []
         QMPJSON.writeQuoted(errorClass, into: &classBytes)
         var body: [UInt8] = []
@@ -73,7 +78,7 @@ public enum QMPBuilder {
         body = line(inner)
         body.removeLast(2)
         var members: [(String, [UInt8])] = [("error", body)]
-        if let id { members.append(("id", echo(id))) }
+        if let id { members.append(("id", id)) }
         return line(members)
     }
 
@@ -83,8 +88,13 @@ public enum QMPBuilder {
     ///   - returnValue: the return value (an empty object for commands without one).
     ///   - id: the id value exactly as the client sent it, or `nil`.
     public static func reply(returnValue: JSONValue, id: [UInt8]?) -> [UInt8] {
+        reply(returnValue: returnValue, echoedID: echo(id))
+    }
+
+    /// ``reply(returnValue:id:)`` for an id already in the form QEMU echoes it.
+    public static func reply(returnValue: JSONValue, echoedID: [UInt8]?) -> [UInt8] {
         var members: [(String, [UInt8])] = [("return", returnValue.qemuBytes)]
-        if let id { members.append(("id", echo(id))) }
+        if let echoedID { members.append(("id", echoedID)) }
         return line(members)
     }
 

@@ -43,8 +43,40 @@ public enum QMPJSON {
         }
     }
 
+    /// The keys' indices in QEMU's QDict iteration order, for keys inserted in this order (Swift
+    /// strings; U+0000 hashes as QEMU's `C0 80`).
+    public static func qdictOrder(_ keys: [String]) -> [Int] {
+        qdictOrder(keys.map(ModifiedUTF8.bytes))
+    }
+
+    /// The members of an object as QEMU holds and iterates them after inserting them in this order:
+    /// one entry per key (a later duplicate replaces the earlier value in place), in QDict order.
+    public static func qdictOrdered(_ members: [JSONMember]) -> [JSONMember] {
+        var unique: [JSONMember] = []
+        unique.reserveCapacity(members.count)
+        // Keyed by scalars, not by Swift's canonical string equality: QEMU compares bytes.
+        var seen: [[UInt8]: Int] = [:]
+        for member in members {
+            let key = Array(member.key.utf8)
+            if let at = seen[key] {
+                unique[at].value = member.value
+            } else {
+                seen[key] = unique.count
+                unique.append(member)
+            }
+        }
+        return qdictOrder(unique.map(\.key)).map { unique[$0] }
+    }
+
+    /// `string` as QEMU's JSON writer quotes it (`"` included).
+    public static func quoted(_ string: String) -> [UInt8] {
+        var out: [UInt8] = []
+        writeQuoted(string, into: &out)
+        return out
+    }
+
     /// Appends `string` as QEMU's JSON writer quotes a string.
-    static func writeQuoted(_ string: String, into out: inout [UInt8]) {
+    public static func writeQuoted(_ string: String, into out: inout [UInt8]) {
         out.append(UInt8(ascii: "\""))
         for scalar in string.unicodeScalars {
             let cp = Int(scalar.value)

@@ -1,3 +1,5 @@
+import VFIOTracking
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -178,7 +180,7 @@ public final class FakeHost: Sendable {
             var members: [FakeDevice] = []
             for item in pieces[1].split(separator: ",") {
                 let text = item.trimmingSpaces
-                if let bdf = normalizedPCIAddress(text) {
+                if let bdf = PCIAddress.normalized(text) {
                     members.append(.pci(bdf))
                 } else if isUUID(text) {
                     members.append(.mdev(text.lowercased()))
@@ -204,13 +206,13 @@ public final class FakeHost: Sendable {
 
     /// The group number of a device (PCI address in any accepted form, or mdev UUID).
     public func group(ofDevice name: String) -> Int? {
-        let key = Self.normalizedPCIAddress(name) ?? name.lowercased()
+        let key = PCIAddress.normalized(name) ?? name.lowercased()
         return groups.first { $0.members.contains { $0.name == key } }?.number
     }
 
     /// `<dev>/vfio/devices/vfio<X>`: the iommufd cdev node of a PCI device, when cdevs were created.
     public func cdevNodePath(ofDevice bdf: String) -> String? {
-        let key = Self.normalizedPCIAddress(bdf) ?? bdf
+        let key = PCIAddress.normalized(bdf) ?? bdf
         return cdevNames[key].map { "\(devRoot)/vfio/devices/\($0)" }
     }
 
@@ -225,32 +227,6 @@ public final class FakeHost: Sendable {
     /// Deletes the whole tree (the root included). Errors are ignored: it is cleanup.
     public func removeTree() {
         Self.removeRecursively(root)
-    }
-
-    /// Expands `bb:ss.f` to `0000:bb:ss.f` and lowercases; nil when `text` is no PCI address.
-    public static func normalizedPCIAddress(_ text: some StringProtocol) -> String? {
-        let lower = text.lowercased()
-        let parts = lower.split(separator: ":", omittingEmptySubsequences: false)
-        let full: [Substring]
-        switch parts.count {
-        case 2: full = ["0000"] + parts
-        case 3: full = parts
-        default: return nil
-        }
-        let slotFunction = full[2].split(separator: ".", omittingEmptySubsequences: false)
-        guard slotFunction.count == 2,
-            full[0].count <= 4, !full[0].isEmpty, full[1].count <= 2, !full[1].isEmpty,
-            slotFunction[0].count <= 2, !slotFunction[0].isEmpty, slotFunction[1].count == 1,
-            let domain = Int(full[0], radix: 16), let bus = Int(full[1], radix: 16),
-            let slot = Int(slotFunction[0], radix: 16), let function = Int(slotFunction[1], radix: 16),
-            slot < 32, function < 8
-        else { return nil }
-        return hex(domain, 4) + ":" + hex(bus, 2) + ":" + hex(slot, 2) + "." + String(function)
-    }
-
-    private static func hex(_ value: Int, _ width: Int) -> String {
-        let digits = String(value, radix: 16)
-        return String(repeating: "0", count: max(0, width - digits.count)) + digits
     }
 
     private static func isUUID(_ text: String) -> Bool {

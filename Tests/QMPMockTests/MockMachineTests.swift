@@ -1,3 +1,4 @@
+import QMPWire
 import Testing
 
 @testable import QMPMock
@@ -58,7 +59,7 @@ struct Harness {
     var client = 0
     var pendingTimers: [(timer: Int, after: Int64)] = []
     var lastActions: [MockAction] = []
-    let now = MockTimestamp(seconds: 1_700_000_000, microseconds: 42)
+    let now = QMPTimestamp(seconds: 1_700_000_000, microseconds: 42)
 
     init(_ configure: (inout MockConfiguration) throws -> Void = { _ in }, script: (any MockScript)? = nil) throws {
         var configuration = MockConfiguration()
@@ -70,20 +71,20 @@ struct Harness {
     }
 
     /// Sends a message and returns the text sent back to this client, in order.
-    mutating func send(_ message: MockJSON, id: MockJSON? = nil, fds: [Int32] = []) -> [String] {
+    mutating func send(_ message: JSONValue, id: JSONValue? = nil, fds: [Int32] = []) -> [String] {
         collect(machine.receive(.message(message, id: id), fds: fds, from: client, now: now))
     }
 
     mutating func negotiate() {
-        _ = send(.object([("execute", .string("qmp_capabilities"))]))
+        _ = send(.object([JSONMember("execute", .string("qmp_capabilities"))]))
     }
 
-    mutating func execute(_ name: String, _ arguments: [(String, MockJSON)]? = nil, id: Int64? = nil, fds: [Int32] = [])
+    mutating func execute(_ name: String, _ arguments: [JSONMember]? = nil, id: Int64? = nil, fds: [Int32] = [])
         -> [String]
     {
-        var members: [(String, MockJSON)] = [("execute", .string(name))]
-        if let arguments { members.append(("arguments", .object(arguments))) }
-        return send(.object(members), id: id.map { .int($0) }, fds: fds)
+        var members: [JSONMember] = [JSONMember("execute", .string(name))]
+        if let arguments { members.append(JSONMember("arguments", .object(arguments))) }
+        return send(.object(members), id: id.map { .integer($0) }, fds: fds)
     }
 
     /// Fires the oldest scheduled timer.
@@ -94,7 +95,7 @@ struct Harness {
     }
 
     /// Executes a command, then lets due work run (finalize always goes through a timer, as QEMU's RCU).
-    mutating func settle(_ name: String, _ arguments: [(String, MockJSON)]? = nil, id: Int64? = nil) -> [String] {
+    mutating func settle(_ name: String, _ arguments: [JSONMember]? = nil, id: Int64? = nil) -> [String] {
         let replies = execute(name, arguments, id: id)
         var later: [String] = []
         while let first = pendingTimers.first, first.after == 0 { later += fireNext() }
@@ -128,7 +129,7 @@ struct Harness {
 }
 
 @Suite("QEMU JSON writer")
-struct MockJSONTests {
+struct JSONValueTests {
     /// Member orders observed on QEMU 7.2 (the differential test compares live); keys in QAPI insertion
     /// order, which decides the order of keys sharing a bucket (status/singlestep, micro/minor).
     @Test(arguments: [
@@ -148,18 +149,18 @@ struct MockJSONTests {
         (["name", "type"], "{\"name\": 1, \"type\": 1}"),
     ])
     func qdictOrder(keys: [String], expected: String) {
-        let value = MockJSON.object(keys.map { ($0, .int(1)) })
-        #expect(String(decoding: value.serialized(), as: UTF8.self) == expected)
+        let value = JSONValue.object(keys.map { JSONMember($0, .integer(1)) })
+        #expect(String(decoding: value.qemuBytes, as: UTF8.self) == expected)
     }
 
     @Test func escapesLikeQEMU() {
-        let text = MockJSON.string("a\"b\\c\n\u{01}é😀/'").serialized()
+        let text = JSONValue.string("a\"b\\c\n\u{01}é😀/'").qemuBytes
         #expect(String(decoding: text, as: UTF8.self) == #""a\"b\\c\n\u0001\u00E9\uD83D\uDE00/'""#)
     }
 
     @Test func linesEndInCRLF() {
-        #expect(MockJSON.array([.int(1), .null, .bool(true)]).line() == Array("[1, null, true]\r\n".utf8))
-        #expect(MockJSON.object([]).line() == Array("{}\r\n".utf8))
+        #expect(JSONValue.array([.integer(1), .null, .bool(true)]).qemuLine == Array("[1, null, true]\r\n".utf8))
+        #expect(JSONValue.object([]).qemuLine == Array("{}\r\n".utf8))
     }
 }
 
@@ -169,7 +170,7 @@ struct MockNegotiationTests {
         var configuration = MockConfiguration()
         configuration.version = MockQEMUVersion(major: 7, minor: 2, micro: 22, package: "Debian")
         var machine = MockMachine(configuration: configuration, host: FakeMockHost())
-        let (client, actions) = machine.clientConnected(now: MockTimestamp(seconds: 0, microseconds: 0))
+        let (client, actions) = machine.clientConnected(now: QMPTimestamp(seconds: 0, microseconds: 0))
         let expected =
             #"{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian"}, "capabilities": ["oob"]}}"#
             + "\r\n"
@@ -184,12 +185,12 @@ struct MockNegotiationTests {
                     + "\r\n"
             ])
         #expect(
-            h.execute("qmp_capabilities", [("enable", .array([.string("foo")]))], id: 2) == [
+            h.execute("qmp_capabilities", [JSONMember("enable", .array([.string("foo")]))], id: 2) == [
                 #"{"id": 2, "error": {"class": "GenericError", "desc": "Parameter 'null' does not accept value 'foo'"}}"#
                     + "\r\n"
             ])
         #expect(
-            h.execute("qmp_capabilities", [("enable", .array([.string("oob")]))], id: 3) == [
+            h.execute("qmp_capabilities", [JSONMember("enable", .array([.string("oob")]))], id: 3) == [
                 #"{"return": {}, "id": 3}"# + "\r\n"
             ])
         #expect(
@@ -198,7 +199,7 @@ struct MockNegotiationTests {
                     + "\r\n"
             ])
         #expect(
-            h.send(.object([("exec-oob", .string("query-status"))]), id: .string("o")) == [
+            h.send(.object([JSONMember("exec-oob", .string("query-status"))]), id: .string("o")) == [
                 #"{"id": "o", "error": {"class": "GenericError", "desc": "The command query-status does not support OOB"}}"#
                     + "\r\n"
             ])
@@ -207,7 +208,7 @@ struct MockNegotiationTests {
     @Test func malformedInputGetsQEMUErrors() throws {
         var h = try Harness()
         #expect(
-            h.send(.array([.int(1)])) == [
+            h.send(.array([.integer(1)])) == [
                 #"{"error": {"class": "GenericError", "desc": "QMP input must be a JSON object"}}"# + "\r\n"
             ])
         #expect(
@@ -215,17 +216,63 @@ struct MockNegotiationTests {
                 #"{"error": {"class": "GenericError", "desc": "QMP input lacks member 'execute'"}}"# + "\r\n"
             ])
         #expect(
-            h.send(.object([("execute", .string("query-status")), ("foo", .int(1))])) == [
+            h.send(.object([JSONMember("execute", .string("query-status")), JSONMember("foo", .integer(1))])) == [
                 #"{"error": {"class": "GenericError", "desc": "QMP input member 'foo' is unexpected"}}"# + "\r\n"
             ])
         #expect(
-            h.send(.object([("exec-oob", .string("qmp_capabilities"))]), id: .int(1)) == [
+            h.send(.object([JSONMember("exec-oob", .string("qmp_capabilities"))]), id: .integer(1)) == [
                 #"{"id": 1, "error": {"class": "GenericError", "desc": "QMP input member 'exec-oob' is unexpected"}}"#
                     + "\r\n"
             ])
         let invalid = h.collect(
             h.machine.receive(.invalid(desc: "JSON parse error, stray '}'"), fds: [], from: h.client, now: h.now))
         #expect(invalid == [#"{"error": {"class": "GenericError", "desc": "JSON parse error, stray '}'"}}"# + "\r\n"])
+    }
+
+    @Test func capabilitiesArgumentsAreCheckedAsQEMUDoes() throws {
+        // Each reply recorded from QEMU 7.2: elements are visited before leftover members.
+        let cases: [([JSONMember], String)] = [
+            ([JSONMember("enable", .array([.integer(1)]))], "Invalid parameter type for 'enable[0]', expected: string"),
+            (
+                [JSONMember("enable", .array([.string("foo")])), JSONMember("zz", .integer(1))],
+                "Parameter 'null' does not accept value 'foo'"
+            ),
+            (
+                [JSONMember("enable", .string("oob")), JSONMember("zz", .integer(1))],
+                "Invalid parameter type for 'enable', expected: array"
+            ),
+            (
+                [JSONMember("zz", .integer(1)), JSONMember("enable", .array([.integer(2)]))],
+                "Invalid parameter type for 'enable[0]', expected: string"
+            ),
+        ]
+        for (arguments, desc) in cases {
+            var h = try Harness()
+            #expect(
+                h.execute("qmp_capabilities", arguments, id: 1) == [
+                    #"{"id": 1, "error": {"class": "GenericError", "desc": "\#(desc)"}}"# + "\r\n"
+                ])
+        }
+    }
+
+    @Test func clashIsReportedBeforeLaterMembersAsQEMUDoes() throws {
+        // Recorded from QEMU 7.2 with OOB enabled: QDict order is exec-oob, execute, zz; the clash
+        // comes before the unexpected member.
+        var h = try Harness()
+        _ = h.send(
+            .object([
+                JSONMember("execute", .string("qmp_capabilities")),
+                JSONMember("arguments", .object([JSONMember("enable", .array([.string("oob")]))])),
+            ]))
+        #expect(
+            h.send(
+                .object([
+                    JSONMember("exec-oob", .string("query-status")), JSONMember("execute", .string("query-status")),
+                    JSONMember("zz", .integer(1)),
+                ]), id: .integer(5)) == [
+                    #"{"id": 5, "error": {"class": "GenericError", "desc": "QMP input member 'execute' clashes with 'exec-oob'"}}"#
+                        + "\r\n"
+                ])
     }
 
     @Test func queriesAndUnknownCommands() throws {
@@ -241,7 +288,7 @@ struct MockNegotiationTests {
                     + "\r\n"
             ])
         #expect(
-            h.execute("query-status", [("x", .int(1))], id: 3) == [
+            h.execute("query-status", [JSONMember("x", .integer(1))], id: 3) == [
                 #"{"id": 3, "error": {"class": "GenericError", "desc": "Parameter 'x' is unexpected"}}"# + "\r\n"
             ])
         #expect(
@@ -261,10 +308,13 @@ struct MockNegotiationTests {
         var h = try Harness()
         h.negotiate()
         let other = h.machine.clientConnected(now: h.now).client
-        _ = h.execute("device_add", [("driver", .string("usb-kbd")), ("id", .string("kb0"))])
+        _ = h.execute("device_add", [JSONMember("driver", .string("usb-kbd")), JSONMember("id", .string("kb0"))])
         var actions = h.machine.receive(
             .message(
-                .object([("execute", .string("device_del")), ("arguments", .object([("id", .string("kb0"))]))]), id: nil
+                .object([
+                    JSONMember("execute", .string("device_del")),
+                    JSONMember("arguments", .object([JSONMember("id", .string("kb0"))])),
+                ]), id: nil
             ),
             fds: [], from: h.client, now: h.now)
         for case .schedule(let timer, _) in actions { actions += h.machine.timerFired(timer, now: h.now) }
@@ -282,11 +332,11 @@ struct MockNegotiationTests {
 
 @Suite("Mock VFIO semantics")
 struct MockVFIOTests {
-    static func vfio(_ id: String, _ host: String, iommufd: Bool = false) -> [(String, MockJSON)] {
-        var args: [(String, MockJSON)] = [
-            ("driver", .string("vfio-pci")), ("host", .string(host)), ("id", .string(id)),
+    static func vfio(_ id: String, _ host: String, iommufd: Bool = false) -> [JSONMember] {
+        var args: [JSONMember] = [
+            JSONMember("driver", .string("vfio-pci")), JSONMember("host", .string(host)), JSONMember("id", .string(id)),
         ]
-        if iommufd { args.append(("iommufd", .string("iommufd0"))) }
+        if iommufd { args.append(JSONMember("iommufd", .string("iommufd0"))) }
         return args
     }
 
@@ -300,15 +350,17 @@ struct MockVFIOTests {
         let groupFD = h.host.opened[0].fd
         #expect(h.machine.openGroups == [7: groupFD])
         #expect(
-            h.execute("qom-get", [("path", .string("/machine/peripheral/b")), ("property", .string("host"))], id: 3)
+            h.execute(
+                "qom-get",
+                [JSONMember("path", .string("/machine/peripheral/b")), JSONMember("property", .string("host"))], id: 3)
                 == [
                     #"{"return": "0000:01:00.1", "id": 3}"# + "\r\n"
                 ])
-        let first = h.settle("device_del", [("id", .string("a"))], id: 4)
+        let first = h.settle("device_del", [JSONMember("id", .string("a"))], id: 4)
         #expect(first.count == 2)
         #expect(first.last?.contains(#""data": {"device": "a", "path": "/machine/peripheral/a"}"#) == true)
         #expect(h.host.openFDs == [groupFD])
-        let second = h.settle("device_del", [("id", .string("b"))], id: 5)
+        let second = h.settle("device_del", [JSONMember("id", .string("b"))], id: 5)
         #expect(second.count == 2)
         #expect(second.last?.contains(#""device": "b""#) == true)
         #expect(h.host.openFDs.isEmpty)
@@ -333,13 +385,13 @@ struct MockVFIOTests {
         }
         h.negotiate()
         _ = h.execute("device_add", Self.vfio("a", "0000:02:00.0"))
-        let reply = h.execute("device_del", [("id", .string("a"))], id: 1)
+        let reply = h.execute("device_del", [JSONMember("id", .string("a"))], id: 1)
         #expect(reply.count == 2)
         #expect(reply.last?.contains("DEVICE_DELETED") == true)
         #expect(h.pendingTimers.map(\.after) == [500_000_000])
         #expect(h.host.openFDs.count == 1)
         #expect(
-            h.execute("device_del", [("id", .string("a"))], id: 2) == [
+            h.execute("device_del", [JSONMember("id", .string("a"))], id: 2) == [
                 #"{"id": 2, "error": {"class": "DeviceNotFound", "desc": "Device 'a' not found"}}"# + "\r\n"
             ])
         #expect(h.fireTimers().isEmpty)
@@ -350,7 +402,8 @@ struct MockVFIOTests {
         var h = try Harness { $0.finalizeDelay = 1 }
         h.negotiate()
         _ = h.execute("device_add", Self.vfio("a", "0000:02:00.0"))
-        #expect(h.execute("device_del", [("id", .string("a"))], id: 1) == [#"{"return": {}, "id": 1}"# + "\r\n"])
+        #expect(
+            h.execute("device_del", [JSONMember("id", .string("a"))], id: 1) == [#"{"return": {}, "id": 1}"# + "\r\n"])
         #expect(h.host.openFDs.count == 1)
         let later = h.fireTimers()
         #expect(later.count == 1)
@@ -362,7 +415,7 @@ struct MockVFIOTests {
         var h = try Harness { $0.faults.leakGroups = [8] }
         h.negotiate()
         _ = h.execute("device_add", Self.vfio("a", "0000:02:00.0"))
-        let out = h.settle("device_del", [("id", .string("a"))])
+        let out = h.settle("device_del", [JSONMember("id", .string("a"))])
         #expect(out.contains { $0.contains("DEVICE_DELETED") })
         #expect(h.host.openFDs.count == 1)
     }
@@ -372,7 +425,7 @@ struct MockVFIOTests {
         h.negotiate()
         _ = h.execute("device_add", Self.vfio("a", "0000:02:00.0"))
         #expect(h.host.holders == [8])
-        _ = h.settle("device_del", [("id", .string("a"))])
+        _ = h.settle("device_del", [JSONMember("id", .string("a"))])
         #expect(h.host.holders == [8])
         #expect(h.pendingTimers.map(\.after) == [2_000_000_000])
         _ = h.fireTimers()
@@ -385,7 +438,7 @@ struct MockVFIOTests {
         _ = h.execute("device_add", Self.vfio("a", "0000:01:00.0", iommufd: true))
         _ = h.execute("device_add", Self.vfio("b", "0000:01:00.1", iommufd: true))
         #expect(h.host.opened.map(\.path) == ["/dev/vfio/devices/vfio0", "/dev/vfio/devices/vfio1"])
-        _ = h.settle("device_del", [("id", .string("a"))])
+        _ = h.settle("device_del", [JSONMember("id", .string("a"))])
         #expect(h.host.openFDs == [h.host.opened[1].fd])
     }
 
@@ -398,7 +451,7 @@ struct MockVFIOTests {
         #expect(desc(h.execute("device_add", Self.vfio("a", "0000:03:00.0"))).contains("no iommu_group found"))
         #expect(desc(h.execute("device_add", Self.vfio("a", "0000:02:00.0"))).contains("Device or resource busy"))
         #expect(
-            desc(h.execute("device_add", [("driver", .string("nosuchdev"))])).contains(
+            desc(h.execute("device_add", [JSONMember("driver", .string("nosuchdev"))])).contains(
                 "'nosuchdev' is not a valid device model name"))
         _ = h.execute("device_add", Self.vfio("a", "0000:01:00.0"))
         #expect(desc(h.execute("device_add", Self.vfio("a", "0000:01:00.1"))).contains("Duplicate device ID 'a'"))
@@ -409,21 +462,22 @@ struct MockVFIOTests {
         var h = try Harness { $0.sysfsRoot = "/fake/sys" }
         h.negotiate()
         let mdev = "/sys/bus/mdev/devices/c0ffee00-0000-4000-8000-000000000001"
-        let args: [(String, MockJSON)] = [
-            ("driver", .string("vfio-pci")), ("sysfsdev", .string(mdev)), ("id", .string("m")),
+        let args: [JSONMember] = [
+            JSONMember("driver", .string("vfio-pci")), JSONMember("sysfsdev", .string(mdev)),
+            JSONMember("id", .string("m")),
         ]
         #expect(h.execute("device_add", args, id: 1) == [#"{"return": {}, "id": 1}"# + "\r\n"])
         #expect(h.host.lookedUp == ["/fake/sys/bus/mdev/devices/c0ffee00-0000-4000-8000-000000000001"])
         #expect(h.host.opened.map(\.path) == ["/dev/vfio/9"])
         #expect(
-            h.execute("qom-get", [("path", .string("m")), ("property", .string("sysfsdev"))]) == [
+            h.execute("qom-get", [JSONMember("path", .string("m")), JSONMember("property", .string("sysfsdev"))]) == [
                 #"{"return": "\#(mdev)"}"# + "\r\n"
             ])
         #expect(
-            h.execute("qom-get", [("path", .string("m")), ("property", .string("host"))]) == [
+            h.execute("qom-get", [JSONMember("path", .string("m")), JSONMember("property", .string("host"))]) == [
                 #"{"return": "ffff:ff:ff.f"}"# + "\r\n"
             ])
-        _ = h.settle("device_del", [("id", .string("m"))])
+        _ = h.settle("device_del", [JSONMember("id", .string("m"))])
         #expect(h.host.openFDs.isEmpty)
     }
 
@@ -437,7 +491,7 @@ struct MockVFIOTests {
         }
         #expect(h.host.opened.map(\.path) == ["/dev/vfio/7"])
         h.negotiate()
-        let list = h.execute("qom-list", [("path", .string("/machine/peripheral"))], id: 1)
+        let list = h.execute("qom-list", [JSONMember("path", .string("/machine/peripheral"))], id: 1)
         #expect(
             list == [
                 #"{"return": [{"name": "type", "type": "string"}, {"name": "hostdev0", "type": "child<vfio-pci>"}, {"name": "hostdev1", "type": "child<vfio-pci>"}], "id": 1}"#
@@ -445,13 +499,18 @@ struct MockVFIOTests {
             ])
         #expect(
             h.execute(
-                "qom-get", [("path", .string("/machine/peripheral/hostdev1")), ("property", .string("sysfsdev"))]) == [
+                "qom-get",
+                [
+                    JSONMember("path", .string("/machine/peripheral/hostdev1")),
+                    JSONMember("property", .string("sysfsdev")),
+                ]) == [
                     #"{"return": "/fake/sys/bus/pci/devices/0000:01:00.1"}"# + "\r\n"
                 ])
         #expect(
-            h.execute("qom-get", [("path", .string("hostdev0")), ("property", .string("type"))]) == [
-                #"{"return": "vfio-pci"}"# + "\r\n"
-            ])
+            h.execute("qom-get", [JSONMember("path", .string("hostdev0")), JSONMember("property", .string("type"))])
+                == [
+                    #"{"return": "vfio-pci"}"# + "\r\n"
+                ])
     }
 }
 
@@ -461,22 +520,23 @@ struct MockFaultTests {
         var h = try Harness()
         h.negotiate()
         #expect(
-            h.execute("getfd", [("fdname", .string("f"))], id: 1).first?.contains(
+            h.execute("getfd", [JSONMember("fdname", .string("f"))], id: 1).first?.contains(
                 "No file descriptor supplied via SCM_RIGHTS") == true)
         #expect(
-            h.execute("getfd", [("fdname", .string("f"))], id: 2, fds: [50, 51]) == [
+            h.execute("getfd", [JSONMember("fdname", .string("f"))], id: 2, fds: [50, 51]) == [
                 #"{"return": {}, "id": 2}"# + "\r\n"
             ])
         #expect(h.host.closed == [51])
-        #expect(h.execute("getfd", [("fdname", .string("f"))], fds: [52]) == [#"{"return": {}}"# + "\r\n"])
+        #expect(h.execute("getfd", [JSONMember("fdname", .string("f"))], fds: [52]) == [#"{"return": {}}"# + "\r\n"])
         #expect(h.host.closed == [51, 50])
-        #expect(h.execute("closefd", [("fdname", .string("f"))]) == [#"{"return": {}}"# + "\r\n"])
+        #expect(h.execute("closefd", [JSONMember("fdname", .string("f"))]) == [#"{"return": {}}"# + "\r\n"])
         #expect(h.host.closed == [51, 50, 52])
         #expect(
-            h.execute("closefd", [("fdname", .string("f"))]).first?.contains("File descriptor named 'f' not found")
+            h.execute("closefd", [JSONMember("fdname", .string("f"))]).first?.contains(
+                "File descriptor named 'f' not found")
                 == true)
         #expect(
-            h.execute("add-fd", [("fdset-id", .int(1))], fds: [60]) == [
+            h.execute("add-fd", [JSONMember("fdset-id", .integer(1))], fds: [60]) == [
                 #"{"return": {"fd": 60, "fdset-id": 1}}"# + "\r\n"
             ])
         #expect(h.execute("query-status", fds: [61]).count == 1)

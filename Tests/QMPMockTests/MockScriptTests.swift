@@ -1,3 +1,4 @@
+import QMPWire
 import Testing
 
 @testable import QMPMock
@@ -23,14 +24,15 @@ struct ScenarioScriptTests {
         h.negotiate()
         #expect(h.pendingTimers.map(\.after) == [10_000_000], "top-level event after negotiation")
         #expect(
-            h.execute("device_del", [("id", .string("d0"))], id: 1).first?.contains(
+            h.execute("device_del", [JSONMember("id", .string("d0"))], id: 1).first?.contains(
                 "qmp-mock scenario: unexpected device_del {\\\"id\\\": \\\"d0\\\"}, expected step 1 (query-status)")
                 == true)
         #expect(
             h.execute("query-status", id: 2) == [
                 #"{"return": {"status": "running", "singlestep": false, "running": true}, "id": 2}"# + "\r\n"
             ])
-        #expect(h.execute("device_del", [("id", .string("d0"))], id: 3) == [#"{"return": {}, "id": 3}"# + "\r\n"])
+        #expect(
+            h.execute("device_del", [JSONMember("id", .string("d0"))], id: 3) == [#"{"return": {}, "id": 3}"# + "\r\n"])
         #expect(h.pendingTimers.map(\.after) == [10_000_000, 1_500_000_000])
         let fired = h.fireTimers()
         #expect(fired.count == 2)
@@ -44,9 +46,10 @@ struct ScenarioScriptTests {
         var h = try Harness(script: script)
         h.negotiate()
         #expect(
-            h.execute("device_add", [("driver", .string("usb-kbd")), ("id", .string("k"))], id: 1) == [
-                #"{"return": {}, "id": 1}"# + "\r\n"
-            ])
+            h.execute("device_add", [JSONMember("driver", .string("usb-kbd")), JSONMember("id", .string("k"))], id: 1)
+                == [
+                    #"{"return": {}, "id": 1}"# + "\r\n"
+                ])
         #expect(h.machine.devicePaths == ["/machine/peripheral/k"])
         #expect(h.execute("query-version", id: 2).first?.contains(#""major": 7"#) == true)
         #expect(h.machine.unmetExpectations.isEmpty)
@@ -57,9 +60,9 @@ struct ScenarioScriptTests {
         var h = try Harness(script: script)
         h.negotiate()
         #expect(
-            h.execute("getfd", [("fdname", .string("f"))]).first?.contains(
+            h.execute("getfd", [JSONMember("fdname", .string("f"))]).first?.contains(
                 "qmp-mock scenario: unexpected getfd {\\\"fdname\\\": \\\"f\\\"}, expected step 1 (getfd)") == true)
-        #expect(h.execute("getfd", [("fdname", .string("f"))], fds: [70]) == [#"{"return": {}}"# + "\r\n"])
+        #expect(h.execute("getfd", [JSONMember("fdname", .string("f"))], fds: [70]) == [#"{"return": {}}"# + "\r\n"])
         #expect(h.machine.unmetExpectations.count == 1, "the fd-less getfd is reported")
     }
 
@@ -116,16 +119,28 @@ struct ReplayScriptTests {
                 #"{"return": [{"bus": 0, "big": 18446744073709551615}], "id": 9}"# + "\r\n"
             ])
         #expect(
-            h.execute("device_del", [("id", .string("hostdev0"))], id: 10) == [#"{"return": {}, "id": 10}"# + "\r\n"])
+            h.execute("device_del", [JSONMember("id", .string("hostdev0"))], id: 10) == [
+                #"{"return": {}, "id": 10}"# + "\r\n"
+            ])
         #expect(h.pendingTimers.map(\.after) == [50_000_000], "the event 50 ms after the recorded reply, once")
         let events = h.fireTimers()
         #expect(events.count == 1)
         #expect(
             events.first?.contains(#""data": {"device": "hostdev0", "path": "/machine/peripheral/hostdev0"}"#) == true)
         #expect(
-            h.execute("device_del", [("id", .string("hostdev0"))], id: 11).first?.contains(
+            h.execute("device_del", [JSONMember("id", .string("hostdev0"))], id: 11).first?.contains(
                 "qmp-mock replay: no recorded reply for device_del") == true)
         #expect(h.machine.unmetExpectations.count == 2, "one miss, the sidecar's qom-list not replayed")
+    }
+
+    @Test func recordedRepliesWithNonFiniteNumbersReplayVerbatim() throws {
+        let trace = """
+            {"t": 1, "dir": "client-to-qemu", "client": 1, "fds": 0, "msg": "{\\"execute\\":\\"qom-get\\",\\"id\\":1}"}
+            {"t": 2, "dir": "qemu-to-client", "client": 1, "fds": 0, "msg": "{\\"return\\": [inf, -inf, nan], \\"id\\": 1}"}
+            """
+        var h = try Harness(script: try ReplayScript(parsing: Array(trace.utf8)))
+        h.negotiate()
+        #expect(h.execute("qom-get", id: 7) == [#"{"return": [inf, -inf, nan], "id": 7}"# + "\r\n"])
     }
 
     @Test func fallbackToModel() throws {

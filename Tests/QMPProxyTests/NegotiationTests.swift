@@ -1,3 +1,4 @@
+import QMPWire
 import Testing
 
 @testable import QMPProxy
@@ -153,16 +154,19 @@ import Testing
     }
 
     @Test func qdictOrderMatchesQEMU() {
+        func ordered(_ keys: [String]) -> [String] { QMPJSON.qdictOrder(keys).map { keys[$0] } }
         // Orders observed in QEMU 7.2 output: "id" before "error", "return" before "id",
         // "class" before "desc", "exec-oob" before "execute", "bar" before "foo".
-        #expect(QDictOrder.ordered(["error", "id"]) == ["id", "error"])
-        #expect(QDictOrder.ordered(["id", "return"]) == ["return", "id"])
-        #expect(QDictOrder.ordered(["desc", "class"]) == ["class", "desc"])
-        #expect(QDictOrder.ordered(["execute", "exec-oob"]) == ["exec-oob", "execute"])
-        #expect(QDictOrder.ordered(["foo", "bar"]) == ["bar", "foo"])
+        #expect(ordered(["error", "id"]) == ["id", "error"])
+        #expect(ordered(["id", "return"]) == ["return", "id"])
+        #expect(ordered(["desc", "class"]) == ["class", "desc"])
+        #expect(ordered(["execute", "exec-oob"]) == ["exec-oob", "execute"])
+        #expect(ordered(["foo", "bar"]) == ["bar", "foo"])
     }
 
     @Test func stringsAreQuotedAsQEMUDoes() {
-        #expect(QEMUString.quoted("a\"b\\c\n\u{01}é😀") == #""a\"b\\c\n\u0001\u00E9\uD83D\uDE00""#)
+        #expect(
+            String(decoding: QMPJSON.quoted("a\"b\\c\n\u{01}é😀"), as: UTF8.self)
+                == #""a\"b\\c\n\u0001\u00E9\uD83D\uDE00""#)
     }
 }

@@ -15,6 +15,22 @@ import Testing
         #expect(h.take(1) == #"{"return": {"status": "prelaunch", "running": false}, "id": "a'b"}"# + "\r\n")
     }
 
+    @Test func replyWithNonFiniteNumbersIsForwardedWhole() throws {
+        // QEMU's writer prints non-finite doubles as `inf`, `-inf`, `nan`, which its own input
+        // grammar rejects: the upstream side must not frame QEMU's output with the input rules.
+        var h = RouterHarness()
+        h.negotiated(1)
+        h.send(1, #"{"execute":"qom-get","id":"x"}"#)
+        let id = h.upstreamID(0)
+        h.feedUpstream(#"{"return": [inf, -inf, nan, {"v": -nan}], "id": \#(id)}"# + "\r\n")
+        #expect(h.take(1) == #"{"return": [inf, -inf, nan, {"v": -nan}], "id": "x"}"# + "\r\n")
+        let warnings = h.other.filter {
+            if case .warning = $0 { return true }
+            return false
+        }
+        #expect(warnings.isEmpty, "no warning about unparsable output")
+    }
+
     @Test func commandWithoutIDGetsReplyWithoutID() throws {
         var h = RouterHarness()
         h.negotiated(1)

@@ -1,3 +1,5 @@
+import QMPWire
+
 /// The command table: names, argument schemas and QAPI-style argument checking.
 enum MockCommands {
     enum Kind: Sendable {
@@ -12,9 +14,9 @@ enum MockCommands {
             }
         }
 
-        func accepts(_ value: MockJSON) -> Bool {
+        func accepts(_ value: JSONValue) -> Bool {
             switch (self, value) {
-            case (.string, .string), (.integer, .int), (.boolean, .bool), (.array, .array): true
+            case (.string, .string), (.integer, .integer), (.boolean, .bool), (.array, .array): true
             default: false
             }
         }
@@ -58,11 +60,11 @@ enum MockCommands {
 
     /// Checks `arguments` against `parameters` as QEMU's input visitor does: members in schema order
     /// (missing, wrong type), then the first member left over is unexpected.
-    static func check(_ arguments: [(String, MockJSON)], _ parameters: [Parameter]) -> Result<
-        [String: MockJSON], MockReply
+    static func check(_ arguments: [JSONMember], _ parameters: [Parameter]) -> Result<
+        [String: JSONValue], MockReply
     > {
-        var values: [String: MockJSON] = [:]
-        for (key, value) in arguments { values[key] = value }
+        var values: [String: JSONValue] = [:]
+        for member in arguments { values[member.key] = member.value }
         for parameter in parameters {
             guard let value = values[parameter.name] else {
                 if parameter.optional { continue }
@@ -77,8 +79,8 @@ enum MockCommands {
             }
         }
         let allowed = Set(parameters.map(\.name))
-        if let extra = QEMUJSONText.qdictOrder(arguments).first(where: { !allowed.contains($0.0) }) {
-            return .failure(.error("GenericError", "Parameter '\(extra.0)' is unexpected"))
+        if let extra = QMPJSON.qdictOrdered(arguments).first(where: { !allowed.contains($0.key) }) {
+            return .failure(.error("GenericError", "Parameter '\(extra.key)' is unexpected"))
         }
         return .success(values)
     }

@@ -1,4 +1,5 @@
 import Glibc
+import QMPWire
 
 /// When the mock sends `DEVICE_DELETED` relative to closing the group fd.
 public enum MockEventOrder: String, Sendable, CaseIterable {
@@ -31,14 +32,17 @@ public struct MockQEMUVersion: Sendable, Equatable {
     }
 
     /// The `{"qemu": {...}, "package": ...}` object.
-    var json: MockJSON {
+    var json: JSONValue {
         .object([
             // QAPI member order (major, minor, micro): QDict output order depends on insertion order.
-            (
+            JSONMember(
                 "qemu",
-                .object([("major", .int(Int64(major))), ("minor", .int(Int64(minor))), ("micro", .int(Int64(micro)))])
+                .object([
+                    JSONMember("major", .integer(Int64(major))), JSONMember("minor", .integer(Int64(minor))),
+                    JSONMember("micro", .integer(Int64(micro))),
+                ])
             ),
-            ("package", .string(package)),
+            JSONMember("package", .string(package)),
         ])
     }
 }
@@ -95,8 +99,8 @@ public struct MockDeviceSpec: Sendable, Equatable {
     }
 
     /// The properties as `device_add` arguments (all strings, as QEMU's -device gives them).
-    var arguments: MockJSON {
-        .object([("driver", .string(driver))] + properties.map { ($0.0, .string($0.1)) })
+    var arguments: JSONValue {
+        .object([JSONMember("driver", .string(driver))] + properties.map { JSONMember($0.0, .string($0.1)) })
     }
 }
 

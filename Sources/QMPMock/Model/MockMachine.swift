@@ -1,31 +1,12 @@
 import Glibc
-
-/// Wall-clock time as QEMU stamps events.
-public struct MockTimestamp: Sendable, Equatable {
-    public var seconds: Int64
-    public var microseconds: Int64
-
-    public init(seconds: Int64, microseconds: Int64) {
-        self.seconds = seconds
-        self.microseconds = microseconds
-    }
-
-    /// The current `CLOCK_REALTIME`.
-    public static func now() -> MockTimestamp {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return MockTimestamp(seconds: Int64(ts.tv_sec), microseconds: Int64(ts.tv_nsec) / 1000)
-    }
-
-    var json: MockJSON { .object([("seconds", .int(seconds)), ("microseconds", .int(microseconds))]) }
-}
+import QMPWire
 
 /// One unit of client input, as the framer and parser delivered it.
 public enum MockInputUnit: Sendable, Equatable {
     /// Input QEMU's JSON parser rejects; `desc` is QEMU's text. Answered with an id-less GenericError.
     case invalid(desc: String)
     /// A complete JSON value; `id` is the value QEMU would echo (usually `.raw` bytes from the wire layer).
-    case message(MockJSON, id: MockJSON?)
+    case message(JSONValue, id: JSONValue?)
 }
 
 /// What the I/O shell must do after feeding the model an input; performed in order.
@@ -44,11 +25,11 @@ public enum MockAction: Sendable, Equatable {
 
 /// A reply the model or a script produced: a `return` value or an `error` object.
 public enum MockReply: Sendable, Equatable {
-    case success(MockJSON)
-    case failure(MockJSON)
+    case success(JSONValue)
+    case failure(JSONValue)
 
     static func error(_ errorClass: String, _ desc: String) -> MockReply {
-        .failure(.object([("class", .string(errorClass)), ("desc", .string(desc))]))
+        .failure(.object([JSONMember("class", .string(errorClass)), JSONMember("desc", .string(desc))]))
     }
 }
 
@@ -56,9 +37,9 @@ public enum MockReply: Sendable, Equatable {
 public struct MockScriptEvent: Sendable, Equatable {
     public var delayNanoseconds: Int64
     public var name: String
-    public var data: MockJSON?
+    public var data: JSONValue?
 
-    public init(delayNanoseconds: Int64, name: String, data: MockJSON?) {
+    public init(delayNanoseconds: Int64, name: String, data: JSONValue?) {
         self.delayNanoseconds = delayNanoseconds
         self.name = name
         self.data = data
@@ -81,7 +62,7 @@ public protocol MockScript: Sendable {
     /// Decides the reply to a negotiated command, or nil to let the built-in model answer it.
     ///
     /// - Parameter fdCount: how many descriptors arrived (SCM_RIGHTS) with the command's bytes.
-    mutating func decide(command: String, arguments: MockJSON?, fdCount: Int) -> MockScriptDecision?
+    mutating func decide(command: String, arguments: JSONValue?, fdCount: Int) -> MockScriptDecision?
     /// Events to send once a client has negotiated (their delays count from then).
     mutating func eventsAfterNegotiation() -> [MockScriptEvent]
     /// What is left unplayed, for the final report (empty when the script ran completely).
@@ -197,14 +178,19 @@ public struct MockMachine {
     }
 
     /// A client connected: it gets the greeting.
-    public mutating func clientConnected(now: MockTimestamp) -> (client: Int, actions: [MockAction]) {
+    public mutating func clientConnected(now: QMPTimestamp) -> (client: Int, actions: [MockAction]) {
         let id = nextClient
         nextClient += 1
         clients[id] = Client()
-        let greeting = MockJSON.object([
-            ("QMP", .object([("version", configuration.version.json), ("capabilities", .array([.string("oob")]))]))
+        let greeting = JSONValue.object([
+            JSONMember(
+                "QMP",
+                .object([
+                    JSONMember("version", configuration.version.json),
+                    JSONMember("capabilities", .array([.string("oob")])),
+                ]))
         ])
-        return (id, [.send(client: id, bytes: greeting.line())])
+        return (id, [.send(client: id, bytes: greeting.qemuLine)])
     }
 
     /// The client went away: its `getfd` descriptors are closed, queued commands dropped.
@@ -215,7 +201,7 @@ public struct MockMachine {
     }
 
     /// One unit of input from `client` with the descriptors that arrived with its bytes (the model owns them).
-    public mutating func receive(_ unit: MockInputUnit, fds: [Int32], from client: Int, now: MockTimestamp)
+    public mutating func receive(_ unit: MockInputUnit, fds: [Int32], from client: Int, now: QMPTimestamp)
         -> [MockAction]
     {
         guard clients[client] != nil else {
@@ -229,7 +215,7 @@ public struct MockMachine {
     }
 
     /// A timer scheduled with ``MockAction/schedule(timer:afterNanoseconds:)`` expired.
-    public mutating func timerFired(_ timer: Int, now: MockTimestamp) -> [MockAction] {
+    public mutating func timerFired(_ timer: Int, now: QMPTimestamp) -> [MockAction] {
         guard let task = timers.removeValue(forKey: timer) else { return [] }
         var actions: [MockAction] = []
         switch task {
@@ -252,7 +238,7 @@ public struct MockMachine {
 
     // MARK: - Dispatch
 
-    private mutating func drain(_ client: Int, now: MockTimestamp, actions: inout [MockAction]) {
+    private mutating func drain(_ client: Int, now: QMPTimestamp, actions: inout [MockAction]) {
         while let state = clients[client], !state.busy, let head = state.queue.first {
             if case .message(let message, _) = head.unit, let name = commandName(message),
                 let delay = configuration.faults.delay(for: name)
@@ -267,7 +253,7 @@ public struct MockMachine {
         }
     }
 
-    private func commandName(_ message: MockJSON) -> String? {
+    private func commandName(_ message: JSONValue) -> String? {
         (message["execute"] ?? message["exec-oob"])?.stringValue
     }
 
@@ -275,19 +261,21 @@ public struct MockMachine {
         _ unit: MockInputUnit,
         fds: [Int32],
         client: Int,
-        now: MockTimestamp,
+        now: QMPTimestamp,
         actions: inout [MockAction]
     ) {
         var fds = fds
         defer { fds.forEach(host.close) }
         switch unit {
         case .invalid(let desc):
-            let reply = MockJSON.object([("error", errorObject("GenericError", desc))])
-            actions.append(.send(client: client, bytes: reply.line()))
+            let reply = JSONValue.object([JSONMember("error", errorObject("GenericError", desc))])
+            actions.append(.send(client: client, bytes: reply.qemuLine))
         case .message(let message, let id):
             guard case .object(let members) = message else {
-                let reply = MockJSON.object([("error", errorObject("GenericError", "QMP input must be a JSON object"))])
-                actions.append(.send(client: client, bytes: reply.line()))
+                let reply = JSONValue.object([
+                    JSONMember("error", errorObject("GenericError", "QMP input must be a JSON object"))
+                ])
+                actions.append(.send(client: client, bytes: reply.qemuLine))
                 return
             }
             let name = commandName(message) ?? ""
@@ -297,13 +285,13 @@ public struct MockMachine {
                 return
             }
             let result = dispatch(members, client: client, fds: &fds, now: now, actions: &actions)
-            var line: [(String, MockJSON)]
+            var line: [JSONMember]
             switch result.reply {
-            case .success(let value): line = [("return", value)]
-            case .failure(let error): line = [("error", error)]
+            case .success(let value): line = [JSONMember("return", value)]
+            case .failure(let error): line = [JSONMember("error", error)]
             }
-            if let id { line.append(("id", id)) }
-            let bytes = MockJSON.object(line).line()
+            if let id { line.append(JSONMember("id", id)) }
+            let bytes = JSONValue.object(line).qemuLine
             if configuration.faults.dropMidReply.contains(name) {
                 actions.append(.note("fault: dropping the connection in the middle of the \(name) reply"))
                 actions.append(.send(client: client, bytes: Array(bytes.prefix(bytes.count / 2))))
@@ -326,49 +314,25 @@ public struct MockMachine {
         var reply: MockReply
         var events: [MockScriptEvent] = []
         /// Work that QEMU does after the reply is on its way (unplug of usb devices, finalize with no delay).
-        var after: (inout MockMachine, MockTimestamp, inout [MockAction]) -> Void = { _, _, _ in }
+        var after: (inout MockMachine, QMPTimestamp, inout [MockAction]) -> Void = { _, _, _ in }
     }
 
     private mutating func dispatch(
-        _ members: [(String, MockJSON)],
+        _ members: [JSONMember],
         client: Int,
         fds: inout [Int32],
-        now: MockTimestamp,
+        now: QMPTimestamp,
         actions: inout [MockAction]
     ) -> Dispatched {
         let allowOOB = clients[client]!.oob
         // qmp_dispatch_check_obj: members in QDict order.
-        for (key, value) in QEMUJSONText.qdictOrder(members) {
-            switch key {
-            case "execute":
-                guard case .string = value else {
-                    return Dispatched(reply: .error("GenericError", "QMP input member 'execute' must be a string"))
-                }
-            case "exec-oob" where allowOOB:
-                guard case .string = value else {
-                    return Dispatched(reply: .error("GenericError", "QMP input member 'exec-oob' must be a string"))
-                }
-            case "arguments":
-                guard case .object = value else {
-                    return Dispatched(reply: .error("GenericError", "QMP input member 'arguments' must be an object"))
-                }
-            case "id":
-                continue
-            default:
-                return Dispatched(reply: .error("GenericError", "QMP input member '\(key)' is unexpected"))
-            }
+        if let desc = QMPDispatchCheck.firstError(members, allowOOB: allowOOB) {
+            return Dispatched(reply: .error("GenericError", desc))
         }
-        let message = MockJSON.object(members)
-        let hasExecute = message["execute"] != nil
+        let message = JSONValue.object(members)
         let hasOOB = message["exec-oob"] != nil
-        guard hasExecute || hasOOB else {
-            return Dispatched(reply: .error("GenericError", "QMP input lacks member 'execute'"))
-        }
-        if hasExecute && hasOOB {
-            return Dispatched(reply: .error("GenericError", "QMP input member 'execute' clashes with 'exec-oob'"))
-        }
         let name = commandName(message)!
-        var arguments: [(String, MockJSON)] = []
+        var arguments: [JSONMember] = []
         if case .object(let args)? = message["arguments"] { arguments = args }
 
         if !clients[client]!.negotiated {
@@ -400,24 +364,14 @@ public struct MockMachine {
         return result
     }
 
-    private mutating func negotiate(_ arguments: [(String, MockJSON)], client: Int, actions: inout [MockAction])
+    private mutating func negotiate(_ arguments: [JSONMember], client: Int, actions: inout [MockAction])
         -> Dispatched
     {
-        let parsed = MockCommands.check(arguments, [.init("enable", .array, optional: true)])
-        guard case .success(let args) = parsed else { return Dispatched(reply: parsed.failureReply!) }
-        var oob = false
-        if case .array(let items)? = args["enable"] {
-            for item in items {
-                guard case .string(let capability) = item else {
-                    return Dispatched(
-                        reply: .error("GenericError", "Invalid parameter type for 'null', expected: string"))
-                }
-                guard capability == "oob" else {
-                    return Dispatched(
-                        reply: .error("GenericError", "Parameter 'null' does not accept value '\(capability)'"))
-                }
-                oob = true
-            }
+        // The mock's greeting always offers OOB.
+        let oob: Bool
+        switch QMPDispatchCheck.capabilities(arguments, offered: ["oob"]) {
+        case .failure(let desc): return Dispatched(reply: .error("GenericError", desc))
+        case .enabled(let enabled): oob = enabled.contains("oob")
         }
         clients[client]!.negotiated = true
         clients[client]!.oob = oob
@@ -440,14 +394,14 @@ public struct MockMachine {
 
     private mutating func command(
         _ name: String,
-        _ arguments: [(String, MockJSON)],
+        _ arguments: [JSONMember],
         client: Int,
         fds: inout [Int32],
-        now: MockTimestamp,
+        now: QMPTimestamp,
         actions: inout [MockAction]
     ) -> Dispatched {
         let schema = MockCommands.schema[name] ?? []
-        var args: [String: MockJSON] = [:]
+        var args: [String: JSONValue] = [:]
         if name != "device_add" {
             switch MockCommands.check(arguments, schema) {
             case .success(let checked): args = checked
@@ -463,8 +417,8 @@ public struct MockMachine {
                 reply: .success(
                     .object([
                         // QAPI member order of StatusInfo.
-                        ("running", .bool(running)), ("singlestep", .bool(false)),
-                        ("status", .string(running ? "running" : started ? "paused" : "prelaunch")),
+                        JSONMember("running", .bool(running)), JSONMember("singlestep", .bool(false)),
+                        JSONMember("status", .string(running ? "running" : started ? "paused" : "prelaunch")),
                     ])
                 )
             )
@@ -472,7 +426,7 @@ public struct MockMachine {
             return Dispatched(reply: .success(configuration.version.json))
         case "query-commands":
             // The mock's own table (QEMU lists its ~200); clients such as qmp-shell use it for completion.
-            let names = MockCommands.known.sorted().map { MockJSON.object([("name", .string($0))]) }
+            let names = MockCommands.known.sorted().map { JSONValue.object([JSONMember("name", .string($0))]) }
             return Dispatched(reply: .success(.array(names)))
         case "stop":
             // QEMU sends STOP before the reply to stop.
@@ -488,7 +442,7 @@ public struct MockMachine {
         case "quit":
             broadcast(
                 event: "SHUTDOWN",
-                data: .object([("guest", .bool(false)), ("reason", .string("host-qmp-quit"))]),
+                data: .object([JSONMember("guest", .bool(false)), JSONMember("reason", .string("host-qmp-quit"))]),
                 now: now,
                 actions: &actions
             )
@@ -531,7 +485,7 @@ public struct MockMachine {
                 return Dispatched(reply: .error("GenericError", "No file descriptor supplied via SCM_RIGHTS"))
             }
             var setID: Int
-            if case .int(let requested)? = args["fdset-id"] {
+            if case .integer(let requested)? = args["fdset-id"] {
                 setID = Int(requested)
             } else {
                 setID = 0
@@ -539,13 +493,15 @@ public struct MockMachine {
             }
             let fd = fds.removeFirst()
             fdsets[setID, default: []].append((fd, args["opaque"]?.stringValue))
-            return Dispatched(reply: .success(.object([("fdset-id", .int(Int64(setID))), ("fd", .int(Int64(fd)))])))
+            return Dispatched(
+                reply: .success(
+                    .object([JSONMember("fdset-id", .integer(Int64(setID))), JSONMember("fd", .integer(Int64(fd)))])))
         case "remove-fd":
-            guard case .int(let setID)? = args["fdset-id"], var set = fdsets[Int(setID)] else {
-                let id = args["fdset-id"].map { String(decoding: $0.serialized(), as: UTF8.self) } ?? "?"
+            guard case .integer(let setID)? = args["fdset-id"], var set = fdsets[Int(setID)] else {
+                let id = args["fdset-id"].map { String(decoding: $0.qemuBytes, as: UTF8.self) } ?? "?"
                 return Dispatched(reply: .error("GenericError", "File descriptor named 'fdset-id:\(id)' not found"))
             }
-            if case .int(let fd)? = args["fd"] {
+            if case .integer(let fd)? = args["fd"] {
                 guard let index = set.firstIndex(where: { Int64($0.fd) == fd }) else {
                     return Dispatched(
                         reply: .error("GenericError", "File descriptor named 'fdset-id:\(setID), fd:\(fd)' not found")
@@ -574,10 +530,10 @@ public struct MockMachine {
     }
 
     private func qomList(_ path: String) -> MockReply {
-        func entry(_ name: String, _ type: String) -> MockJSON {
-            .object([("name", .string(name)), ("type", .string(type))])
+        func entry(_ name: String, _ type: String) -> JSONValue {
+            .object([JSONMember("name", .string(name)), JSONMember("type", .string(type))])
         }
-        let containers: [String: [MockJSON]] = [
+        let containers: [String: [JSONValue]] = [
             "/": [entry("type", "string"), entry("machine", "child<pc-i440fx-7.2-machine>")],
             "/machine": [
                 entry("type", "string"), entry("peripheral", "child<container>"),
@@ -656,12 +612,12 @@ public struct MockMachine {
     }
 
     private mutating func deviceAdd(
-        arguments: MockJSON,
+        arguments: JSONValue,
         hotplugged: Bool,
         client: Int?,
         actions: inout [MockAction]
-    ) -> MockJSON? {
-        func fail(_ desc: String) -> MockJSON? { errorObject("GenericError", desc) }
+    ) -> JSONValue? {
+        func fail(_ desc: String) -> JSONValue? { errorObject("GenericError", desc) }
         guard let driverValue = arguments["driver"] else { return fail("Parameter 'driver' is missing") }
         guard case .string(let driver) = driverValue else {
             return fail("Invalid parameter type for 'driver', expected: string")
@@ -679,7 +635,7 @@ public struct MockMachine {
         func stringProperty(_ name: String) -> String? {
             guard let value = arguments[name] else { return nil }
             if case .string(let s) = value { return s }
-            return String(decoding: value.serialized(), as: UTF8.self)
+            return String(decoding: value.qemuBytes, as: UTF8.self)
         }
         let path = id.map { "/machine/peripheral/\($0)" } ?? "/machine/peripheral-anon/device[\(nextAnon)]"
         var device = Device(id: id, path: path, driver: driver, hotplugged: hotplugged)
@@ -775,7 +731,7 @@ public struct MockMachine {
         return nil
     }
 
-    private mutating func deviceDel(_ idOrPath: String, now: MockTimestamp, actions: inout [MockAction]) -> Dispatched {
+    private mutating func deviceDel(_ idOrPath: String, now: QMPTimestamp, actions: inout [MockAction]) -> Dispatched {
         let index =
             idOrPath.hasPrefix("/")
             ? devices.firstIndex { $0.path == idOrPath }
@@ -801,7 +757,7 @@ public struct MockMachine {
         return result
     }
 
-    private mutating func finalize(path: String, now: MockTimestamp, actions: inout [MockAction]) {
+    private mutating func finalize(path: String, now: QMPTimestamp, actions: inout [MockAction]) {
         guard let index = devices.firstIndex(where: { $0.path == path }) else { return }
         let device = devices.remove(at: index).device
         if let fd = device.cdevFD {
@@ -832,17 +788,17 @@ public struct MockMachine {
         }
     }
 
-    private mutating func sendDeviceDeleted(_ device: Device, now: MockTimestamp, actions: inout [MockAction]) {
-        var data: [(String, MockJSON)] = []
-        if let id = device.id { data.append(("device", .string(id))) }
-        data.append(("path", .string(device.path)))
+    private mutating func sendDeviceDeleted(_ device: Device, now: QMPTimestamp, actions: inout [MockAction]) {
+        var data: [JSONMember] = []
+        if let id = device.id { data.append(JSONMember("device", .string(id))) }
+        data.append(JSONMember("path", .string(device.path)))
         broadcast(event: "DEVICE_DELETED", data: .object(data), now: now, actions: &actions)
     }
 
     // MARK: - Helpers
 
-    private func errorObject(_ errorClass: String, _ desc: String) -> MockJSON {
-        .object([("class", .string(errorClass)), ("desc", .string(desc))])
+    private func errorObject(_ errorClass: String, _ desc: String) -> JSONValue {
+        .object([JSONMember("class", .string(errorClass)), JSONMember("desc", .string(desc))])
     }
 
     private mutating func schedule(_ task: TimerTask, after nanoseconds: Int64, actions: inout [MockAction]) {
@@ -853,10 +809,8 @@ public struct MockMachine {
     }
 
     /// Sends an event to every negotiated client (never to one still negotiating, as QEMU).
-    private func broadcast(event name: String, data: MockJSON?, now: MockTimestamp, actions: inout [MockAction]) {
-        var members: [(String, MockJSON)] = [("timestamp", now.json), ("event", .string(name))]
-        if let data { members.append(("data", data)) }
-        let line = MockJSON.object(members).line()
+    private func broadcast(event name: String, data: JSONValue?, now: QMPTimestamp, actions: inout [MockAction]) {
+        let line = QMPBuilder.event(name: name, data: data, at: now)
         for id in clients.keys.sorted() where clients[id]!.negotiated {
             actions.append(.send(client: id, bytes: line))
         }

@@ -17,16 +17,16 @@ import QMPWire
 public struct ReplayScript: MockScript {
     struct Recorded: Sendable {
         var name: String
-        var arguments: MockJSON
+        var arguments: JSONValue
         var t: Int64
         var reply: MockReply?
         var replyT: Int64?
-        var events: [(t: Int64, name: String, data: MockJSON?)] = []
+        var events: [(t: Int64, name: String, data: JSONValue?)] = []
         var used = false
     }
 
     var commands: [Recorded] = []
-    var startEvents: [(t: Int64, name: String, data: MockJSON?)] = []
+    var startEvents: [(t: Int64, name: String, data: JSONValue?)] = []
     var greetingT: Int64 = 0
     var fallbackToModel: Bool
     /// The QEMU version of the recorded greeting, if the trace has one.
@@ -60,13 +60,14 @@ public struct ReplayScript: MockScript {
             else { throw .scenario("\(context): a record needs \"t\" (µs), \"dir\" and \"msg\"") }
             let client = record["client"]?.int64Value ?? 0
             let msgBytes = Array(text.utf8)
-            guard case .success(let message) = QMPMessage.parse(msgBytes) else {
+            // Output grammar: QEMU's replies may hold `inf`/`nan` (client input parses the same).
+            guard case .success(let message) = QMPMessage.parseOutput(msgBytes) else {
                 throw .scenario("\(context): \"msg\" is not a QMP message")
             }
             switch dir {
             case "client-to-qemu", "sidecar-to-qemu":
                 guard let commandName = message.string(.execute) ?? message.string(.execOOB) else { continue }
-                let args = message.jsonValue(.arguments).map(MockJSON.init) ?? .object([])
+                let args = message.jsonValue(.arguments) ?? .object([])
                 // Negotiation is the model's: kept in the pairing (its reply is on the channel) but never played.
                 commands.append(
                     Recorded(name: commandName, arguments: args, t: t, used: commandName == "qmp_capabilities"))
@@ -87,7 +88,7 @@ public struct ReplayScript: MockScript {
                 } else if let eventName = message.string(.event) {
                     // One QEMU event reaches every client: keep it once (same bytes, timestamp included).
                     guard seenEvents.insert(msgBytes).inserted else { continue }
-                    let data = message[.data].map { MockJSON.raw(Array($0)) }
+                    let data = message[.data].map { JSONValue.raw(Array($0)) }
                     if let lastCommand {
                         commands[lastCommand].events.append((t, eventName, data))
                     } else {
@@ -114,7 +115,7 @@ public struct ReplayScript: MockScript {
     /// Recorded commands (with replies) not replayed yet.
     public var remainingCommands: Int { commands.filter { !$0.used && $0.reply != nil }.count }
 
-    public mutating func decide(command: String, arguments: MockJSON?, fdCount: Int) -> MockScriptDecision? {
+    public mutating func decide(command: String, arguments: JSONValue?, fdCount: Int) -> MockScriptDecision? {
         let args = normalizedArguments(arguments)
         guard
             let index = commands.firstIndex(where: {

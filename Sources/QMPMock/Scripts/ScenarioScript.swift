@@ -28,7 +28,7 @@ import QMPWire
 public struct ScenarioScript: MockScript {
     struct Step: Sendable {
         var execute: String
-        var arguments: MockJSON?
+        var arguments: JSONValue?
         /// Descriptors that must come with the command (SCM_RIGHTS), when given.
         var fds: Int?
         var reply: MockReply?
@@ -71,18 +71,18 @@ public struct ScenarioScript: MockScript {
                 throw .scenario("\(context): missing \"execute\" (the command name the step expects)")
             }
             var reply: MockReply?
-            if let ret = value["return"] { reply = .success(MockJSON(ret)) }
+            if let ret = value["return"] { reply = .success(ret) }
             if let error = value["error"] {
                 guard error["class"]?.stringValue != nil, error["desc"]?.stringValue != nil else {
                     throw .scenario("\(context): \"error\" needs \"class\" and \"desc\" strings")
                 }
                 guard reply == nil else { throw .scenario("\(context): give \"return\" or \"error\", not both") }
                 reply = .failure(
-                    .object([("class", MockJSON(error["class"]!)), ("desc", MockJSON(error["desc"]!))]))
+                    .object([JSONMember("class", error["class"]!), JSONMember("desc", error["desc"]!)]))
             }
             steps.append(
                 Step(
-                    execute: execute, arguments: value["arguments"].map(MockJSON.init),
+                    execute: execute, arguments: value["arguments"],
                     fds: value["fds"]?.int64Value.map { Int($0) }, reply: reply,
                     events: try Self.events(value["events"], context: "\(context) events")))
         }
@@ -107,12 +107,12 @@ public struct ScenarioScript: MockScript {
             }
             events.append(
                 MockScriptEvent(
-                    delayNanoseconds: Int64(ms * 1e6), name: name, data: item["data"].map(MockJSON.init)))
+                    delayNanoseconds: Int64(ms * 1e6), name: name, data: item["data"]))
         }
         return events
     }
 
-    public mutating func decide(command: String, arguments: MockJSON?, fdCount: Int) -> MockScriptDecision? {
+    public mutating func decide(command: String, arguments: JSONValue?, fdCount: Int) -> MockScriptDecision? {
         let candidates = ordered ? Array(used.firstIndex(of: false).map { [$0] } ?? []) : Array(steps.indices)
         for index in candidates where !used[index] {
             let step = steps[index]

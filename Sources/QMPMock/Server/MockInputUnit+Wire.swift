@@ -1,21 +1,5 @@
 import QMPWire
 
-extension MockJSON {
-    /// The mock's view of a parsed value; integers above `INT64_MAX` keep their digits.
-    public init(_ value: JSONValue) {
-        switch value {
-        case .null: self = .null
-        case .bool(let b): self = .bool(b)
-        case .integer(let i): self = .int(i)
-        case .unsigned(let u): self = .raw(Array(String(u).utf8))
-        case .double(let d): self = .double(d)
-        case .string(let s): self = .string(s)
-        case .array(let items): self = .array(items.map(MockJSON.init))
-        case .object(let members): self = .object(members.map { ($0.key, MockJSON($0.value)) })
-        }
-    }
-}
-
 extension MockInputUnit {
     /// Decodes one framed unit as QEMU would: grammar errors as `.invalid`, otherwise the tree and the
     /// id exactly as QEMU echoes it.
@@ -34,8 +18,8 @@ extension MockInputUnit {
                     self = .invalid(desc: "JSON parse error")
                     return
                 }
-                let id = message[.id].flatMap { QMPJSON.echoed($0) }.map { MockJSON.raw($0) }
-                self = .message(MockJSON(tree), id: id)
+                let id = message[.id].flatMap { QMPJSON.echoed($0) }.map { JSONValue.raw($0) }
+                self = .message(tree, id: id)
             }
         }
     }
