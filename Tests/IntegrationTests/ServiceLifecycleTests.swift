@@ -27,7 +27,12 @@ struct ServiceLifecycleTests {
                 logger: logger))
         let running = Task { try await group.run() }
 
-        #expect(waitFor { FileManager.default.fileExists(atPath: listenPath) })
+        // Wait without blocking a thread of the cooperative pool: the group's task needs one to start.
+        let deadline = ContinuousClock.now + .seconds(20)
+        while !FileManager.default.fileExists(atPath: listenPath) && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        try #require(FileManager.default.fileExists(atPath: listenPath))
         let client = try QMPTestClient(path: listenPath)
         #expect(String(decoding: client.greeting, as: UTF8.self).hasPrefix(#"{"QMP": {"version": "#))
         try client.negotiate()
