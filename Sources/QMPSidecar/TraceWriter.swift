@@ -1,5 +1,6 @@
 import Dispatch
 import QMPProxy
+import QMPRuntime
 import Synchronization
 
 #if canImport(Glibc)
@@ -8,9 +9,11 @@ import Glibc
 
 /// Writes the `--trace` file (docs/ARCHITECTURE.md "Trace format") off the reactor's critical path.
 ///
-/// ``record(_:)`` formats a line and appends it to an in-memory buffer under a lock; a background
-/// queue drains the buffer to the file. The reactor never waits for the disk: if the writer falls
-/// more than ``maxBuffered`` bytes behind, lines are dropped and counted (reported at close).
+/// ``record(_:)`` formats a line and appends it to an in-memory buffer under a lock; a writer thread of
+/// its own (a second, timer-less reactor, woken through its eventfd only when there is something to
+/// write) drains the buffer to the file. Not a dispatch queue: libdispatch's worker pool would wake
+/// the process every second. The reactor never waits for the disk: if the writer falls more than
+/// ``maxBuffered`` bytes behind, lines are dropped and counted (reported at close).
 public final class TraceWriter: Sendable {
     private struct State {
         var buffer: [UInt8] = []
@@ -21,7 +24,7 @@ public final class TraceWriter: Sendable {
     private let fd: Int32
     private let start = ContinuousClock.now
     private let state = Mutex(State())
-    private let queue = DispatchQueue(label: "qmp-sidecar.trace")
+    private let writer: ReactorThread
     /// Buffered bytes beyond which lines are dropped rather than letting memory grow.
     public let maxBuffered = 64 << 20
 
@@ -33,6 +36,12 @@ public final class TraceWriter: Sendable {
         if fd < 0 {
             throw SidecarError(
                 .trace, "cannot open trace file \(path): \(String(cString: strerror(errno))); choose a writable path")
+        }
+        do {
+            writer = try ReactorThread.start(name: "qmp-trace") { _ in }
+        } catch {
+            _ = Glibc.close(fd)
+            throw SidecarError(.trace, "cannot start the trace writer thread: \(error)")
         }
     }
 
@@ -56,7 +65,7 @@ public final class TraceWriter: Sendable {
             return true
         }
         if schedule {
-            queue.async { self.drain() }
+            _ = writer.handle.execute { _ in self.drain() }
         }
     }
 
@@ -86,7 +95,16 @@ public final class TraceWriter: Sendable {
     /// Writes what is buffered and closes the file. Returns the number of dropped lines.
     @discardableResult
     public func close() -> Int {
-        queue.sync { self.drain() }
+        let drained = DispatchSemaphore(value: 0)  // a futex: starts no dispatch worker
+        if writer.handle.execute({ reactor in
+            self.drain()
+            reactor.stop()
+            drained.signal()
+        }) {
+            drained.wait()
+        } else {
+            drain()
+        }
         _ = Glibc.close(fd)
         return state.withLock { $0.dropped }
     }
