@@ -19,15 +19,18 @@ import Testing
         return (mock, "\(dir)/host/sys", "\(dir)/host/dev")
     }
 
+    /// Stops qmp-mock with SIGTERM, then SIGKILL if it is still running after 5 s.
+    private func stopMock(_ mock: SpawnedProcess) {
+        mock.terminate()
+        if !waitFor(seconds: 5, { !mock.isRunning }) { kill(mock.processIdentifier, SIGKILL) }
+        mock.waitUntilExit()
+    }
+
     @Test func holdModeForwardsDeviceDeletedRightBeforeGroupReleased() throws {
         let dir = makeTempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let (mock, sysfs, dev) = try startMock(dir: dir)
-        defer {
-            mock.terminate()
-            if !waitFor(seconds: 5, { !mock.isRunning }) { kill(mock.processIdentifier, SIGKILL) }
-            mock.waitUntilExit()
-        }
+        defer { stopMock(mock) }
         let sidecar = try SidecarInstance(
             dir: dir, upstream: "\(dir)/vm.qmp",
             extra: [
@@ -61,11 +64,7 @@ import Testing
         let dir = makeTempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let (mock, sysfs, dev) = try startMock(dir: dir)
-        defer {
-            mock.terminate()
-            if !waitFor(seconds: 5, { !mock.isRunning }) { kill(mock.processIdentifier, SIGKILL) }
-            mock.waitUntilExit()
-        }
+        defer { stopMock(mock) }
         let sidecar = try SidecarInstance(
             dir: dir, upstream: "\(dir)/vm.qmp", extra: ["--sysfs-root", sysfs, "--dev-root", dev])
         defer { sidecar.terminate() }

@@ -107,17 +107,7 @@ final class ChildProcess: @unchecked Sendable {
     }
 
     var log: String {
-        let fd = open(logPath, O_RDONLY)
-        guard fd >= 0 else { return "" }
-        defer { Glibc.close(fd) }
-        var out: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = read(fd, &chunk, chunk.count)
-            if n <= 0 { break }
-            out += chunk[0..<n]
-        }
-        return String(decoding: out, as: UTF8.self)
+        String(decoding: readAll(logPath) ?? [], as: UTF8.self)
     }
 }
 
