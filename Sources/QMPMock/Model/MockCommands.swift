@@ -86,11 +86,4 @@ enum MockCommands {
     }
 }
 
-extension Result where Failure == MockReply {
-    var failureReply: MockReply? {
-        if case .failure(let reply) = self { return reply }
-        return nil
-    }
-}
-
 extension MockReply: Error {}
