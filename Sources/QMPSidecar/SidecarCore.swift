@@ -33,6 +33,8 @@ final class SidecarCore: QMPUpstreamCommander {
     /// does nothing.
     private var gateGeneration = 0
     private var gateTimer: Reactor.TimerID?
+    /// Whether the current QMP session ended with QEMU shutting down normally (exit status 0).
+    private var ending = QEMUEnding()
 
     init(
         reactor: Reactor, configuration: SidecarConfiguration, upstreamAddress: SocketAddress, trace: TraceWriter?,
@@ -93,6 +95,7 @@ final class SidecarCore: QMPUpstreamCommander {
         }
         connection.onClose = { reason in self.upstreamLost(reason.description) }
         upstream = connection
+        ending.sessionStarted()
         connection.start()
         logger.info(
             "connected to QEMU",
@@ -114,11 +117,60 @@ final class SidecarCore: QMPUpstreamCommander {
                 metadata: ["reason": "\(reason)", "clients-disconnected": "\(clientCount)"])
             connectUpstream(deadline: .now + .seconds(100 * 365 * 24 * 3600), interval: .milliseconds(100))
         } else {
+            endWithQEMU(reason: reason, clientCount: clientCount)
+        }
+    }
+
+    /// Without `--reconnect` the run ends with QEMU's connection: cleanly (status 0) when QEMU shut
+    /// down normally (``QEMUEnding``), as a failure otherwise.
+    private func endWithQEMU(reason: String, clientCount: Int) {
+        var exitStatus: Int32?
+        if ending.verdict() == .unexpected, let pid = qemuPID {
+            switch ChildExitStatus.of(pid) {
+            case .running:
+                // QEMU is our child and closed its monitor just before exiting: wait for its status.
+                awaitChildExit(pid) { self.endWithQEMU(reason: reason, clientCount: clientCount) }
+                return
+            case .exited(let status): exitStatus = status
+            case .notAChild: break
+            }
+        }
+        switch ending.verdict(exitStatus: exitStatus) {
+        case .normal(let shutdown):
+            logger.info(
+                "QEMU shut down; exiting",
+                metadata: ["reason": "\(shutdown)", "clients-disconnected": "\(clientCount)"])
+            stop()
+        case .unexpected:
+            let status = exitStatus.map { " (exit status \($0))" } ?? ""
             fail(
                 SidecarError(
                     .upstreamClosed,
-                    "QEMU closed the QMP connection (\(reason)); \(clientCount) client(s) disconnected. Use --reconnect to wait for a new QEMU instead of exiting."
+                    "QEMU closed the QMP connection (\(reason))\(status) without shutting down; \(clientCount) client(s) disconnected. Use --reconnect to wait for a new QEMU instead of exiting."
                 ))
+        }
+    }
+
+    private var childExitWatcher: ProcessExitWatcher?
+
+    /// Calls `then` once the child `pid` exited, or after two seconds.
+    private func awaitChildExit(_ pid: pid_t, then: @escaping () -> Void) {
+        var done = false
+        func finish() {
+            guard !done else { return }
+            done = true
+            childExitWatcher?.cancel()
+            childExitWatcher = nil
+            then()
+        }
+        let timer = reactor.schedule(after: .seconds(2)) { finish() }
+        childExitWatcher = try? ProcessExitWatcher(pid: pid, reactor: reactor) {
+            self.reactor.cancel(timer)
+            finish()
+        }
+        if childExitWatcher == nil {
+            reactor.cancel(timer)
+            finish()
         }
     }
 
@@ -141,6 +193,11 @@ final class SidecarCore: QMPUpstreamCommander {
     private func fail(_ error: SidecarError) {
         logger.error("\(error.message)")
         outcome.fail(error)
+        stop()
+    }
+
+    /// Ends the run: clients and listeners closed, the reactor stopped.
+    private func stop() {
         for client in clients.values { client.close() }
         for listener in listeners { listener.close() }
         reactor.stop()
@@ -246,6 +303,7 @@ final class SidecarCore: QMPUpstreamCommander {
                 logger.error("\(reason)")
                 upstream?.close()
             case .event(let name, let line):
+                ending.eventReceived(name: name, line: line)
                 if name == "DEVICE_DELETED", let hooks, hooks.deviceDeleted(line) {
                     continue
                 }

@@ -29,8 +29,11 @@ struct QMPSidecarCommand: ParsableCommand {
               systemd-socket-activate -l /run/vm1.sidecar.qmp \\
                   qmp-sidecar --upstream unix:/run/vm1.qmp
 
-            See docs/running.md. Exit status: 0 after SIGTERM/SIGINT; non-zero when QEMU cannot be \
-            reached within --connect-timeout or closes the connection (unless --reconnect).
+            See docs/running.md. Exit status: 0 after SIGTERM/SIGINT, and when QEMU shuts down \
+            normally (its SHUTDOWN event - after quit, a guest poweroff or a signal to QEMU - then \
+            the close; or, when QEMU is qmp-sidecar's child, its exit status 0). Non-zero when QEMU \
+            cannot be reached within --connect-timeout or closes the connection without shutting \
+            down (killed, crashed). With --reconnect qmp-sidecar waits for the next QEMU instead.
             """
     )
 
