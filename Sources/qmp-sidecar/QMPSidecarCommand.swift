@@ -88,6 +88,14 @@ struct QMPSidecarCommand: ParsableCommand {
     @Option(help: "Disconnect a client whose unread output exceeds this many bytes.")
     var clientOutputLimit: Int = 16 << 20
 
+    @Option(
+        help: ArgumentHelp(
+            "Commands of one client at QEMU at once; with as many more waiting, the client is not read until one goes on.",
+            discussion:
+                "Clients share QEMU's monitor round robin, as QEMU serves monitors of their own (it queues 8 per monitor): another client's command waits behind at most N of one client's.",
+            valueName: "n"))
+    var maxClientQueue: Int = 8
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -121,6 +129,9 @@ struct QMPSidecarCommand: ParsableCommand {
         }
         guard mode_t(socketMode, radix: 8) != nil else {
             throw ValidationError("--socket-mode \(socketMode) is not an octal mode such as 0660")
+        }
+        guard maxClientQueue >= 1 else {
+            throw ValidationError("--max-client-queue \(maxClientQueue): give at least 1 (QEMU's own is 8)")
         }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level \(logLevel): use trace, debug, info, notice, warning, error or critical")
@@ -171,6 +182,7 @@ struct QMPSidecarCommand: ParsableCommand {
                 sysfsRoot: sysfsRoot, devRoot: devRoot, releaseTimeout: .milliseconds(Int64(releaseTimeout * 1000)),
                 eventPrefix: eventPrefix, holdDeviceDeleted: holdDeviceDeleted),
             discoveryGateTimeout: .milliseconds(Int64(discoveryTimeout * 1000)),
+            maxClientQueue: maxClientQueue,
             socketGroup: socketGroup.flatMap(Self.groupID),
             admission: ClientAdmission(allowedUIDs: Set(allowUid), maxClients: maxClients),
             allowUnauthenticatedTCP: unauthenticatedTcpListen)

@@ -85,5 +85,3 @@ enum MockCommands {
         return .success(values)
     }
 }
-
-extension MockReply: Error {}
