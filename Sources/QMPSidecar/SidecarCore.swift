@@ -47,7 +47,9 @@ final class SidecarCore: QMPUpstreamCommander {
         self.outcome = outcome
         self.logger = logger
         self.router = ProxyRouter(
-            configuration: .init(tracing: trace != nil, maxClientQueue: configuration.maxClientQueue))
+            configuration: .init(
+                tracing: trace != nil, maxClientQueue: configuration.maxClientQueue,
+                maxClientInFlight: configuration.maxClientInFlight))
     }
 
     /// Installs the VFIO hooks (before ``start(listeningFDs:)``).
@@ -56,7 +58,7 @@ final class SidecarCore: QMPUpstreamCommander {
         router = ProxyRouter(
             configuration: .init(
                 localCommands: hooks.localCommandNames, tracing: trace != nil, gateClientCommands: true,
-                maxClientQueue: configuration.maxClientQueue))
+                maxClientQueue: configuration.maxClientQueue, maxClientInFlight: configuration.maxClientInFlight))
     }
 
     /// Starts accepting on the listening sockets and connecting to QEMU.
