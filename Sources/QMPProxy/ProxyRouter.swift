@@ -34,11 +34,18 @@ public struct ProxyRouter: Sendable {
         /// each upstream negotiation until ``ProxyRouter/openClientGate()``: the sidecar's own start-up
         /// commands (cold-plug discovery) then finish before any client command reaches QEMU.
         public var gateClientCommands: Bool
+        /// Emit ``Action/commandForwarded(sidecarID:)`` and ``Action/replyRouted(sidecarID:)`` so the
+        /// performer can time each client command's round trip (off: no cost).
+        public var reportsRoundTrips: Bool
 
-        public init(localCommands: Set<String> = [], tracing: Bool = false, gateClientCommands: Bool = false) {
+        public init(
+            localCommands: Set<String> = [], tracing: Bool = false, gateClientCommands: Bool = false,
+            reportsRoundTrips: Bool = false
+        ) {
             self.localCommands = localCommands
             self.tracing = tracing
             self.gateClientCommands = gateClientCommands
+            self.reportsRoundTrips = reportsRoundTrips
         }
     }
 
@@ -93,6 +100,12 @@ public struct ProxyRouter: Sendable {
         /// Something unexpected worth a log line (e.g. QEMU output the proxy cannot route).
         case warning(String)
         case trace(TraceRecord)
+        /// A client command was accepted for QEMU (``Configuration/reportsRoundTrips``).
+        case commandForwarded(sidecarID: UInt64)
+        /// QEMU's reply to that command was routed back (``Configuration/reportsRoundTrips``).
+        case replyRouted(sidecarID: UInt64)
+        /// A client completed its own `qmp_capabilities`.
+        case clientNegotiated(ClientID, oob: Bool)
     }
 
     private enum UpstreamPhase: Equatable {
@@ -170,6 +183,23 @@ public struct ProxyRouter: Sendable {
     /// Number of connected clients.
     public var clientCount: Int { clients.count }
 
+    /// Messages seen so far, by direction.
+    public private(set) var traffic = ProxyTraffic()
+
+    /// Each connected client's commands in flight to QEMU and still queued (computed: for the
+    /// metrics, not the hot path).
+    public var clientLoads: [ClientID: ClientLoad] {
+        var loads: [ClientID: ClientLoad] = [:]
+        for id in clients.keys { loads[id] = ClientLoad() }
+        var unsent = Set(upstreamQueue[upstreamHead...].map(\.id))
+        for case .upstream(let item, _) in gated { unsent.insert(item.id) }
+        for (id, entry) in pending {
+            guard case .client(let client, _, _, _) = entry, loads[client] != nil else { continue }
+            if unsent.contains(id) { loads[client]!.queued += 1 } else { loads[client]!.inFlight += 1 }
+        }
+        return loads
+    }
+
     /// Number of commands sent to (or queued for) QEMU whose reply has not arrived.
     public var commandsInFlight: Int { pending.count }
 
@@ -185,6 +215,7 @@ public struct ProxyRouter: Sendable {
             case .failure(let error):
                 actions.append(.warning("unparsable output from QEMU: \(error.desc)"))
             case .success(let message):
+                traffic.fromQEMU += 1
                 handleUpstream(Envelope(message), into: &actions)
             }
         }
@@ -206,6 +237,7 @@ public struct ProxyRouter: Sendable {
             let arguments = offered.contains("oob") ? ", \"arguments\": {\"enable\": [\"oob\"]}" : ""
             let request = Array("{\"execute\": \"qmp_capabilities\"\(arguments), \"id\": \(id)}".utf8)
             trace(.sidecarToQEMU, client: 0, fds: 0, request, into: &actions)
+            traffic.toQEMU += 1
             actions.append(.sendUpstream(request + QEMUReply.crlf, fds: []))
             for clientID in clients.keys.sorted() where clients[clientID]!.phase == .awaitingGreeting {
                 var session = clients.removeValue(forKey: clientID)!
@@ -248,6 +280,7 @@ public struct ProxyRouter: Sendable {
             actions.append(.internalReply(token: id, message: message.bytes))
         case .client(let clientID, let originalID, let oob, let deviceAddArguments):
             trace(.qemuToClient, client: clientID, fds: 0, message.bytes, into: &actions)
+            if configuration.reportsRoundTrips { actions.append(.replyRouted(sidecarID: id)) }
             if let deviceAddArguments, message.isSuccess {
                 actions.append(.deviceAddSucceeded(arguments: deviceAddArguments))
             }
@@ -255,6 +288,7 @@ public struct ProxyRouter: Sendable {
             var line = message.message.replacingID(with: originalID.map(Self.echo))
             line.append(contentsOf: QEMUReply.crlf)
             if oob {
+                traffic.toClients += 1
                 actions.append(.sendToClient(clientID, line))
             } else {
                 _ = session.fill(id, with: line)
@@ -376,6 +410,7 @@ public struct ProxyRouter: Sendable {
             trace(.sidecarToClient, client: 0, fds: 0, Self.trimmed(line), into: &actions)
         }
         for clientID in clients.keys.sorted() where clients[clientID]!.isNegotiated {
+            traffic.toClients += 1
             actions.append(.sendToClient(clientID, line))
         }
         return actions
@@ -406,6 +441,7 @@ public struct ProxyRouter: Sendable {
     private mutating func handleClientFrame(
         _ frame: QMPFrame, _ clientID: ClientID, _ session: inout ClientSession, into actions: inout [Action]
     ) {
+        traffic.fromClients += 1
         switch frame {
         case .invalid(let error, _):
             replyLocally(QMPBuilder.error(error), clientID, &session, into: &actions)
@@ -433,6 +469,7 @@ public struct ProxyRouter: Sendable {
                 replyLocally(error, id: message.idBytes, clientID, &session, into: &actions)
             case .negotiated(let oob):
                 session.phase = .negotiated(oob: oob)
+                actions.append(.clientNegotiated(clientID, oob: oob))
                 let line = QEMUReply.success(Array("{}".utf8), echoedID: message.idBytes.map(Self.echo))
                 trace(.sidecarToClient, client: clientID, fds: 0, Self.trimmed(line), into: &actions)
                 session.enqueue(.ready(line))
@@ -484,6 +521,7 @@ public struct ProxyRouter: Sendable {
         if !oob {
             session.enqueue(.waiting(id))
         }
+        if configuration.reportsRoundTrips { actions.append(.commandForwarded(sidecarID: id)) }
         guard clientGateOpen else {
             // Traced when the gate opens, so the trace keeps the order QEMU sees.
             var traced: [Action] = []
@@ -538,12 +576,16 @@ public struct ProxyRouter: Sendable {
         guard let greeting else { return }
         session.phase = .capabilities
         trace(.sidecarToClient, client: clientID, fds: 0, Self.trimmed(greeting), into: &actions)
+        traffic.toClients += 1
         actions.append(.sendToClient(clientID, greeting))
     }
 
-    private func flushClient(_ clientID: ClientID, _ session: inout ClientSession, into actions: inout [Action]) {
+    private mutating func flushClient(
+        _ clientID: ClientID, _ session: inout ClientSession, into actions: inout [Action]
+    ) {
         let lines = session.takeReady()
         guard !lines.isEmpty else { return }
+        traffic.toClients += lines.count
         actions.append(.sendToClient(clientID, lines.count == 1 ? lines[0] : Array(lines.joined())))
     }
 
@@ -556,6 +598,7 @@ public struct ProxyRouter: Sendable {
                 fdCommandInFlight = item.id
             }
             actions.append(.sendUpstream(item.bytes, fds: item.fds))
+            traffic.toQEMU += 1
             upstreamHead += 1
         }
         if upstreamHead == upstreamQueue.count {

@@ -33,6 +33,8 @@ final class SidecarCore: QMPUpstreamCommander {
     /// does nothing.
     private var gateGeneration = 0
     private var gateTimer: Reactor.TimerID?
+    /// `--metrics-file`: nil without it (then metrics cost nothing).
+    private var instruments: SidecarInstruments?
 
     init(
         reactor: Reactor, configuration: SidecarConfiguration, upstreamAddress: SocketAddress, trace: TraceWriter?,
@@ -44,7 +46,18 @@ final class SidecarCore: QMPUpstreamCommander {
         self.trace = trace
         self.outcome = outcome
         self.logger = logger
-        self.router = ProxyRouter(configuration: .init(tracing: trace != nil))
+        self.router = ProxyRouter(
+            configuration: .init(tracing: trace != nil, reportsRoundTrips: configuration.metricsFile != nil))
+        if let path = configuration.metricsFile {
+            let names = configuration.vfio.map { ($0.releasedEventName, $0.timeoutEventName) } ?? ("", "")
+            instruments = SidecarInstruments(
+                path: path, delay: configuration.metricsDelay, eventNames: names, reactor: reactor, logger: logger
+            ) { [unowned self] in
+                SidecarInstruments.State(
+                    traffic: router.traffic, clients: clients.count, clientLoads: router.clientLoads,
+                    vfio: hooks?.metricsSnapshot() ?? VFIOMetricsSnapshot(), nativeGroupEvents: false)
+            }
+        }
     }
 
     /// Installs the VFIO hooks (before ``start(listeningFDs:)``).
@@ -52,7 +65,8 @@ final class SidecarCore: QMPUpstreamCommander {
         self.hooks = hooks
         router = ProxyRouter(
             configuration: .init(
-                localCommands: hooks.localCommandNames, tracing: trace != nil, gateClientCommands: true))
+                localCommands: hooks.localCommandNames, tracing: trace != nil, gateClientCommands: true,
+                reportsRoundTrips: instruments != nil))
     }
 
     /// Starts accepting on the listening sockets and connecting to QEMU.
@@ -62,6 +76,7 @@ final class SidecarCore: QMPUpstreamCommander {
                 Listener(fd: fd, reactor: reactor, logger: logger) { client in self.accept(client) })
         }
         connectUpstream(deadline: .now + configuration.connectTimeout)
+        instruments?.flush()
     }
 
     // MARK: Upstream
@@ -88,8 +103,10 @@ final class SidecarCore: QMPUpstreamCommander {
         }
         connection.onRead = { bytes, fds in
             for fd in fds { Glibc.close(fd) }
+            self.instruments?.readFromQEMU(bytes.count)
             self.perform(self.router.upstreamReceived(bytes))
             self.updateClientReading()
+            self.instruments?.changed()
         }
         connection.onClose = { reason in self.upstreamLost(reason.description) }
         upstream = connection
@@ -106,6 +123,8 @@ final class SidecarCore: QMPUpstreamCommander {
         if let gateTimer { reactor.cancel(gateTimer) }
         gateTimer = nil
         hooks?.upstreamClosed()
+        instruments?.upstreamClosed()
+        instruments?.changed()
         let clientCount = clients.count
         perform(router.upstreamClosed())
         if configuration.reconnect {
@@ -156,13 +175,16 @@ final class SidecarCore: QMPUpstreamCommander {
         let connection = Connection(
             fd: fd, reactor: reactor, maxPendingBytes: configuration.clientOutputLimit, logger: clientLogger)
         connection.onRead = { bytes, fds in
+            self.instruments?.readFromClient(bytes.count)
             self.perform(self.router.clientReceived(id, bytes, fds: fds))
             self.updateClientReading()
+            self.instruments?.changed()
         }
         connection.onClose = { reason in
             self.clients[id] = nil
-            self.logger.debug("client disconnected", metadata: ["client": "\(id)", "reason": "\(reason)"])
+            self.logger.info("client gone", metadata: ["client": "\(id)", "reason": "\(reason)"])
             self.perform(self.router.clientClosed(id))
+            self.instruments?.changed()
         }
         connection.onOverflow = {
             self.logger.warning(
@@ -172,10 +194,11 @@ final class SidecarCore: QMPUpstreamCommander {
         }
         clients[id] = connection
         connection.isReadingEnabled = !clientsPaused
-        logger.debug(
+        logger.info(
             "client connected", metadata: ["client": "\(id)", "pid": "\(connection.peerPID.map(String.init) ?? "?")"])
         connection.start()
         perform(router.clientConnected(id))
+        instruments?.changed()
     }
 
     // MARK: Actions
@@ -217,12 +240,14 @@ final class SidecarCore: QMPUpstreamCommander {
         for action in actions {
             switch action {
             case .sendToClient(let id, let bytes):
+                instruments?.sentToClient(bytes.count)
                 if let index = clientBatches.firstIndex(where: { $0.id == id }) {
                     clientBatches[index].bytes.append(contentsOf: bytes)
                 } else {
                     clientBatches.append((id, bytes))
                 }
             case .sendUpstream(let bytes, let fds):
+                instruments?.sentToQEMU(bytes.count, fds: fds.count)
                 if let upstream {
                     if fds.isEmpty {
                         upstreamBatch.append(contentsOf: bytes)
@@ -246,6 +271,7 @@ final class SidecarCore: QMPUpstreamCommander {
                 logger.error("\(reason)")
                 upstream?.close()
             case .event(let name, let line):
+                instruments?.qemuEvent(name)
                 if name == "DEVICE_DELETED", let hooks, hooks.deviceDeleted(line) {
                     continue
                 }
@@ -263,6 +289,12 @@ final class SidecarCore: QMPUpstreamCommander {
                 logger.warning("\(text)")
             case .trace(let record):
                 trace?.record(record)
+            case .commandForwarded(let id):
+                instruments?.commandForwarded(id)
+            case .replyRouted(let id):
+                instruments?.replyRouted(id)
+            case .clientNegotiated(let id, let oob):
+                logger.info("client negotiated", metadata: ["client": "\(id)", "oob": "\(oob)"])
             }
         }
     }
@@ -288,6 +320,7 @@ final class SidecarCore: QMPUpstreamCommander {
                     "clients did not read their last output before shutdown", metadata: ["bytes": "\(pending)"])
             }
             for client in clients.values { client.close() }
+            instruments?.flush()
             reactor.stop()
             return
         }
@@ -339,6 +372,7 @@ final class SidecarCore: QMPUpstreamCommander {
     }
 
     func broadcastEvent(_ line: [UInt8]) {
+        instruments?.sidecarEvent(line) { hooks?.releaseLatency() }
         perform(router.broadcastEvent(line, synthesized: true))
     }
 }
