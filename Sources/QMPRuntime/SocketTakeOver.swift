@@ -111,9 +111,6 @@ public final class SocketTakeOver {
         }
     }
 
-    /// Whether ``restore()`` already ran.
-    public var isRestored: Bool { restored }
-
     /// Puts QEMU's socket back at ``path`` (replacing ours) and removes ours. Idempotent.
     ///
     /// QEMU unlinks the path it was given when it exits cleanly — that removes *our* socket at

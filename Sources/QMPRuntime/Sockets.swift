@@ -74,8 +74,18 @@ public enum Sockets {
 
     /// The pid of the process at the other end of a connected unix socket (SO_PEERCRED), or nil.
     public static func peerPID(_ fd: Int32) -> pid_t? {
-        let pid = cqmp_peer_pid(fd)
-        return pid > 0 ? pid : nil
+        guard let pid = peerCredentials(fd)?.pid, pid > 0 else { return nil }
+        return pid
+    }
+
+    /// Who is at the other end of a connected unix socket (SO_PEERCRED: the credentials the peer had
+    /// when it connected), or nil when the socket has none (not a unix socket).
+    public static func peerCredentials(_ fd: Int32) -> PeerCredentials? {
+        var pid: pid_t = 0
+        var uid: uid_t = 0
+        var gid: gid_t = 0
+        guard cqmp_peer_credentials(fd, &pid, &uid, &gid) == 0 else { return nil }
+        return PeerCredentials(pid: pid, uid: uid, gid: gid)
     }
 
     /// A connected pair of unix stream sockets, both nonblocking and close-on-exec. Caller owns both.

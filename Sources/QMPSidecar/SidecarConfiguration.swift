@@ -35,6 +35,9 @@ public struct SidecarConfiguration: Sendable {
     public var tracePath: String?
     /// Per-client output bound; a client that lets more pile up is disconnected.
     public var clientOutputLimit: Int
+    /// Per client: commands at QEMU unanswered, and commands waiting beyond which the client is not
+    /// read (`--max-client-queue`; QEMU queues 8 per monitor).
+    public var maxClientQueue: Int
     /// The VFIO release monitor's options (`--sysfs-root`, `--dev-root`, `--release-timeout`,
     /// `--event-prefix`, `--hold-device-deleted`); nil runs the proxy without VFIO tracking.
     public var vfio: VFIOConfiguration?
@@ -52,8 +55,10 @@ public struct SidecarConfiguration: Sendable {
         upstream: SocketAddress? = nil, connectTimeout: Duration = .seconds(30), listeners: [ListenSpec] = [],
         takeOver: String? = nil, socketMode: mode_t = 0o600, qemuPID: pid_t? = nil, reconnect: Bool = false,
         tracePath: String? = nil, clientOutputLimit: Int = 16 << 20, vfio: VFIOConfiguration? = VFIOConfiguration(),
-        discoveryGateTimeout: Duration = .seconds(10), metricsFile: String? = nil, metricsDelay: Duration = .seconds(1)
+        discoveryGateTimeout: Duration = .seconds(10), maxClientQueue: Int = 8, metricsFile: String? = nil,
+        metricsDelay: Duration = .seconds(1)
     ) {
+        self.maxClientQueue = maxClientQueue
         self.metricsFile = metricsFile
         self.metricsDelay = metricsDelay
         self.vfio = vfio

@@ -14,8 +14,9 @@ import Glibc
 /// Swift concurrency, so an idle sidecar never wakes up — libdispatch's worker pool, which async
 /// code starts, keeps a 1 Hz monitor timer for the life of the process), or as a
 /// swift-service-lifecycle `Service` inside an application's `ServiceGroup` (``run()``).
-/// Both throw a ``SidecarError`` when QEMU cannot be reached in time or goes away (without
-/// `--reconnect`), so the process exits non-zero.
+/// Both return when QEMU shuts down normally (``QEMUEnding``) and throw a ``SidecarError`` when QEMU
+/// cannot be reached in time or goes away unexpectedly (without `--reconnect`), so the process exits
+/// non-zero.
 public struct SidecarService: Service {
     /// Builds the VFIO hooks on the reactor thread, given the reactor and the sidecar as commander.
     public typealias HooksFactory = @Sendable (Reactor, any QMPUpstreamCommander, Logger) -> any SidecarVFIOHooks

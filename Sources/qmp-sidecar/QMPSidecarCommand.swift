@@ -29,8 +29,11 @@ struct QMPSidecarCommand: ParsableCommand {
               systemd-socket-activate -l /run/vm1.sidecar.qmp \\
                   qmp-sidecar --upstream unix:/run/vm1.qmp
 
-            See docs/running.md. Exit status: 0 after SIGTERM/SIGINT; non-zero when QEMU cannot be \
-            reached within --connect-timeout or closes the connection (unless --reconnect).
+            See docs/running.md. Exit status: 0 after SIGTERM/SIGINT, and when QEMU shuts down \
+            normally (its SHUTDOWN event - after quit, a guest poweroff or a signal to QEMU - then \
+            the close; or, when QEMU is qmp-sidecar's child, its exit status 0). Non-zero when QEMU \
+            cannot be reached within --connect-timeout or closes the connection without shutting \
+            down (killed, crashed). With --reconnect qmp-sidecar waits for the next QEMU instead.
             """
     )
 
@@ -67,6 +70,14 @@ struct QMPSidecarCommand: ParsableCommand {
     @Option(help: "Disconnect a client whose unread output exceeds this many bytes.")
     var clientOutputLimit: Int = 16 << 20
 
+    @Option(
+        help: ArgumentHelp(
+            "Commands of one client at QEMU at once; with as many more waiting, the client is not read until one goes on.",
+            discussion:
+                "Clients share QEMU's monitor round robin, as QEMU serves monitors of their own (it queues 8 per monitor): another client's command waits behind at most N of one client's.",
+            valueName: "n"))
+    var maxClientQueue: Int = 8
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -100,6 +111,9 @@ struct QMPSidecarCommand: ParsableCommand {
         }
         guard mode_t(socketMode, radix: 8) != nil else {
             throw ValidationError("--socket-mode \(socketMode) is not an octal mode such as 0660")
+        }
+        guard maxClientQueue >= 1 else {
+            throw ValidationError("--max-client-queue \(maxClientQueue): give at least 1 (QEMU's own is 8)")
         }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level \(logLevel): use trace, debug, info, notice, warning, error or critical")
@@ -135,7 +149,8 @@ struct QMPSidecarCommand: ParsableCommand {
             vfio: VFIOConfiguration(
                 sysfsRoot: sysfsRoot, devRoot: devRoot, releaseTimeout: .milliseconds(Int64(releaseTimeout * 1000)),
                 eventPrefix: eventPrefix, holdDeviceDeleted: holdDeviceDeleted),
-            discoveryGateTimeout: .milliseconds(Int64(discoveryTimeout * 1000)))
+            discoveryGateTimeout: .milliseconds(Int64(discoveryTimeout * 1000)),
+            maxClientQueue: maxClientQueue)
         // On the main thread, without Swift concurrency: an idle sidecar sleeps in poll() and nothing
         // else in the process wakes up.
         try SidecarService(configuration: configuration, logger: logger).runUntilTerminated()
