@@ -95,6 +95,9 @@ let package = Package(
         .testTarget(name: "QMPWireTests", dependencies: ["QMPWire", "QMPTestKit"]),
         .testTarget(name: "QMPProxyTests", dependencies: ["QMPProxy", "QMPWire"]),
         .testTarget(
+            name: "QMPSidecarTests",
+            dependencies: ["QMPSidecar", "QMPProxy", "QMPWire", .product(name: "Logging", package: "swift-log")]),
+        .testTarget(
             name: "VFIOTrackingTests", dependencies: ["VFIOTracking", "VFIOFakeHost", "QMPRuntime"]),
         .testTarget(name: "QMPRuntimeTests", dependencies: ["QMPRuntime", "QMPTestKit", "CQMPShims"]),
         .testTarget(
