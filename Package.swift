@@ -32,7 +32,7 @@ let package = Package(
         // VFIO knowledge: reads sysfs and /proc through injected roots.
         .target(
             name: "VFIOTracking",
-            dependencies: ["QMPWire", "QMPRuntime", "CQMPShims", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["QMPWire", "QMPRuntime", .product(name: "Logging", package: "swift-log")]
         ),
 
         // Kernel-shaped fake sysfs/dev trees: qmp-mock --fake-host and the tests build hosts with it.
@@ -85,20 +85,20 @@ let package = Package(
             ]
         ),
 
-        // Shared test fixtures: fake sysfs/dev trees, socket helpers, a QEMU launcher.
-        .target(name: "QMPTestKit", dependencies: ["QMPWire", "QMPRuntime", "CQMPShims", "VFIOFakeHost"]),
+        // Shared test fixtures: spawned processes, a QMP test client, a QEMU launcher.
+        .target(name: "QMPTestKit", dependencies: ["QMPRuntime", "CQMPShims"]),
 
         .testTarget(name: "QMPWireTests", dependencies: ["QMPWire", "QMPTestKit"]),
         .testTarget(name: "QMPProxyTests", dependencies: ["QMPProxy", "QMPWire"]),
         .testTarget(
-            name: "VFIOTrackingTests", dependencies: ["VFIOTracking", "VFIOFakeHost", "QMPTestKit", "QMPRuntime"]),
+            name: "VFIOTrackingTests", dependencies: ["VFIOTracking", "VFIOFakeHost", "QMPRuntime"]),
         .testTarget(name: "QMPRuntimeTests", dependencies: ["QMPRuntime", "QMPTestKit", "CQMPShims"]),
         .testTarget(
             name: "QMPMockTests", dependencies: ["QMPMock", "QMPTestKit", "CQMPShims", "qmp-mock", "qmp-sidecar"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "QMPSidecar", "QMPRuntime", "QMPWire", "QMPTestKit", "qmp-sidecar", "qmp-mock",
+                "QMPSidecar", "QMPRuntime", "QMPTestKit", "qmp-sidecar", "qmp-mock",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],

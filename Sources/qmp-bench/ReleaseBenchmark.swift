@@ -176,16 +176,11 @@ private struct Summary {
     var mean: Double
 
     init(_ values: [Double]) {
-        let sorted = values.sorted()
-        func percentile(_ p: Double) -> Double {
-            guard !sorted.isEmpty else { return .nan }
-            let index = Int((p * Double(sorted.count - 1)).rounded(.up))
-            return sorted[Swift.min(sorted.count - 1, index)]
-        }
-        p50 = percentile(0.50)
-        p99 = percentile(0.99)
-        max = sorted.last ?? .nan
-        mean = sorted.isEmpty ? .nan : sorted.reduce(0, +) / Double(sorted.count)
+        let percentiles = Percentiles(values)
+        p50 = percentiles.p50
+        p99 = percentiles.p99
+        max = percentiles.max
+        mean = percentiles.mean
     }
 
     func row(fds: Int, method: String) -> String {
