@@ -27,6 +27,13 @@ public struct SidecarConfiguration: Sendable {
     public var takeOver: String?
     /// Mode for sockets the sidecar creates (`--socket-mode`).
     public var socketMode: mode_t
+    /// Group for sockets the sidecar creates (`--socket-group`); nil keeps the sidecar's own.
+    public var socketGroup: gid_t?
+    /// Who may be a client (`--allow-uid`, `--max-clients`).
+    public var admission: ClientAdmission
+    /// `--unauthenticated-tcp-listen`: accept an inherited TCP listening socket that is not on
+    /// loopback (anyone who reaches it controls the VM).
+    public var allowUnauthenticatedTCP: Bool
     /// QEMU's pid for TCP upstreams (unix upstreams use SO_PEERCRED).
     public var qemuPID: pid_t?
     /// `--reconnect`: when QEMU goes away, wait for a new one at the same address instead of exiting.
@@ -55,10 +62,14 @@ public struct SidecarConfiguration: Sendable {
         upstream: SocketAddress? = nil, connectTimeout: Duration = .seconds(30), listeners: [ListenSpec] = [],
         takeOver: String? = nil, socketMode: mode_t = 0o600, qemuPID: pid_t? = nil, reconnect: Bool = false,
         tracePath: String? = nil, clientOutputLimit: Int = 16 << 20, vfio: VFIOConfiguration? = VFIOConfiguration(),
-        discoveryGateTimeout: Duration = .seconds(10), maxClientQueue: Int = 8, metricsFile: String? = nil,
-        metricsDelay: Duration = .seconds(1)
+        discoveryGateTimeout: Duration = .seconds(10), maxClientQueue: Int = 8, socketGroup: gid_t? = nil,
+        admission: ClientAdmission = ClientAdmission(), allowUnauthenticatedTCP: Bool = false,
+        metricsFile: String? = nil, metricsDelay: Duration = .seconds(1)
     ) {
         self.maxClientQueue = maxClientQueue
+        self.socketGroup = socketGroup
+        self.admission = admission
+        self.allowUnauthenticatedTCP = allowUnauthenticatedTCP
         self.metricsFile = metricsFile
         self.metricsDelay = metricsDelay
         self.vfio = vfio

@@ -230,6 +230,18 @@ final class SidecarCore: QMPUpstreamCommander {
     // MARK: Clients
 
     private func accept(_ fd: Int32) {
+        let peer = Sockets.peerCredentials(fd)
+        if case .refuse(let reason) = configuration.admission.decide(peer: peer, connectedClients: clients.count) {
+            // Closed before anything is sent: a refused peer never sees the greeting.
+            Glibc.close(fd)
+            logger.warning(
+                "client refused",
+                metadata: [
+                    "reason": "\(reason)", "pid": "\(peer.map { String($0.pid) } ?? "?")",
+                    "uid": "\(peer.map { String($0.uid) } ?? "?")",
+                ])
+            return
+        }
         let id = nextClient
         nextClient += 1
         var clientLogger = logger
@@ -258,7 +270,11 @@ final class SidecarCore: QMPUpstreamCommander {
         clients[id] = connection
         connection.isReadingEnabled = !clientsPaused
         logger.info(
-            "client connected", metadata: ["client": "\(id)", "pid": "\(connection.peerPID.map(String.init) ?? "?")"])
+            "client connected",
+            metadata: [
+                "client": "\(id)", "pid": "\(peer.map { String($0.pid) } ?? "?")",
+                "uid": "\(peer.map { String($0.uid) } ?? "?")",
+            ])
         connection.start()
         perform(router.clientConnected(id))
         instruments?.changed()

@@ -49,8 +49,26 @@ struct QMPSidecarCommand: ParsableCommand {
     @Option(help: "Mode of the sockets qmp-sidecar creates (octal).")
     var socketMode: String = "0600"
 
+    @Option(help: "Group (name or number) of the sockets qmp-sidecar creates, e.g. with --socket-mode 0660.")
+    var socketGroup: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "Accept only clients running as this user id (repeatable; checked with SO_PEERCRED, a refused client is closed before the greeting and logged). Default: anyone who can open the socket.",
+            valueName: "uid"))
+    var allowUid: [UInt32] = []
+
+    @Option(help: "Refuse (close before the greeting, and log) clients beyond this many at a time.")
+    var maxClients: Int = 128
+
     @Option(help: "Accept clients on an inherited listening socket N (repeatable).")
     var listenFd: [Int32] = []
+
+    @Flag(
+        help:
+            "Accept an inherited or systemd TCP listening socket that is not on loopback. UNAUTHENTICATED: anyone who can reach it controls the VM. Without it such a socket is refused."
+    )
+    var unauthenticatedTcpListen = false
 
     @Option(
         help: ArgumentHelp(
@@ -133,9 +151,23 @@ struct QMPSidecarCommand: ParsableCommand {
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level \(logLevel): use trace, debug, info, notice, warning, error or critical")
         }
+        if let socketGroup, Self.groupID(socketGroup) == nil {
+            throw ValidationError(
+                "--socket-group \(socketGroup): no such group (give a name from /etc/group or a number)")
+        }
+        guard maxClients > 0 else {
+            throw ValidationError("--max-clients \(maxClients): give at least 1")
+        }
         for address in listen where !address.hasPrefix("unix:") {
             throw ValidationError("--listen \(address): only unix:PATH is supported")
         }
+    }
+
+    /// A group given by name or number.
+    private static func groupID(_ text: String) -> gid_t? {
+        if let number = gid_t(text) { return number }
+        guard let entry = getgrnam(text) else { return nil }
+        return entry.pointee.gr_gid
     }
 
     func run() throws {
@@ -162,7 +194,10 @@ struct QMPSidecarCommand: ParsableCommand {
                 sysfsRoot: sysfsRoot, devRoot: devRoot, releaseTimeout: .milliseconds(Int64(releaseTimeout * 1000)),
                 eventPrefix: eventPrefix, holdDeviceDeleted: holdDeviceDeleted),
             discoveryGateTimeout: .milliseconds(Int64(discoveryTimeout * 1000)),
-            maxClientQueue: maxClientQueue, metricsFile: metricsFile,
+            maxClientQueue: maxClientQueue,
+            socketGroup: socketGroup.flatMap(Self.groupID),
+            admission: ClientAdmission(allowedUIDs: Set(allowUid), maxClients: maxClients),
+            allowUnauthenticatedTCP: unauthenticatedTcpListen, metricsFile: metricsFile,
             metricsDelay: .milliseconds(Int64(metricsDelay * 1000)))
         // On the main thread, without Swift concurrency: an idle sidecar sleeps in poll() and nothing
         // else in the process wakes up.
