@@ -257,7 +257,7 @@ final class SidecarCore: QMPUpstreamCommander {
         connection.onClose = { reason in
             self.clients[id] = nil
             self.fullClients.remove(id)
-            self.logger.info("client gone", metadata: ["client": "\(id)", "reason": "\(reason)"])
+            self.logger.info("client disconnected", metadata: ["client": "\(id)", "reason": "\(reason)"])
             self.perform(self.router.clientClosed(id))
             self.instruments?.changed()
         }

@@ -156,7 +156,7 @@ import Testing
             let client = try TestClient.connecting(to: session.socket)
             try script(session, client: client)
         }
-        #expect(waitFor { session.log.contains(#""message": "client gone""#) })
+        #expect(waitFor { session.log.contains(#""message": "client disconnected""#) })
         let lines = session.log.split(separator: "\n").compactMap {
             try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: String]
         }
@@ -180,7 +180,7 @@ import Testing
                 "IOMMU group released 7",
                 "IOMMU group detaching: its last guest device was deleted 8 hostdev2",
                 "IOMMU group not released in time 8",
-                "client gone 1",
+                "client disconnected 1",
             ], "\(session.log)")
     }
 }
