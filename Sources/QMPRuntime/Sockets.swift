@@ -102,15 +102,16 @@ public enum Sockets {
 
     /// Creates a unix listening socket at `path` with permissions `mode`.
     ///
-    /// The socket is bound under a temporary name, given `mode`, and renamed onto `path`, so it never
-    /// exists at `path` with other permissions. An existing socket file at `path` nobody listens on
+    /// The socket is bound under a temporary name, given `mode` (and `group`, when set), and renamed
+    /// onto `path`, so it never exists at `path` with other permissions. An existing socket file at `path` nobody listens on
     /// (connect gives ECONNREFUSED) is replaced; a live one is refused.
     /// - Returns: the listening descriptor. Caller owns it; the file at `path` stays until removed
     ///   (``Listener`` removes it on close when given the path).
     /// - Throws: ``RuntimeError`` `.addressInUse` (live listener), `.notASocket` (a file that is not a
     ///   socket), `.pathTooLong`, or `.systemCall`.
-    public static func listenUnix(path: String, mode: mode_t = 0o600, backlog: Int32 = 64) throws(RuntimeError) -> Int32
-    {
+    public static func listenUnix(
+        path: String, mode: mode_t = 0o600, group: gid_t? = nil, backlog: Int32 = 64
+    ) throws(RuntimeError) -> Int32 {
         try checkPathLength(path)
         var info = stat()
         if lstat(path, &info) == 0 {
@@ -144,6 +145,12 @@ public enum Sockets {
             }
             if chmod(bindPath, mode) != 0 {
                 let error = RuntimeError.systemCall("chmod", context: "listening at \(path)")
+                unlink(bindPath)
+                throw error
+            }
+            if let group, chown(bindPath, uid_t.max, group) != 0 {
+                let error = RuntimeError.systemCall(
+                    "chown", context: "giving \(path) to group \(group) (qmp-sidecar must be root or a member of it)")
                 unlink(bindPath)
                 throw error
             }

@@ -46,7 +46,8 @@ final class SidecarCore: QMPUpstreamCommander {
         self.trace = trace
         self.outcome = outcome
         self.logger = logger
-        self.router = ProxyRouter(configuration: .init(tracing: trace != nil))
+        self.router = ProxyRouter(
+            configuration: .init(tracing: trace != nil, maxClientQueue: configuration.maxClientQueue))
     }
 
     /// Installs the VFIO hooks (before ``start(listeningFDs:)``).
@@ -54,7 +55,8 @@ final class SidecarCore: QMPUpstreamCommander {
         self.hooks = hooks
         router = ProxyRouter(
             configuration: .init(
-                localCommands: hooks.localCommandNames, tracing: trace != nil, gateClientCommands: true))
+                localCommands: hooks.localCommandNames, tracing: trace != nil, gateClientCommands: true,
+                maxClientQueue: configuration.maxClientQueue))
     }
 
     /// Starts accepting on the listening sockets and connecting to QEMU.
@@ -187,8 +189,11 @@ final class SidecarCore: QMPUpstreamCommander {
         guard pause != clientsPaused else { return }
         clientsPaused = pause
         logger.debug("client reading \(pause ? "paused" : "resumed")", metadata: ["upstream-backlog": "\(backlog)"])
-        for client in clients.values { client.isReadingEnabled = !pause }
+        for (id, client) in clients { client.isReadingEnabled = !pause && !fullClients.contains(id) }
     }
+
+    /// Clients not read because their queue in the router is full.
+    private var fullClients: Set<Int> = []
 
     private func fail(_ error: SidecarError) {
         logger.error("\(error.message)")
@@ -206,6 +211,18 @@ final class SidecarCore: QMPUpstreamCommander {
     // MARK: Clients
 
     private func accept(_ fd: Int32) {
+        let peer = Sockets.peerCredentials(fd)
+        if case .refuse(let reason) = configuration.admission.decide(peer: peer, connectedClients: clients.count) {
+            // Closed before anything is sent: a refused peer never sees the greeting.
+            Glibc.close(fd)
+            logger.warning(
+                "client refused",
+                metadata: [
+                    "reason": "\(reason)", "pid": "\(peer.map { String($0.pid) } ?? "?")",
+                    "uid": "\(peer.map { String($0.uid) } ?? "?")",
+                ])
+            return
+        }
         let id = nextClient
         nextClient += 1
         var clientLogger = logger
@@ -218,6 +235,7 @@ final class SidecarCore: QMPUpstreamCommander {
         }
         connection.onClose = { reason in
             self.clients[id] = nil
+            self.fullClients.remove(id)
             self.logger.debug("client disconnected", metadata: ["client": "\(id)", "reason": "\(reason)"])
             self.perform(self.router.clientClosed(id))
         }
@@ -230,7 +248,11 @@ final class SidecarCore: QMPUpstreamCommander {
         clients[id] = connection
         connection.isReadingEnabled = !clientsPaused
         logger.debug(
-            "client connected", metadata: ["client": "\(id)", "pid": "\(connection.peerPID.map(String.init) ?? "?")"])
+            "client connected",
+            metadata: [
+                "client": "\(id)", "pid": "\(peer.map { String($0.pid) } ?? "?")",
+                "uid": "\(peer.map { String($0.uid) } ?? "?")",
+            ])
         connection.start()
         perform(router.clientConnected(id))
     }
@@ -296,6 +318,9 @@ final class SidecarCore: QMPUpstreamCommander {
             case .disconnectClient(let id):
                 flushClientBatches(only: id)
                 clients[id]?.close()
+            case .setClientReading(let id, let enabled):
+                if enabled { fullClients.remove(id) } else { fullClients.insert(id) }
+                clients[id]?.isReadingEnabled = enabled && !clientsPaused
             case .upstreamReady(let oob):
                 logger.info("QMP session with QEMU negotiated", metadata: ["oob": "\(oob)"])
                 if let hooks { startDiscoveryGate(hooks) }
