@@ -3,7 +3,6 @@ import QMPProxy
 import QMPRuntime
 import QMPWire
 import Synchronization
-import VFIOTracking
 
 #if canImport(Glibc)
 import Glibc
@@ -52,7 +51,8 @@ final class SidecarCore: QMPUpstreamCommander {
         self.hooks = hooks
         router = ProxyRouter(
             configuration: .init(
-                localCommands: hooks.localCommandNames, tracing: trace != nil, gateClientCommands: true))
+                localCommands: hooks.localCommandNames, observedCommands: hooks.observedCommands,
+                tracing: trace != nil, gateClientCommands: true))
     }
 
     /// Starts accepting on the listening sockets and connecting to QEMU.
@@ -245,13 +245,15 @@ final class SidecarCore: QMPUpstreamCommander {
             case .upstreamFailed(let reason):
                 logger.error("\(reason)")
                 upstream?.close()
-            case .event(let name, let line):
-                if name == "DEVICE_DELETED", let hooks, hooks.deviceDeleted(line) {
+            case .event(let name, let message):
+                if let hooks, hooks.event(name, message) {
                     continue
                 }
-                perform(router.broadcastEvent(line))
-            case .deviceAddSucceeded(let arguments):
-                hooks?.deviceAddSucceeded(arguments: arguments)
+                perform(router.broadcastEvent(message.bytes + [0x0D, 0x0A]))
+            case .commandObserved(let name, let arguments):
+                hooks?.commandObserved(name, arguments: arguments)
+            case .observedReply(let name, let arguments, let succeeded):
+                hooks?.observedReply(name, arguments: arguments, succeeded: succeeded)
             case .localCommand(_, let token, let name, let arguments):
                 let reply =
                     hooks?.localCommand(name, arguments: arguments)
