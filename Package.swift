@@ -84,15 +84,15 @@ let package = Package(
             ]
         ),
 
-        // Shared test fixtures: fake sysfs/dev trees, socket helpers, a QEMU launcher.
-        .target(name: "QMPTestKit", dependencies: ["QMPWire", "QMPRuntime", "CQMPShims", "VFIOFakeHost"]),
+        // Shared test fixtures: spawned processes, a QMP test client, a QEMU launcher.
+        .target(name: "QMPTestKit", dependencies: ["QMPRuntime", "CQMPShims"]),
 
         .testTarget(name: "QMPWireTests", dependencies: ["QMPWire", "QMPTestKit"]),
         .testTarget(name: "QMPProxyTests", dependencies: ["QMPProxy", "QMPWire"]),
         .testTarget(
             name: "VFIOTrackingTests",
             dependencies: [
-                "VFIOTracking", "VFIOFakeHost", "QMPTestKit", "QMPRuntime", "QMPSidecar", "QMPProxy", "QMPWire",
+                "VFIOTracking", "VFIOFakeHost", "QMPRuntime", "QMPSidecar", "QMPProxy", "QMPWire",
                 "CQMPShims", .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(name: "QMPRuntimeTests", dependencies: ["QMPRuntime", "QMPTestKit", "CQMPShims"]),
@@ -101,7 +101,7 @@ let package = Package(
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "QMPSidecar", "QMPRuntime", "QMPWire", "QMPTestKit", "qmp-sidecar", "qmp-mock",
+                "QMPSidecar", "QMPRuntime", "QMPTestKit", "qmp-sidecar", "qmp-mock",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],

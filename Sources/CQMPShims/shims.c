@@ -9,6 +9,7 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #ifndef SYS_pidfd_open
@@ -96,13 +97,29 @@ int cqmp_eventfd(void) {
     return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 }
 
-pid_t cqmp_peer_pid(int sock) {
+int cqmp_peer_credentials(int sock, pid_t *pid, uid_t *uid, gid_t *gid) {
     struct ucred cred;
     socklen_t size = sizeof(cred);
     if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &size) != 0) {
         return -1;
     }
-    return cred.pid;
+    *pid = cred.pid;
+    *uid = cred.uid;
+    *gid = cred.gid;
+    return 0;
+}
+
+int cqmp_child_exit_status(pid_t pid, int *status) {
+    siginfo_t info;
+    memset(&info, 0, sizeof(info));
+    if (waitid(P_PID, (id_t)pid, &info, WEXITED | WNOHANG | WNOWAIT) != 0) {
+        return -1;
+    }
+    if (info.si_pid == 0) {
+        return 0;
+    }
+    *status = info.si_code == CLD_EXITED ? info.si_status : 128 + info.si_status;
+    return 1;
 }
 
 int cqmp_poll_ns(struct pollfd *fds, nfds_t nfds, int64_t timeout_ns) {

@@ -43,11 +43,6 @@ struct ClientSession: Sendable {
         return false
     }
 
-    var clientOOB: Bool {
-        if case .negotiated(let oob) = phase { return oob }
-        return false
-    }
-
     mutating func enqueue(_ slot: Slot) {
         slots.append(slot)
     }
@@ -80,7 +75,4 @@ struct ClientSession: Sendable {
         }
         return lines
     }
-
-    /// Number of replies the client is still owed in order.
-    var outstanding: Int { slots.count - head }
 }

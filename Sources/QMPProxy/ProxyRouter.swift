@@ -19,6 +19,10 @@ import QMPWire
 ///   Upstream, an fd batch travels with the first bytes of its command, and no second fd-carrying
 ///   command is sent before QEMU replied to the previous one (QEMU would replace the first batch).
 ///   The `getfd` namespace is QEMU's, one per QEMU connection, so all clients share it.
+/// - Fairness: clients' in-band commands reach QEMU round robin with a bounded number in flight per
+///   client (``FairScheduler``), as QEMU's dispatcher serves monitors of their own; a client with
+///   ``Configuration/maxClientQueue`` commands waiting is not read further
+///   (``Action/setClientReading(_:enabled:)``). OOB commands never wait.
 ///
 /// - Important: fds handed in become the router's; every one leaves again in exactly one
 ///   ``Action/sendUpstream(_:fds:)`` or ``Action/closeFDs(_:)``.
@@ -38,15 +42,19 @@ public struct ProxyRouter: Sendable {
         /// each upstream negotiation until ``ProxyRouter/openClientGate()``: the sidecar's own start-up
         /// commands (cold-plug discovery) then finish before any client command reaches QEMU.
         public var gateClientCommands: Bool
+        /// Per client: in-band commands at QEMU unanswered, and commands waiting beyond which the
+        /// client is not read (QEMU's `QMP_REQ_QUEUE_LEN_MAX` is 8).
+        public var maxClientQueue: Int
 
         public init(
             localCommands: Set<String> = [], observedCommands: Set<String> = [], tracing: Bool = false,
-            gateClientCommands: Bool = false
+            gateClientCommands: Bool = false, maxClientQueue: Int = 8
         ) {
             self.localCommands = localCommands
             self.observedCommands = observedCommands
             self.tracing = tracing
             self.gateClientCommands = gateClientCommands
+            self.maxClientQueue = max(1, maxClientQueue)
         }
     }
 
@@ -85,6 +93,9 @@ public struct ProxyRouter: Sendable {
         case closeFDs([Int32])
         /// Close the client's connection (QEMU went away).
         case disconnectClient(ClientID)
+        /// Stop (false) or resume (true) reading the client: its queue is full (backpressure, as QEMU
+        /// suspends a monitor) or has room again.
+        case setClientReading(ClientID, enabled: Bool)
         /// The sidecar's own negotiation with QEMU succeeded.
         case upstreamReady(oob: Bool)
         /// QEMU refused the sidecar's negotiation: treat the upstream as failed.
@@ -116,18 +127,21 @@ public struct ProxyRouter: Sendable {
     private enum Pending {
         case negotiation
         case sidecar
-        case client(ClientID, originalID: [UInt8]?, oob: Bool, observed: (name: String, arguments: [UInt8])?)
+        /// `kind` is nil for OOB commands (they bypass the scheduler).
+        case client(
+            ClientID, originalID: [UInt8]?, kind: FairScheduler<ClientItem>.Kind?,
+            observed: (name: String, arguments: [UInt8])?)
     }
 
-    private struct UpstreamItem {
+    private struct UpstreamItem: Sendable {
         var bytes: [UInt8]
         var fds: [Int32]
         var id: UInt64
     }
 
-    /// A client command held while the client gate is closed.
-    private enum GatedItem {
-        case upstream(UpstreamItem, trace: Action?)
+    /// What a client's queue holds: a command for QEMU, or one the sidecar answers itself.
+    private enum ClientItem: Sendable {
+        case upstream(UpstreamItem)
         case local(Action)
     }
 
@@ -141,15 +155,18 @@ public struct ProxyRouter: Sendable {
     private var nextID: UInt64 = 1
     private var pending: [UInt64: Pending] = [:]
     private var localPending: [UInt64: (client: ClientID, originalID: [UInt8]?)] = [:]
-    private var upstreamQueue: [UpstreamItem] = []
-    private var upstreamHead = 0
-    private var fdCommandInFlight: UInt64?
+    /// Clients' commands (and local commands, in their order) waiting for their turn at QEMU.
+    private var scheduler: FairScheduler<ClientItem>
+    /// The sidecar's own and OOB commands written before the upstream negotiation finished.
+    private var early: [UpstreamItem] = []
+    /// Clients not read because their queue is full.
+    private var pausedClients: Set<ClientID> = []
     private var clientGateOpen: Bool
-    private var gated: [GatedItem] = []
 
     public init(configuration: Configuration = Configuration()) {
         self.configuration = configuration
         self.clientGateOpen = !configuration.gateClientCommands
+        self.scheduler = FairScheduler(maxInFlight: configuration.maxClientQueue, isOpen: clientGateOpen)
     }
 
     /// Whether clients' commands currently go on to QEMU (always true without
@@ -157,25 +174,22 @@ public struct ProxyRouter: Sendable {
     public var isClientGateOpen: Bool { clientGateOpen }
 
     /// Number of client commands held by the closed gate.
-    public var gatedCommands: Int { gated.count }
+    public var gatedCommands: Int { clientGateOpen ? 0 : scheduler.totalQueued }
+
+    /// The client's commands waiting for their turn at QEMU (local commands included).
+    public func queuedCommands(of client: ClientID) -> Int { scheduler.queued(client) }
+
+    /// The client's in-band commands sent to QEMU and not yet answered.
+    public func commandsInFlight(of client: ClientID) -> Int { scheduler.inFlight(client) }
 
     /// Opens the client gate (the sidecar's start-up work is done, or waiting for it gave up): held
     /// client commands go on in the order they arrived. Closed again when QEMU goes away.
     public mutating func openClientGate() -> [Action] {
         guard !clientGateOpen else { return [] }
         clientGateOpen = true
+        scheduler.isOpen = true
         var actions: [Action] = []
-        let items = gated
-        gated = []
-        for item in items {
-            switch item {
-            case .upstream(let upstreamItem, let trace):
-                if let trace { actions.append(trace) }
-                upstreamQueue.append(upstreamItem)
-            case .local(let action): actions.append(action)
-            }
-        }
-        flushUpstream(into: &actions)
+        dispatch(into: &actions)
         return actions
     }
 
@@ -241,10 +255,6 @@ public struct ProxyRouter: Sendable {
             actions.append(.warning("QEMU sent a message the sidecar cannot route: \(Self.excerpt(message.bytes))"))
             return
         }
-        if id == fdCommandInFlight {
-            fdCommandInFlight = nil
-            flushUpstream(into: &actions)
-        }
         switch entry {
         case .negotiation:
             trace(.qemuToSidecar, client: 0, fds: 0, message.bytes, into: &actions)
@@ -254,12 +264,16 @@ public struct ProxyRouter: Sendable {
             }
             phase = .ready
             actions.append(.upstreamReady(oob: offered.contains("oob")))
-            flushUpstream(into: &actions)
+            dispatch(into: &actions)
         case .sidecar:
             trace(.qemuToSidecar, client: 0, fds: 0, message.bytes, into: &actions)
             actions.append(.internalReply(token: id, message: message.bytes))
-        case .client(let clientID, let originalID, let oob, let observed):
+        case .client(let clientID, let originalID, let kind, let observed):
             trace(.qemuToClient, client: clientID, fds: 0, message.bytes, into: &actions)
+            if let kind {
+                scheduler.completed(clientID, kind: kind)
+                dispatch(into: &actions)
+            }
             if let observed {
                 actions.append(
                     .observedReply(name: observed.name, arguments: observed.arguments, succeeded: message.isSuccess))
@@ -267,7 +281,7 @@ public struct ProxyRouter: Sendable {
             guard var session = clients.removeValue(forKey: clientID) else { return }  // gone: drop quietly
             var line = message.message.replacingID(with: originalID.map(Self.echo))
             line.append(contentsOf: QEMUReply.crlf)
-            if oob {
+            if kind == nil {
                 actions.append(.sendToClient(clientID, line))
             } else {
                 _ = session.fill(id, with: line)
@@ -287,20 +301,16 @@ public struct ProxyRouter: Sendable {
             }
             actions.append(.disconnectClient(clientID))
         }
-        for item in upstreamQueue[upstreamHead...] where !item.fds.isEmpty {
+        for case .upstream(let item) in scheduler.removeAll() where !item.fds.isEmpty {
             actions.append(.closeFDs(item.fds))
         }
-        for case .upstream(let item, _) in gated where !item.fds.isEmpty {
-            actions.append(.closeFDs(item.fds))
-        }
-        gated = []
         clientGateOpen = !configuration.gateClientCommands
+        scheduler.isOpen = clientGateOpen
         clients = [:]
         pending = [:]
         localPending = [:]
-        upstreamQueue = []
-        upstreamHead = 0
-        fdCommandInFlight = nil
+        early = []
+        pausedClients = []
         upstreamFramer = QMPOutputFramer()
         greeting = nil
         offered = []
@@ -322,9 +332,7 @@ public struct ProxyRouter: Sendable {
             request += Array(", \"arguments\": ".utf8) + arguments
         }
         request += Array(", \"id\": \(id)}".utf8)
-        trace(.sidecarToQEMU, client: 0, fds: 0, request, into: &actions)
-        upstreamQueue.append(UpstreamItem(bytes: request + QEMUReply.crlf, fds: [], id: id))
-        flushUpstream(into: &actions)
+        sendEarly(UpstreamItem(bytes: request + QEMUReply.crlf, fds: [], id: id), into: &actions)
         return (id, actions)
     }
 
@@ -368,16 +376,24 @@ public struct ProxyRouter: Sendable {
             flushClient(clientID, &session, into: &actions)
         }
         clients[clientID] = session
+        if scheduler.queued(clientID) >= configuration.maxClientQueue, pausedClients.insert(clientID).inserted {
+            actions.append(.setClientReading(clientID, enabled: false))
+        }
         return actions
     }
 
     /// The client went away. Replies to its commands in flight will be dropped quietly.
     public mutating func clientClosed(_ clientID: ClientID) -> [Action] {
         guard let session = clients.removeValue(forKey: clientID) else { return [] }
+        pausedClients.remove(clientID)
+        var actions: [Action] = []
         if let held = session.heldFDs {
-            return [.closeFDs(held.fds)]
+            actions.append(.closeFDs(held.fds))
         }
-        return []
+        for case .upstream(let item) in scheduler.remove(clientID) where !item.fds.isEmpty {
+            actions.append(.closeFDs(item.fds))
+        }
+        return actions
     }
 
     /// Sends an event line (CRLF included) to every negotiated client.
@@ -468,11 +484,8 @@ public struct ProxyRouter: Sendable {
                 session.enqueue(.waiting(token))
                 let local = Action.localCommand(
                     client: clientID, token: token, name: name, arguments: message.argumentBytes)
-                if clientGateOpen {
-                    actions.append(local)
-                } else {
-                    gated.append(.local(local))
-                }
+                scheduler.enqueue(.local(local), kind: .local, from: clientID)
+                dispatch(into: &actions)
                 return
             }
             forward(message, name: name, end: end, clientID, &session, into: &actions)
@@ -486,34 +499,30 @@ public struct ProxyRouter: Sendable {
         let id = allocateID()
         let oob = message.isOOBRequest
         var fds: [Int32] = []
-        if name == "getfd" || name == "add-fd", let held = session.heldFDs, held.start < end {
+        // QEMU refuses `getfd`/`add-fd` as OOB before their handler runs, so their fds stay held.
+        if !oob, name == "getfd" || name == "add-fd", let held = session.heldFDs, held.start < end {
             fds = held.fds
             session.heldFDs = nil
         }
         var bytes = message.message.replacingID(with: Array(String(id).utf8))
+        bytes.append(contentsOf: QEMUReply.crlf)
+        let item = UpstreamItem(bytes: bytes, fds: fds, id: id)
+        let kind: FairScheduler<ClientItem>.Kind? = oob ? nil : (fds.isEmpty ? .command : .fdCommand)
         var observed: (name: String, arguments: [UInt8])?
         if let name, configuration.observedCommands.contains(name) {
             let arguments = message.argumentBytes ?? Array("{}".utf8)
             observed = (name, arguments)
+            // Reported before the command can reach QEMU: the VFIO side watches what it will open.
             actions.append(.commandObserved(name: name, arguments: arguments))
         }
-        pending[id] = .client(clientID, originalID: message.idBytes, oob: oob, observed: observed)
-        if !oob {
-            session.enqueue(.waiting(id))
-        }
-        guard clientGateOpen else {
-            // Traced when the gate opens, so the trace keeps the order QEMU sees.
-            var traced: [Action] = []
-            trace(.clientToQEMU, client: clientID, fds: fds.count, bytes, into: &traced)
-            bytes.append(contentsOf: QEMUReply.crlf)
-            gated.append(.upstream(UpstreamItem(bytes: bytes, fds: fds, id: id), trace: traced.first))
+        pending[id] = .client(clientID, originalID: message.idBytes, kind: kind, observed: observed)
+        guard let kind else {
+            sendEarly(item, client: clientID, direction: .clientToQEMU, into: &actions)
             return
         }
-        trace(.clientToQEMU, client: clientID, fds: fds.count, bytes, into: &actions)
-        bytes.append(contentsOf: QEMUReply.crlf)
-        let item = UpstreamItem(bytes: bytes, fds: fds, id: id)
-        upstreamQueue.append(item)
-        flushUpstream(into: &actions)
+        session.enqueue(.waiting(id))
+        scheduler.enqueue(.upstream(item), kind: kind, from: clientID)
+        dispatch(into: &actions)
     }
 
     private mutating func replyLocally(
@@ -564,20 +573,38 @@ public struct ProxyRouter: Sendable {
         actions.append(.sendToClient(clientID, lines.count == 1 ? lines[0] : Array(lines.joined())))
     }
 
-    private mutating func flushUpstream(into actions: inout [Action]) {
-        guard phase == .ready else { return }
-        while upstreamHead < upstreamQueue.count {
-            let item = upstreamQueue[upstreamHead]
-            if !item.fds.isEmpty {
-                guard fdCommandInFlight == nil else { break }
-                fdCommandInFlight = item.id
-            }
-            actions.append(.sendUpstream(item.bytes, fds: item.fds))
-            upstreamHead += 1
+    /// Sends a command that never waits for a turn (the sidecar's own, OOB), or holds it until the
+    /// upstream negotiation is done. Such commands carry no fds.
+    private mutating func sendEarly(
+        _ item: UpstreamItem, client: ClientID = 0, direction: TraceDirection = .sidecarToQEMU,
+        into actions: inout [Action]
+    ) {
+        trace(direction, client: client, fds: 0, Self.trimmed(item.bytes), into: &actions)
+        if phase == .ready {
+            actions.append(.sendUpstream(item.bytes, fds: []))
+        } else {
+            early.append(item)
         }
-        if upstreamHead == upstreamQueue.count {
-            upstreamQueue.removeAll(keepingCapacity: true)
-            upstreamHead = 0
+    }
+
+    /// Sends what may go to QEMU now: held early commands, then clients' commands round robin.
+    private mutating func dispatch(into actions: inout [Action]) {
+        guard phase == .ready else { return }
+        for item in early {
+            actions.append(.sendUpstream(item.bytes, fds: []))
+        }
+        early = []
+        while let (clientID, item, _) = scheduler.next() {
+            switch item {
+            case .local(let action):
+                actions.append(action)
+            case .upstream(let item):
+                trace(.clientToQEMU, client: clientID, fds: item.fds.count, Self.trimmed(item.bytes), into: &actions)
+                actions.append(.sendUpstream(item.bytes, fds: item.fds))
+            }
+            if scheduler.queued(clientID) < configuration.maxClientQueue, pausedClients.remove(clientID) != nil {
+                actions.append(.setClientReading(clientID, enabled: true))
+            }
         }
     }
 
@@ -587,10 +614,11 @@ public struct ProxyRouter: Sendable {
     }
 
     private func trace(
-        _ direction: TraceDirection, client: Int, fds: Int, _ message: [UInt8], into actions: inout [Action]
+        _ direction: TraceDirection, client: Int, fds: Int, _ message: @autoclosure () -> [UInt8],
+        into actions: inout [Action]
     ) {
         guard configuration.tracing else { return }
-        actions.append(.trace(TraceRecord(direction: direction, client: client, fds: fds, message: message)))
+        actions.append(.trace(TraceRecord(direction: direction, client: client, fds: fds, message: message())))
     }
 
     private static func trimmed(_ line: [UInt8]) -> [UInt8] {

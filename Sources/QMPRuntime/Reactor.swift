@@ -454,10 +454,4 @@ public struct ReactorHandle: Sendable {
     public func stop() -> Bool {
         channel.submit(job: nil, stop: true)
     }
-
-    /// Wakes the loop without doing anything (useful only to measure wake-ups).
-    @discardableResult
-    public func wakeUp() -> Bool {
-        channel.submit(job: nil, stop: false)
-    }
 }

@@ -37,9 +37,12 @@ public final class SocketTakeOver {
     ///   - path: where QEMU listens (`-qmp unix:PATH,server=on`).
     ///   - suffix: appended to `path` to name QEMU's socket while we own `path`.
     ///   - mode: permissions of our socket; nil copies QEMU's socket's mode (and owner, when permitted).
+    ///   - group: the group of our socket (`--socket-group`); nil leaves it as created (or QEMU's).
     /// - Throws: ``RuntimeError`` `.takeOver` when nothing listens at `path`, when the upstream name is
     ///   already taken (a previous run did not restore), or a system call fails.
-    public init(path: String, suffix: String = SocketTakeOver.defaultSuffix, mode: mode_t? = nil) throws(RuntimeError) {
+    public init(
+        path: String, suffix: String = SocketTakeOver.defaultSuffix, mode: mode_t? = nil, group: gid_t? = nil
+    ) throws(RuntimeError) {
         self.path = path
         self.upstreamPath = path + suffix
         try Sockets.checkPathLength(upstreamPath)
@@ -80,7 +83,13 @@ public final class SocketTakeOver {
             if chmod(temporary, mode ?? (qemu.st_mode & 0o7777)) != 0 {
                 throw RuntimeError.systemCall("chmod", context: "taking over \(path)")
             }
-            if mode == nil {
+            if let group {
+                if chown(temporary, uid_t.max, group) != 0 {
+                    throw RuntimeError.systemCall(
+                        "chown",
+                        context: "giving \(path) to group \(group) (qmp-sidecar must be root or a member of it)")
+                }
+            } else if mode == nil {
                 _ = chown(temporary, qemu.st_uid, qemu.st_gid)  // best effort: only root may give files away
             }
             if listen(fd, 64) != 0 {
@@ -110,9 +119,6 @@ public final class SocketTakeOver {
             throw error
         }
     }
-
-    /// Whether ``restore()`` already ran.
-    public var isRestored: Bool { restored }
 
     /// Puts QEMU's socket back at ``path`` (replacing ours) and removes ours. Idempotent.
     ///

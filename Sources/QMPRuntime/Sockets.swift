@@ -74,8 +74,18 @@ public enum Sockets {
 
     /// The pid of the process at the other end of a connected unix socket (SO_PEERCRED), or nil.
     public static func peerPID(_ fd: Int32) -> pid_t? {
-        let pid = cqmp_peer_pid(fd)
-        return pid > 0 ? pid : nil
+        guard let pid = peerCredentials(fd)?.pid, pid > 0 else { return nil }
+        return pid
+    }
+
+    /// Who is at the other end of a connected unix socket (SO_PEERCRED: the credentials the peer had
+    /// when it connected), or nil when the socket has none (not a unix socket).
+    public static func peerCredentials(_ fd: Int32) -> PeerCredentials? {
+        var pid: pid_t = 0
+        var uid: uid_t = 0
+        var gid: gid_t = 0
+        guard cqmp_peer_credentials(fd, &pid, &uid, &gid) == 0 else { return nil }
+        return PeerCredentials(pid: pid, uid: uid, gid: gid)
     }
 
     /// A connected pair of unix stream sockets, both nonblocking and close-on-exec. Caller owns both.
@@ -92,15 +102,16 @@ public enum Sockets {
 
     /// Creates a unix listening socket at `path` with permissions `mode`.
     ///
-    /// The socket is bound under a temporary name, given `mode`, and renamed onto `path`, so it never
-    /// exists at `path` with other permissions. An existing socket file at `path` nobody listens on
+    /// The socket is bound under a temporary name, given `mode` (and `group`, when set), and renamed
+    /// onto `path`, so it never exists at `path` with other permissions. An existing socket file at `path` nobody listens on
     /// (connect gives ECONNREFUSED) is replaced; a live one is refused.
     /// - Returns: the listening descriptor. Caller owns it; the file at `path` stays until removed
     ///   (``Listener`` removes it on close when given the path).
     /// - Throws: ``RuntimeError`` `.addressInUse` (live listener), `.notASocket` (a file that is not a
     ///   socket), `.pathTooLong`, or `.systemCall`.
-    public static func listenUnix(path: String, mode: mode_t = 0o600, backlog: Int32 = 64) throws(RuntimeError) -> Int32
-    {
+    public static func listenUnix(
+        path: String, mode: mode_t = 0o600, group: gid_t? = nil, backlog: Int32 = 64
+    ) throws(RuntimeError) -> Int32 {
         try checkPathLength(path)
         var info = stat()
         if lstat(path, &info) == 0 {
@@ -134,6 +145,12 @@ public enum Sockets {
             }
             if chmod(bindPath, mode) != 0 {
                 let error = RuntimeError.systemCall("chmod", context: "listening at \(path)")
+                unlink(bindPath)
+                throw error
+            }
+            if let group, chown(bindPath, uid_t.max, group) != 0 {
+                let error = RuntimeError.systemCall(
+                    "chown", context: "giving \(path) to group \(group) (qmp-sidecar must be root or a member of it)")
                 unlink(bindPath)
                 throw error
             }

@@ -27,6 +27,13 @@ public struct SidecarConfiguration: Sendable {
     public var takeOver: String?
     /// Mode for sockets the sidecar creates (`--socket-mode`).
     public var socketMode: mode_t
+    /// Group for sockets the sidecar creates (`--socket-group`); nil keeps the sidecar's own.
+    public var socketGroup: gid_t?
+    /// Who may be a client (`--allow-uid`, `--max-clients`).
+    public var admission: ClientAdmission
+    /// `--unauthenticated-tcp-listen`: accept an inherited TCP listening socket that is not on
+    /// loopback (anyone who reaches it controls the VM).
+    public var allowUnauthenticatedTCP: Bool
     /// QEMU's pid for TCP upstreams (unix upstreams use SO_PEERCRED).
     public var qemuPID: pid_t?
     /// `--reconnect`: when QEMU goes away, wait for a new one at the same address instead of exiting.
@@ -35,6 +42,9 @@ public struct SidecarConfiguration: Sendable {
     public var tracePath: String?
     /// Per-client output bound; a client that lets more pile up is disconnected.
     public var clientOutputLimit: Int
+    /// Per client: commands at QEMU unanswered, and commands waiting beyond which the client is not
+    /// read (`--max-client-queue`; QEMU queues 8 per monitor).
+    public var maxClientQueue: Int
     /// The VFIO release monitor's options (`--sysfs-root`, `--dev-root`, `--release-timeout`,
     /// `--event-prefix`, `--hold-device-deleted`); nil runs the proxy without VFIO tracking.
     public var vfio: VFIOConfiguration?
@@ -47,8 +57,13 @@ public struct SidecarConfiguration: Sendable {
         upstream: SocketAddress? = nil, connectTimeout: Duration = .seconds(30), listeners: [ListenSpec] = [],
         takeOver: String? = nil, socketMode: mode_t = 0o600, qemuPID: pid_t? = nil, reconnect: Bool = false,
         tracePath: String? = nil, clientOutputLimit: Int = 16 << 20, vfio: VFIOConfiguration? = VFIOConfiguration(),
-        discoveryGateTimeout: Duration = .seconds(10)
+        discoveryGateTimeout: Duration = .seconds(10), maxClientQueue: Int = 8, socketGroup: gid_t? = nil,
+        admission: ClientAdmission = ClientAdmission(), allowUnauthenticatedTCP: Bool = false
     ) {
+        self.maxClientQueue = maxClientQueue
+        self.socketGroup = socketGroup
+        self.admission = admission
+        self.allowUnauthenticatedTCP = allowUnauthenticatedTCP
         self.vfio = vfio
         self.discoveryGateTimeout = discoveryGateTimeout
         self.upstream = upstream

@@ -32,6 +32,8 @@ final class SidecarCore: QMPUpstreamCommander {
     /// does nothing.
     private var gateGeneration = 0
     private var gateTimer: Reactor.TimerID?
+    /// Whether the current QMP session ended with QEMU shutting down normally (exit status 0).
+    private var ending = QEMUEnding()
 
     init(
         reactor: Reactor, configuration: SidecarConfiguration, upstreamAddress: SocketAddress, trace: TraceWriter?,
@@ -43,7 +45,8 @@ final class SidecarCore: QMPUpstreamCommander {
         self.trace = trace
         self.outcome = outcome
         self.logger = logger
-        self.router = ProxyRouter(configuration: .init(tracing: trace != nil))
+        self.router = ProxyRouter(
+            configuration: .init(tracing: trace != nil, maxClientQueue: configuration.maxClientQueue))
     }
 
     /// Installs the VFIO hooks (before ``start(listeningFDs:)``).
@@ -52,7 +55,7 @@ final class SidecarCore: QMPUpstreamCommander {
         router = ProxyRouter(
             configuration: .init(
                 localCommands: hooks.localCommandNames, observedCommands: hooks.observedCommands,
-                tracing: trace != nil, gateClientCommands: true))
+                tracing: trace != nil, gateClientCommands: true, maxClientQueue: configuration.maxClientQueue))
     }
 
     /// Starts accepting on the listening sockets and connecting to QEMU.
@@ -93,6 +96,7 @@ final class SidecarCore: QMPUpstreamCommander {
         }
         connection.onClose = { reason in self.upstreamLost(reason.description) }
         upstream = connection
+        ending.sessionStarted()
         connection.start()
         logger.info(
             "connected to QEMU",
@@ -114,11 +118,60 @@ final class SidecarCore: QMPUpstreamCommander {
                 metadata: ["reason": "\(reason)", "clients-disconnected": "\(clientCount)"])
             connectUpstream(deadline: .now + .seconds(100 * 365 * 24 * 3600), interval: .milliseconds(100))
         } else {
+            endWithQEMU(reason: reason, clientCount: clientCount)
+        }
+    }
+
+    /// Without `--reconnect` the run ends with QEMU's connection: cleanly (status 0) when QEMU shut
+    /// down normally (``QEMUEnding``), as a failure otherwise.
+    private func endWithQEMU(reason: String, clientCount: Int) {
+        var exitStatus: Int32?
+        if ending.verdict() == .unexpected, let pid = qemuPID {
+            switch ChildExitStatus.of(pid) {
+            case .running:
+                // QEMU is our child and closed its monitor just before exiting: wait for its status.
+                awaitChildExit(pid) { self.endWithQEMU(reason: reason, clientCount: clientCount) }
+                return
+            case .exited(let status): exitStatus = status
+            case .notAChild: break
+            }
+        }
+        switch ending.verdict(exitStatus: exitStatus) {
+        case .normal(let shutdown):
+            logger.info(
+                "QEMU shut down; exiting",
+                metadata: ["reason": "\(shutdown)", "clients-disconnected": "\(clientCount)"])
+            stop()
+        case .unexpected:
+            let status = exitStatus.map { " (exit status \($0))" } ?? ""
             fail(
                 SidecarError(
                     .upstreamClosed,
-                    "QEMU closed the QMP connection (\(reason)); \(clientCount) client(s) disconnected. Use --reconnect to wait for a new QEMU instead of exiting."
+                    "QEMU closed the QMP connection (\(reason))\(status) without shutting down; \(clientCount) client(s) disconnected. Use --reconnect to wait for a new QEMU instead of exiting."
                 ))
+        }
+    }
+
+    private var childExitWatcher: ProcessExitWatcher?
+
+    /// Calls `then` once the child `pid` exited, or after two seconds.
+    private func awaitChildExit(_ pid: pid_t, then: @escaping () -> Void) {
+        var done = false
+        func finish() {
+            guard !done else { return }
+            done = true
+            childExitWatcher?.cancel()
+            childExitWatcher = nil
+            then()
+        }
+        let timer = reactor.schedule(after: .seconds(2)) { finish() }
+        childExitWatcher = try? ProcessExitWatcher(pid: pid, reactor: reactor) {
+            self.reactor.cancel(timer)
+            finish()
+        }
+        if childExitWatcher == nil {
+            reactor.cancel(timer)
+            finish()
         }
     }
 
@@ -135,12 +188,20 @@ final class SidecarCore: QMPUpstreamCommander {
         guard pause != clientsPaused else { return }
         clientsPaused = pause
         logger.debug("client reading \(pause ? "paused" : "resumed")", metadata: ["upstream-backlog": "\(backlog)"])
-        for client in clients.values { client.isReadingEnabled = !pause }
+        for (id, client) in clients { client.isReadingEnabled = !pause && !fullClients.contains(id) }
     }
+
+    /// Clients not read because their queue in the router is full.
+    private var fullClients: Set<Int> = []
 
     private func fail(_ error: SidecarError) {
         logger.error("\(error.message)")
         outcome.fail(error)
+        stop()
+    }
+
+    /// Ends the run: clients and listeners closed, the reactor stopped.
+    private func stop() {
         for client in clients.values { client.close() }
         for listener in listeners { listener.close() }
         reactor.stop()
@@ -149,6 +210,18 @@ final class SidecarCore: QMPUpstreamCommander {
     // MARK: Clients
 
     private func accept(_ fd: Int32) {
+        let peer = Sockets.peerCredentials(fd)
+        if case .refuse(let reason) = configuration.admission.decide(peer: peer, connectedClients: clients.count) {
+            // Closed before anything is sent: a refused peer never sees the greeting.
+            Glibc.close(fd)
+            logger.warning(
+                "client refused",
+                metadata: [
+                    "reason": "\(reason)", "pid": "\(peer.map { String($0.pid) } ?? "?")",
+                    "uid": "\(peer.map { String($0.uid) } ?? "?")",
+                ])
+            return
+        }
         let id = nextClient
         nextClient += 1
         var clientLogger = logger
@@ -161,6 +234,7 @@ final class SidecarCore: QMPUpstreamCommander {
         }
         connection.onClose = { reason in
             self.clients[id] = nil
+            self.fullClients.remove(id)
             self.logger.debug("client disconnected", metadata: ["client": "\(id)", "reason": "\(reason)"])
             self.perform(self.router.clientClosed(id))
         }
@@ -173,7 +247,11 @@ final class SidecarCore: QMPUpstreamCommander {
         clients[id] = connection
         connection.isReadingEnabled = !clientsPaused
         logger.debug(
-            "client connected", metadata: ["client": "\(id)", "pid": "\(connection.peerPID.map(String.init) ?? "?")"])
+            "client connected",
+            metadata: [
+                "client": "\(id)", "pid": "\(peer.map { String($0.pid) } ?? "?")",
+                "uid": "\(peer.map { String($0.uid) } ?? "?")",
+            ])
         connection.start()
         perform(router.clientConnected(id))
     }
@@ -239,6 +317,9 @@ final class SidecarCore: QMPUpstreamCommander {
             case .disconnectClient(let id):
                 flushClientBatches(only: id)
                 clients[id]?.close()
+            case .setClientReading(let id, let enabled):
+                if enabled { fullClients.remove(id) } else { fullClients.insert(id) }
+                clients[id]?.isReadingEnabled = enabled && !clientsPaused
             case .upstreamReady(let oob):
                 logger.info("QMP session with QEMU negotiated", metadata: ["oob": "\(oob)"])
                 if let hooks { startDiscoveryGate(hooks) }
@@ -246,6 +327,7 @@ final class SidecarCore: QMPUpstreamCommander {
                 logger.error("\(reason)")
                 upstream?.close()
             case .event(let name, let message):
+                ending.eventReceived(name: name, line: message.bytes)
                 if let hooks, hooks.event(name, message) {
                     continue
                 }

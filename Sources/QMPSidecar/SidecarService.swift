@@ -14,8 +14,9 @@ import Glibc
 /// Swift concurrency, so an idle sidecar never wakes up — libdispatch's worker pool, which async
 /// code starts, keeps a 1 Hz monitor timer for the life of the process), or as a
 /// swift-service-lifecycle `Service` inside an application's `ServiceGroup` (``run()``).
-/// Both throw a ``SidecarError`` when QEMU cannot be reached in time or goes away (without
-/// `--reconnect`), so the process exits non-zero.
+/// Both return when QEMU shuts down normally (``QEMUEnding``) and throw a ``SidecarError`` when QEMU
+/// cannot be reached in time or goes away unexpectedly (without `--reconnect`), so the process exits
+/// non-zero.
 public struct SidecarService: Service {
     /// Builds the VFIO hooks on the reactor thread, given the reactor and the sidecar as commander.
     public typealias HooksFactory = @Sendable (Reactor, any QMPUpstreamCommander, Logger) -> any SidecarVFIOHooks
@@ -120,7 +121,8 @@ private final class SidecarResources: @unchecked Sendable {
         }
         do {
             if let path = configuration.takeOver {
-                let taken = try SocketTakeOver(path: path, mode: configuration.socketMode)
+                let taken = try SocketTakeOver(
+                    path: path, mode: configuration.socketMode, group: configuration.socketGroup)
                 takeOver = taken
                 listeningFDs.append(taken.listeningFD)
                 upstream = .unix(path: taken.upstreamPath)
@@ -136,7 +138,7 @@ private final class SidecarResources: @unchecked Sendable {
             for spec in specs {
                 switch spec {
                 case .unix(let path, let mode):
-                    let fd = try Sockets.listenUnix(path: path, mode: mode)
+                    let fd = try Sockets.listenUnix(path: path, mode: mode, group: configuration.socketGroup)
                     var info = stat()
                     if lstat(path, &info) == 0 { ownedSockets.append((path, info.st_ino)) }
                     listeningFDs.append(fd)
@@ -153,6 +155,9 @@ private final class SidecarResources: @unchecked Sendable {
                     listeningFDs += fds
                 }
             }
+            for fd in listeningFDs {
+                try Self.checkReachability(fd, allowUnauthenticatedTCP: configuration.allowUnauthenticatedTCP)
+            }
             self.trace = try configuration.tracePath.map { path throws(SidecarError) in try TraceWriter(path: path) }
             self.upstream = upstream
         } catch {
@@ -162,6 +167,18 @@ private final class SidecarResources: @unchecked Sendable {
         self.listeningFDs = listeningFDs
         self.ownedSockets = ownedSockets
         self.takeOver = takeOver
+    }
+
+    /// A TCP listener has no peer credentials and no file permissions: anyone who reaches it controls
+    /// the VM. Only loopback is accepted without the explicit opt-in.
+    private static func checkReachability(_ fd: Int32, allowUnauthenticatedTCP: Bool) throws(SidecarError) {
+        guard case .tcp(_, _, let loopback) = ListeningAddress.of(fd), !loopback, !allowUnauthenticatedTCP else {
+            return
+        }
+        throw SidecarError(
+            .configuration,
+            "listening socket \(fd) is \(ListeningAddress.of(fd)), reachable from the network with no authentication: bind it to 127.0.0.1 or ::1 (or a unix socket), or give --unauthenticated-tcp-listen to accept that anyone who reaches it controls the VM"
+        )
     }
 
     /// The listening sockets, once: the caller owns them from now on.

@@ -216,14 +216,6 @@ public final class FakeHost: Sendable {
         return cdevNames[key].map { "\(devRoot)/vfio/devices/\($0)" }
     }
 
-    /// `<sys>/bus/pci/devices/<BDF>` or `<sys>/bus/mdev/devices/<uuid>` under the fake root.
-    public func sysfsDevicePath(_ device: FakeDevice) -> String {
-        switch device {
-        case .pci(let bdf): "\(sysfsRoot)/bus/pci/devices/\(bdf)"
-        case .mdev(let uuid): "\(sysfsRoot)/bus/mdev/devices/\(uuid)"
-        }
-    }
-
     /// Deletes the whole tree (the root included). Errors are ignored: it is cleanup.
     public func removeTree() {
         Self.removeRecursively(root)

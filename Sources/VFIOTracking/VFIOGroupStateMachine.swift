@@ -290,9 +290,6 @@ public struct VFIOGroupStateMachine: Sendable {
     /// All tracked groups, by number.
     public var views: [GroupView] { groups.keys.sorted().compactMap(view(of:)) }
 
-    /// Numbers of the groups currently detaching.
-    public var detachingGroups: [Int] { groups.keys.sorted().filter { groups[$0]?.phase == .detaching } }
-
     // MARK: Private
 
     private mutating func armPoll(_ number: Int) -> [Action] {

@@ -62,11 +62,19 @@ public struct VFIOSysfs: Sendable {
     }
 
     /// Resolves a device given by `host`/`sysfsdev` to its group and cdev.
+    ///
+    /// - Throws: `.outsideRoot` when the device's directory, its group node or its cdev node leads
+    ///   (through a link) out of ``sysfsRoot`` / ``devRoot``: such a device is not tracked.
     public func resolve(host: String?, sysfsdev: String?) throws(VFIOTrackingError) -> ResolvedVFIODevice {
         let path = try devicePath(host: host, sysfsdev: sysfsdev)
+        try RootConfinement.check(path, inside: sysfsRoot, option: "--sysfs-root")
         let group = try group(ofDevicePath: path)
         let name = path.split(separator: "/").last.map(String.init) ?? path
-        return ResolvedVFIODevice(name: name, sysfsPath: path, group: group, cdevNode: cdevNode(ofDevicePath: path))
+        let cdev = cdevNode(ofDevicePath: path)
+        for node in [groupNodePath(group)] + (cdev.map { [$0] } ?? []) {
+            try RootConfinement.check(node, inside: devRoot, option: "--dev-root")
+        }
+        return ResolvedVFIODevice(name: name, sysfsPath: path, group: group, cdevNode: cdev)
     }
 
     /// The group number behind `<device>/iommu_group` (a relative symlink to `.../iommu_groups/<N>`).

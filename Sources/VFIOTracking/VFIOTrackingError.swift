@@ -12,7 +12,7 @@ public struct VFIOTrackingError: Error, CustomStringConvertible, Sendable {
     /// The kind of failure.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private enum Base: String, Hashable, Sendable {
-            case deviceNotFound, noIOMMUGroup, notAVFIODevice, systemCall
+            case deviceNotFound, noIOMMUGroup, notAVFIODevice, outsideRoot, systemCall
         }
         private let base: Base
         private init(_ base: Base) { self.base = base }
@@ -23,6 +23,8 @@ public struct VFIOTrackingError: Error, CustomStringConvertible, Sendable {
         public static let noIOMMUGroup = Code(.noIOMMUGroup)
         /// The `device_add` arguments do not describe a VFIO device.
         public static let notAVFIODevice = Code(.notAVFIODevice)
+        /// A path (or a link on it) leads out of `--sysfs-root` / `--dev-root`.
+        public static let outsideRoot = Code(.outsideRoot)
         /// A system call failed; see ``VFIOTrackingError/call`` and ``VFIOTrackingError/errno``.
         public static let systemCall = Code(.systemCall)
 

@@ -88,7 +88,7 @@ struct ProxyBenchmark: ParsableCommand {
                 if i >= warmup { samples[index].append(micros) }
             }
         }
-        let stats = samples.map(Stats.init)
+        let stats = samples.map(Percentiles.init)
         print("")
         print("path          p50 µs   p90 µs   p99 µs   mean µs")
         for (path, s) in zip(paths, stats) {
@@ -117,7 +117,7 @@ struct ProxyBenchmark: ParsableCommand {
                 rates[index].append(try connections[index].pipelined(command: command, count: pipelined))
             }
         }
-        let medians = rates.map { $0.sorted()[$0.count / 2] }
+        let medians = rates.map { Percentiles($0).p50 }
         print("")
         print(
             String(
@@ -138,23 +138,6 @@ struct ProxyBenchmark: ParsableCommand {
         process.standardOutput = FileHandle.nullDevice
         try process.run()
         return process
-    }
-}
-
-/// Percentiles of a sample set in microseconds.
-struct Stats {
-    var p50: Double
-    var p90: Double
-    var p99: Double
-    var mean: Double
-
-    init(_ samples: [Double]) {
-        let sorted = samples.sorted()
-        func at(_ q: Double) -> Double { sorted[min(sorted.count - 1, Int(Double(sorted.count) * q))] }
-        p50 = at(0.5)
-        p90 = at(0.9)
-        p99 = at(0.99)
-        mean = sorted.reduce(0, +) / Double(max(1, sorted.count))
     }
 }
 

@@ -71,7 +71,7 @@ struct ReleaseBenchmark: ParsableCommand {
             let run = try ReleaseRun(sidecar: sidecarPath, fds: count, groups: 1, order: .closeFirst)
             for interval in [0.1, 1.0] {
                 let samples = try run.measurePoll(interval: interval, cycles: pollCycles)
-                let stats = Stats(samples)
+                let stats = Percentiles(samples)
                 print(
                     "\(Self.pad(String(count), 7))1      poll every \(interval < 1 ? "100 ms" : "1 s   ")  p50 "
                         + "\(Self.ms(stats.p50)) p99 \(Self.ms(stats.p99)) (\(pollCycles) cycles; what peers do)")
@@ -83,8 +83,8 @@ struct ReleaseBenchmark: ParsableCommand {
 
     /// The acceptance of issue 10 for one row ("-" where no target applies).
     static func verdict(_ result: ReleaseRun.Result, fds: Int, groups: Int) -> String {
-        let sidecar = Stats(result.sidecar)
-        let floor = Stats(result.floor)
+        let sidecar = Percentiles(result.sidecar)
+        let floor = Percentiles(result.floor)
         var failures: [String] = []
         if fds >= 10_000 {
             if sidecar.p50 - floor.p50 > 0.1 { failures.append("p50-floor>0.1") }
@@ -102,8 +102,8 @@ struct ReleaseBenchmark: ParsableCommand {
     static func row(
         _ result: ReleaseRun.Result, fds: Int, groups: Int, order: ReleaseStandIn.Order, verdict: String
     ) -> String {
-        let sidecar = Stats(result.sidecar)
-        let floor = Stats(result.floor)
+        let sidecar = Percentiles(result.sidecar)
+        let floor = Percentiles(result.floor)
         return pad(String(fds), 7) + pad(String(groups), 7) + pad(order.rawValue, 13)
             + pad(ms(sidecar.p50) + "/" + ms(sidecar.p99), 18) + pad(ms(floor.p50) + "/" + ms(floor.p99), 18)
             + pad(ms(sidecar.p50 - floor.p50), 11) + pad(ms(result.cpuPerCycle), 11) + verdict

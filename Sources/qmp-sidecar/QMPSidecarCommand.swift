@@ -29,8 +29,11 @@ struct QMPSidecarCommand: ParsableCommand {
               systemd-socket-activate -l /run/vm1.sidecar.qmp \\
                   qmp-sidecar --upstream unix:/run/vm1.qmp
 
-            See docs/running.md. Exit status: 0 after SIGTERM/SIGINT; non-zero when QEMU cannot be \
-            reached within --connect-timeout or closes the connection (unless --reconnect).
+            See docs/running.md. Exit status: 0 after SIGTERM/SIGINT, and when QEMU shuts down \
+            normally (its SHUTDOWN event - after quit, a guest poweroff or a signal to QEMU - then \
+            the close; or, when QEMU is qmp-sidecar's child, its exit status 0). Non-zero when QEMU \
+            cannot be reached within --connect-timeout or closes the connection without shutting \
+            down (killed, crashed). With --reconnect qmp-sidecar waits for the next QEMU instead.
             """
     )
 
@@ -46,8 +49,26 @@ struct QMPSidecarCommand: ParsableCommand {
     @Option(help: "Mode of the sockets qmp-sidecar creates (octal).")
     var socketMode: String = "0600"
 
+    @Option(help: "Group (name or number) of the sockets qmp-sidecar creates, e.g. with --socket-mode 0660.")
+    var socketGroup: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "Accept only clients running as this user id (repeatable; checked with SO_PEERCRED, a refused client is closed before the greeting and logged). Default: anyone who can open the socket.",
+            valueName: "uid"))
+    var allowUid: [UInt32] = []
+
+    @Option(help: "Refuse (close before the greeting, and log) clients beyond this many at a time.")
+    var maxClients: Int = 128
+
     @Option(help: "Accept clients on an inherited listening socket N (repeatable).")
     var listenFd: [Int32] = []
+
+    @Flag(
+        help:
+            "Accept an inherited or systemd TCP listening socket that is not on loopback. UNAUTHENTICATED: anyone who can reach it controls the VM. Without it such a socket is refused."
+    )
+    var unauthenticatedTcpListen = false
 
     @Option(
         help: ArgumentHelp(
@@ -66,6 +87,14 @@ struct QMPSidecarCommand: ParsableCommand {
 
     @Option(help: "Disconnect a client whose unread output exceeds this many bytes.")
     var clientOutputLimit: Int = 16 << 20
+
+    @Option(
+        help: ArgumentHelp(
+            "Commands of one client at QEMU at once; with as many more waiting, the client is not read until one goes on.",
+            discussion:
+                "Clients share QEMU's monitor round robin, as QEMU serves monitors of their own (it queues 8 per monitor): another client's command waits behind at most N of one client's.",
+            valueName: "n"))
+    var maxClientQueue: Int = 8
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
@@ -101,12 +130,29 @@ struct QMPSidecarCommand: ParsableCommand {
         guard mode_t(socketMode, radix: 8) != nil else {
             throw ValidationError("--socket-mode \(socketMode) is not an octal mode such as 0660")
         }
+        guard maxClientQueue >= 1 else {
+            throw ValidationError("--max-client-queue \(maxClientQueue): give at least 1 (QEMU's own is 8)")
+        }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level \(logLevel): use trace, debug, info, notice, warning, error or critical")
+        }
+        if let socketGroup, Self.groupID(socketGroup) == nil {
+            throw ValidationError(
+                "--socket-group \(socketGroup): no such group (give a name from /etc/group or a number)")
+        }
+        guard maxClients > 0 else {
+            throw ValidationError("--max-clients \(maxClients): give at least 1")
         }
         for address in listen where !address.hasPrefix("unix:") {
             throw ValidationError("--listen \(address): only unix:PATH is supported")
         }
+    }
+
+    /// A group given by name or number.
+    private static func groupID(_ text: String) -> gid_t? {
+        if let number = gid_t(text) { return number }
+        guard let entry = getgrnam(text) else { return nil }
+        return entry.pointee.gr_gid
     }
 
     func run() throws {
@@ -135,7 +181,11 @@ struct QMPSidecarCommand: ParsableCommand {
             vfio: VFIOConfiguration(
                 sysfsRoot: sysfsRoot, devRoot: devRoot, releaseTimeout: .milliseconds(Int64(releaseTimeout * 1000)),
                 eventPrefix: eventPrefix, holdDeviceDeleted: holdDeviceDeleted),
-            discoveryGateTimeout: .milliseconds(Int64(discoveryTimeout * 1000)))
+            discoveryGateTimeout: .milliseconds(Int64(discoveryTimeout * 1000)),
+            maxClientQueue: maxClientQueue,
+            socketGroup: socketGroup.flatMap(Self.groupID),
+            admission: ClientAdmission(allowedUIDs: Set(allowUid), maxClients: maxClients),
+            allowUnauthenticatedTCP: unauthenticatedTcpListen)
         // On the main thread, without Swift concurrency: an idle sidecar sleeps in poll() and nothing
         // else in the process wakes up.
         try SidecarService(configuration: configuration, logger: logger).runUntilTerminated()

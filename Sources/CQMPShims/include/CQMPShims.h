@@ -25,8 +25,13 @@ int cqmp_pidfd_getfd(int pidfd, int targetfd, unsigned int flags);
 /// eventfd(2) with EFD_CLOEXEC | EFD_NONBLOCK, used to wake a poll() loop from another thread.
 int cqmp_eventfd(void);
 
-/// The pid of the peer of a connected unix socket (SO_PEERCRED), or -1.
-pid_t cqmp_peer_pid(int sock);
+/// The credentials of the peer of a connected unix socket (SO_PEERCRED). Returns 0, or -1 with errno.
+int cqmp_peer_credentials(int sock, pid_t *pid, uid_t *uid, gid_t *gid);
+
+/// Whether `pid` is an exited child of the caller, without reaping it (waitid WEXITED|WNOHANG|WNOWAIT).
+/// Returns 1 with `*status` set to its exit status (128 + signal when killed), 0 while it runs, -1 with
+/// errno when it is not a child (ECHILD).
+int cqmp_child_exit_status(pid_t pid, int *status);
 
 /// ppoll(2) with a timeout in nanoseconds (-1: wait forever), so timers keep sub-millisecond precision.
 /// Returns what ppoll returns (-1 with errno on failure, EINTR included).

@@ -60,9 +60,6 @@ public final class SystemMockHost: MockHost {
         for group in Array(holders.keys) { stopHolder(group: group) }
     }
 
-    /// The pids of running holder processes, by group.
-    public var holderPIDs: [Int: pid_t] { holders }
-
     private static func readLink(_ path: String) -> String? {
         var buffer = [CChar](repeating: 0, count: 4096)
         let n = readlink(path, &buffer, buffer.count - 1)

@@ -85,12 +85,3 @@ enum MockCommands {
         return .success(values)
     }
 }
-
-extension Result where Failure == MockReply {
-    var failureReply: MockReply? {
-        if case .failure(let reply) = self { return reply }
-        return nil
-    }
-}
-
-extension MockReply: Error {}

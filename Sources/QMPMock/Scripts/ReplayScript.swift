@@ -112,9 +112,6 @@ public struct ReplayScript: MockScript {
         }
     }
 
-    /// Recorded commands (with replies) not replayed yet.
-    public var remainingCommands: Int { commands.filter { !$0.used && $0.reply != nil }.count }
-
     public mutating func decide(command: String, arguments: JSONValue?, fdCount: Int) -> MockScriptDecision? {
         let args = normalizedArguments(arguments)
         guard

@@ -1,0 +1,126 @@
+/// Which client's command goes to QEMU next, when all clients share one upstream monitor.
+///
+/// QEMU with a monitor per client is fair: its dispatcher (`monitor_qmp_requests_pop_any_with_lock`
+/// in `monitor/qmp.c`) takes one request from the first monitor that has one and moves that monitor
+/// to the end of its list, and a monitor with `QMP_REQ_QUEUE_LEN_MAX` (8) requests queued is not read
+/// further. Through one upstream connection QEMU sees a single monitor and serves it first in first
+/// out, so the sidecar does the round robin itself:
+///
+/// - every client has its own first-in first-out queue; entries leave it in the client's order;
+/// - a client has at most ``maxInFlight`` commands sent to QEMU and unanswered, so another client's
+///   command waits behind at most that many of its commands in QEMU's queue;
+/// - the client served last moves to the end of the round;
+/// - at most one fd-carrying command is in flight over all clients (QEMU would replace its fds);
+///   a client whose next command carries fds waits for that, the others go on;
+/// - local entries (commands the sidecar answers itself) keep their place in their client's order
+///   but take no slot at QEMU;
+/// - while closed (``isOpen``) nothing leaves; entries wait in order.
+///
+/// OOB commands never enter the scheduler: they never wait.
+struct FairScheduler<Item: Sendable>: Sendable {
+    typealias ClientID = Int
+
+    enum Kind: Equatable, Sendable {
+        case command
+        case fdCommand
+        case local
+    }
+
+    private struct Queue: Sendable {
+        var entries: [(item: Item, kind: Kind)] = []
+        var head = 0
+        var inFlight = 0
+
+        var count: Int { entries.count - head }
+    }
+
+    /// Commands one client may have at QEMU, unanswered.
+    let maxInFlight: Int
+    /// While false, nothing is dispatched.
+    var isOpen: Bool
+    private var queues: [ClientID: Queue] = [:]
+    /// The round: clients in the order they are offered a turn; the one served moves to the end.
+    private var round: [ClientID] = []
+    /// Whether an fd-carrying command is at QEMU, unanswered.
+    private(set) var fdCommandInFlight = false
+
+    init(maxInFlight: Int, isOpen: Bool = true) {
+        precondition(maxInFlight > 0, "FairScheduler: maxInFlight must be positive")
+        self.maxInFlight = maxInFlight
+        self.isOpen = isOpen
+    }
+
+    /// Entries of `client` waiting to be dispatched.
+    func queued(_ client: ClientID) -> Int { queues[client]?.count ?? 0 }
+
+    /// Commands of `client` dispatched and not yet ``completed(_:kind:)``.
+    func inFlight(_ client: ClientID) -> Int { queues[client]?.inFlight ?? 0 }
+
+    /// Entries waiting over all clients.
+    var totalQueued: Int { queues.values.reduce(0) { $0 + $1.count } }
+
+    /// Appends an entry to the client's queue.
+    mutating func enqueue(_ item: Item, kind: Kind, from client: ClientID) {
+        if queues[client] == nil {
+            queues[client] = Queue()
+            round.append(client)
+        }
+        queues[client]!.entries.append((item, kind))
+    }
+
+    /// QEMU answered a command dispatched for `client` (the client may be gone by now).
+    mutating func completed(_ client: ClientID, kind: Kind) {
+        if kind == .fdCommand { fdCommandInFlight = false }
+        guard kind != .local, let queue = queues[client], queue.inFlight > 0 else { return }
+        queues[client]!.inFlight -= 1
+    }
+
+    /// The next entry to dispatch, round robin over the clients that may send; nil when none may.
+    mutating func next() -> (client: ClientID, item: Item, kind: Kind)? {
+        guard isOpen else { return nil }
+        for (position, client) in round.enumerated() {
+            guard var queue = queues[client], queue.head < queue.entries.count else { continue }
+            let (item, kind) = queue.entries[queue.head]
+            switch kind {
+            case .local: break
+            case .command: guard queue.inFlight < maxInFlight else { continue }
+            case .fdCommand: guard queue.inFlight < maxInFlight, !fdCommandInFlight else { continue }
+            }
+            queues[client] = nil  // unique while mutated: no copy of the entries
+            queue.head += 1
+            if queue.head == queue.entries.count {
+                queue.entries.removeAll(keepingCapacity: queue.entries.capacity <= 64)
+                queue.head = 0
+            } else if queue.head > 64, queue.head * 2 > queue.entries.count {
+                queue.entries.removeFirst(queue.head)
+                queue.head = 0
+            }
+            if kind != .local { queue.inFlight += 1 }
+            if kind == .fdCommand { fdCommandInFlight = true }
+            queues[client] = queue
+            if position != round.count - 1 {
+                round.remove(at: position)
+                round.append(client)
+            }
+            return (client, item, kind)
+        }
+        return nil
+    }
+
+    /// Forgets a client; returns its entries that were never dispatched. Its commands in flight still
+    /// count for the fd rule until ``completed(_:kind:)``.
+    mutating func remove(_ client: ClientID) -> [Item] {
+        guard let queue = queues.removeValue(forKey: client) else { return [] }
+        round.removeAll { $0 == client }
+        return queue.entries[queue.head...].map(\.item)
+    }
+
+    /// Forgets everything (QEMU went away); returns every undispatched entry.
+    mutating func removeAll() -> [Item] {
+        let items = round.flatMap { client in queues[client].map { $0.entries[$0.head...].map(\.item) } ?? [] }
+        queues = [:]
+        round = []
+        fdCommandInFlight = false
+        return items
+    }
+}
