@@ -7,6 +7,7 @@
 #include <time.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -95,6 +96,10 @@ int cqmp_pidfd_getfd(int pidfd, int targetfd, unsigned int flags) {
 
 int cqmp_eventfd(void) {
     return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+}
+
+int cqmp_memfd(const char *name) {
+    return memfd_create(name, MFD_CLOEXEC);
 }
 
 int cqmp_peer_credentials(int sock, pid_t *pid, uid_t *uid, gid_t *gid) {

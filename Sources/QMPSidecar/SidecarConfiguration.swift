@@ -52,18 +52,26 @@ public struct SidecarConfiguration: Sendable {
     /// finish before they are forwarded anyway (with a warning): a QEMU that never answers the
     /// sidecar's `qom-list`/`qom-get` must not wedge clients.
     public var discoveryGateTimeout: Duration
+    /// `--metrics-file PATH`: a Prometheus textfile, replaced atomically when a metric changed; nil
+    /// keeps no metrics.
+    public var metricsFile: String?
+    /// How long after a change the metrics file is written (changes meanwhile share the write).
+    public var metricsDelay: Duration
 
     public init(
         upstream: SocketAddress? = nil, connectTimeout: Duration = .seconds(30), listeners: [ListenSpec] = [],
         takeOver: String? = nil, socketMode: mode_t = 0o600, qemuPID: pid_t? = nil, reconnect: Bool = false,
         tracePath: String? = nil, clientOutputLimit: Int = 16 << 20, vfio: VFIOConfiguration? = VFIOConfiguration(),
         discoveryGateTimeout: Duration = .seconds(10), maxClientQueue: Int = 8, socketGroup: gid_t? = nil,
-        admission: ClientAdmission = ClientAdmission(), allowUnauthenticatedTCP: Bool = false
+        admission: ClientAdmission = ClientAdmission(), allowUnauthenticatedTCP: Bool = false,
+        metricsFile: String? = nil, metricsDelay: Duration = .seconds(1)
     ) {
         self.maxClientQueue = maxClientQueue
         self.socketGroup = socketGroup
         self.admission = admission
         self.allowUnauthenticatedTCP = allowUnauthenticatedTCP
+        self.metricsFile = metricsFile
+        self.metricsDelay = metricsDelay
         self.vfio = vfio
         self.discoveryGateTimeout = discoveryGateTimeout
         self.upstream = upstream

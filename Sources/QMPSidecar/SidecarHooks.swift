@@ -35,4 +35,14 @@ public protocol SidecarVFIOHooks: AnyObject {
     func upstreamClosed()
     /// The sidecar is shutting down (SIGTERM/SIGINT): stop, and broadcast every held event now.
     func shutdown()
+    /// The figures for `--metrics-file` (read when the file is written, not per message).
+    func metricsSnapshot() -> VFIOMetricsSnapshot
+    /// Called as a `GROUP_RELEASED` is broadcast: nanoseconds since the close that released the
+    /// group, nil when no close was witnessed (a release found by a scan or by QEMU's exit).
+    func releaseLatency() -> UInt64?
+}
+
+extension SidecarVFIOHooks {
+    public func metricsSnapshot() -> VFIOMetricsSnapshot { VFIOMetricsSnapshot() }
+    public func releaseLatency() -> UInt64? { nil }
 }

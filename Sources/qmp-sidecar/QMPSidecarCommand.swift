@@ -8,10 +8,10 @@ import VFIOTracking
 import Glibc
 #endif
 
-@main
+/// `qmp-sidecar [proxy]`: the proxy itself, the default subcommand.
 struct QMPSidecarCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "qmp-sidecar",
+        commandName: "proxy",
         abstract: "A transparent proxy on QEMU's QMP socket that tells clients when a VFIO IOMMU group is really free.",
         discussion: """
             qmp-sidecar holds the one connection to QEMU's QMP monitor and serves any number of \
@@ -99,6 +99,18 @@ struct QMPSidecarCommand: ParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
+    @Option(help: "Log lines as text or json (one JSON object per line, metadata as members).")
+    var logFormat: SidecarLogHandler.Format = .text
+
+    @Option(
+        help: ArgumentHelp(
+            "Write Prometheus metrics to PATH (node_exporter's textfile collector), replaced atomically and only when a metric changed.",
+            valueName: "path"))
+    var metricsFile: String?
+
+    @Option(help: "Seconds after a change before --metrics-file is rewritten (changes meanwhile share one write).")
+    var metricsDelay: Double = 1
+
     @Option(help: "Where sysfs is (device to IOMMU group lookups).")
     var sysfsRoot: String = "/sys"
 
@@ -133,6 +145,9 @@ struct QMPSidecarCommand: ParsableCommand {
         guard maxClientQueue >= 1 else {
             throw ValidationError("--max-client-queue \(maxClientQueue): give at least 1 (QEMU's own is 8)")
         }
+        guard metricsDelay >= 0 else {
+            throw ValidationError("--metrics-delay \(metricsDelay): give 0 or more seconds")
+        }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level \(logLevel): use trace, debug, info, notice, warning, error or critical")
         }
@@ -157,11 +172,8 @@ struct QMPSidecarCommand: ParsableCommand {
 
     func run() throws {
         let level = Logger.Level(rawValue: logLevel)!
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        let format = logFormat
+        LoggingSystem.bootstrap { label in SidecarLogHandler(label: label, format: format, level: level) }
         let logger = Logger(label: "qmp-sidecar")
         let mode = mode_t(socketMode, radix: 8)!
         var listeners: [SidecarConfiguration.ListenSpec] = listen.map {
@@ -185,9 +197,12 @@ struct QMPSidecarCommand: ParsableCommand {
             maxClientQueue: maxClientQueue,
             socketGroup: socketGroup.flatMap(Self.groupID),
             admission: ClientAdmission(allowedUIDs: Set(allowUid), maxClients: maxClients),
-            allowUnauthenticatedTCP: unauthenticatedTcpListen)
+            allowUnauthenticatedTCP: unauthenticatedTcpListen, metricsFile: metricsFile,
+            metricsDelay: .milliseconds(Int64(metricsDelay * 1000)))
         // On the main thread, without Swift concurrency: an idle sidecar sleeps in poll() and nothing
         // else in the process wakes up.
         try SidecarService(configuration: configuration, logger: logger).runUntilTerminated()
     }
 }
+
+extension SidecarLogHandler.Format: ExpressibleByArgument {}

@@ -25,6 +25,9 @@ int cqmp_pidfd_getfd(int pidfd, int targetfd, unsigned int flags);
 /// eventfd(2) with EFD_CLOEXEC | EFD_NONBLOCK, used to wake a poll() loop from another thread.
 int cqmp_eventfd(void);
 
+/// memfd_create(2) with MFD_CLOEXEC: an anonymous file, shown in /proc/<pid>/fd as `/memfd:<name> (deleted)`.
+int cqmp_memfd(const char *name);
+
 /// The credentials of the peer of a connected unix socket (SO_PEERCRED). Returns 0, or -1 with errno.
 int cqmp_peer_credentials(int sock, pid_t *pid, uid_t *uid, gid_t *gid);
 

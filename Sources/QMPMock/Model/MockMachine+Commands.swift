@@ -64,9 +64,10 @@ extension MockMachine {
         case "qom-get":
             return Dispatched(reply: qomGet(args["path"]!.stringValue!, args["property"]!.stringValue!))
         case "device_add":
-            if let error = deviceAdd(arguments: .object(arguments), hotplugged: true, client: client, actions: &actions)
-            {
-                return Dispatched(reply: .failure(error))
+            do {
+                try deviceAdd(arguments: .object(arguments), hotplugged: true, client: client, actions: &actions)
+            } catch {
+                return Dispatched(reply: error)
             }
             return Dispatched(reply: .success(.object([])))
         case "device_del":

@@ -28,12 +28,16 @@ public struct MockMachine {
         var path: String
         var driver: String
         var hotplugged: Bool
-        var bdf: String?
+        /// The `host` property, canonical; nil when unset.
+        var host: String?
+        /// The `sysfsdev` property as realize leaves it: as given, or built from `host`.
         var sysfsdev: String?
-        /// The last component of `sysfsdev` when it is no PCI address (an mdev UUID).
-        var sysfsName: String?
+        /// The last component of the device's sysfs path (QEMU's device name: a PCI address or mdev UUID).
+        var name: String?
+        /// The legacy group the device belongs to (nil with iommufd, which has no group descriptor).
         var group: Int?
-        var cdevFD: Int32?
+        /// The per-device descriptor: QEMU's `anon_inode:[vfio-device]` (legacy) or the cdev (iommufd).
+        var deviceFD: Int32?
         var state = DeviceState.attached
     }
 
@@ -94,8 +98,11 @@ public struct MockMachine {
     public mutating func start() throws(MockError) -> [MockAction] {
         var actions: [MockAction] = []
         for spec in configuration.devices {
-            if let error = deviceAdd(arguments: spec.arguments, hotplugged: false, client: nil, actions: &actions) {
-                let desc = error["desc"]?.stringValue ?? "failed"
+            do {
+                try deviceAdd(arguments: spec.arguments, hotplugged: false, client: nil, actions: &actions)
+            } catch {
+                var desc = "failed"
+                if case .failure(let object) = error, let text = object["desc"]?.stringValue { desc = text }
                 throw MockError.usage("--device \(spec.driver): \(desc)")
             }
         }

@@ -3,6 +3,7 @@ import Glibc
 import Logging
 import QMPRuntime
 import VFIOFakeHost
+import VFIOTracking
 
 /// Everything `qmp-mock` takes on its command line, already parsed.
 public struct MockRunOptions: Sendable {
@@ -74,7 +75,7 @@ public enum MockRunner {
         }
 
         let reactor = try Reactor(logger: logger)
-        let host = SystemMockHost(sysfsRoot: configuration.sysfsRoot)
+        let host = SystemMockHost(sysfs: VFIOSysfs(sysfsRoot: configuration.sysfsRoot, devRoot: configuration.devRoot))
         let machine = MockMachine(configuration: configuration, host: host, script: script)
         let server: MockServer
         do {

@@ -11,6 +11,9 @@ import Glibc
 extension VFIOReleaseDriver {
     func emitReleased(_ group: Int, devices: [String], waited: UInt64) {
         flushHeld(group)
+        let closed = lastCloseAt.removeValue(forKey: group)
+        releasing = (group, closed.map { Self.monotonicNow() &- $0 })
+        defer { releasing = nil }
         logger.info(
             "IOMMU group released", metadata: ["group": "\(group)", "devices": "\(devices)", "waited-ns": "\(waited)"])
         broadcast(
@@ -20,12 +23,9 @@ extension VFIOReleaseDriver {
                 JSONMember("devices", .array(devices.map(JSONValue.string))),
                 JSONMember("waited-ms", .integer(Int64(waited / 1_000_000))),
             ])
-        let now = Self.monotonicNow()
         statistics.releases += 1
-        statistics.lastReleaseAt = now
-        if let closed = lastCloseAt.removeValue(forKey: group) {
-            statistics.lastReleaseLatencyNanoseconds = now &- closed
-        }
+        statistics.lastReleaseAt = Self.monotonicNow()
+        if let latency = releasing?.latency { statistics.lastReleaseLatencyNanoseconds = latency }
     }
 
     /// Names the holders with a scan of every process: the one place a scan is worth its cost (an

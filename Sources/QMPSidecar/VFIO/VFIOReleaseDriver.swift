@@ -57,6 +57,8 @@ public final class VFIOReleaseDriver: SidecarVFIOHooks {
     var pendingAdds: [(arguments: [UInt8], device: PendingDevice?)] = []
     /// `CLOCK_MONOTONIC` ns of each group's last close event (for the release latency).
     var lastCloseAt: [Int: UInt64] = [:]
+    /// While a `GROUP_RELEASED` is being broadcast: its latency since the group's last close, if seen.
+    var releasing: (group: Int, latency: UInt64?)?
 
     /// A forwarded `device_add` of a VFIO device, resolved through sysfs.
     struct PendingDevice {
@@ -153,6 +155,11 @@ public final class VFIOReleaseDriver: SidecarVFIOHooks {
         }
         // A close that came first is already queued: take it, so the release follows this event at once.
         watches.drain()
+        if registry.devices(inGroup: device.group).isEmpty {
+            logger.info(
+                "IOMMU group detaching: its last guest device was deleted",
+                metadata: ["group": "\(device.group)", "device": "\(device.displayName)"])
+        }
         let now = Self.monotonicNow()
         logger.debug(
             "VFIO device deleted", metadata: ["device": "\(device.displayName)", "group": "\(device.group)"])
@@ -184,6 +191,14 @@ public final class VFIOReleaseDriver: SidecarVFIOHooks {
             qemuExited()
         }
     }
+
+    public func metricsSnapshot() -> VFIOMetricsSnapshot {
+        VFIOMetricsSnapshot(
+            groupsByState: groupsByState,
+            fallbackScans: ["qemu-fds": statistics.qemuFullScans, "all-processes": statistics.allProcessScans])
+    }
+
+    public func releaseLatency() -> UInt64? { releasing?.latency }
 
     /// Stops everything: timers, watches, the pidfd. Held events are flushed to the clients.
     public func shutdown() {
@@ -253,7 +268,7 @@ public final class VFIOReleaseDriver: SidecarVFIOHooks {
         if let previous = registry.track(device), previous.group != device.group {
             logger.warning("QOM path reused for another group", metadata: ["device": "\(qomPath)"])
         }
-        logger.debug(
+        logger.info(
             "VFIO device tracked",
             metadata: ["device": "\(device.displayName)", "group": "\(resolved.group)", "sysfs": "\(resolved.name)"])
         run(machine.deviceAttached(qomPath, group: resolved.group))
