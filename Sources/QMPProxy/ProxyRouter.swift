@@ -19,10 +19,11 @@ import QMPWire
 ///   Upstream, an fd batch travels with the first bytes of its command, and no second fd-carrying
 ///   command is sent before QEMU replied to the previous one (QEMU would replace the first batch).
 ///   The `getfd` namespace is QEMU's, one per QEMU connection, so all clients share it.
-/// - Fairness: clients' in-band commands reach QEMU round robin with a bounded number in flight per
-///   client (``FairScheduler``), as QEMU's dispatcher serves monitors of their own; a client with
-///   ``Configuration/maxClientQueue`` commands waiting is not read further
-///   (``Action/setClientReading(_:enabled:)``). OOB commands never wait.
+/// - Fairness: clients' in-band commands reach QEMU round robin with at most
+///   ``Configuration/maxClientInFlight`` in flight per client (``FairScheduler``), as QEMU's
+///   dispatcher serves monitors of their own; a client with ``Configuration/maxClientQueue``
+///   commands waiting is not read further (``Action/setClientReading(_:enabled:)``). OOB commands
+///   never wait.
 ///
 /// - Important: fds handed in become the router's; every one leaves again in exactly one
 ///   ``Action/sendUpstream(_:fds:)`` or ``Action/closeFDs(_:)``.
@@ -42,22 +43,28 @@ public struct ProxyRouter: Sendable {
         /// each upstream negotiation until ``ProxyRouter/openClientGate()``: the sidecar's own start-up
         /// commands (cold-plug discovery) then finish before any client command reaches QEMU.
         public var gateClientCommands: Bool
-        /// Per client: in-band commands at QEMU unanswered, and commands waiting beyond which the
-        /// client is not read (QEMU's `QMP_REQ_QUEUE_LEN_MAX` is 8).
+        /// Per client: commands waiting for their turn beyond which the client is not read (QEMU
+        /// suspends a monitor with `QMP_REQ_QUEUE_LEN_MAX`, 8, requests queued).
         public var maxClientQueue: Int
+        /// Per client: in-band commands at QEMU unanswered. Another client's command waits behind at
+        /// most this many of one client's in QEMU's queue; QEMU itself runs one at a time, and a
+        /// second keeps it busy while a reply crosses the sidecar.
+        public var maxClientInFlight: Int
         /// Emit ``Action/commandForwarded(sidecarID:)`` and ``Action/replyRouted(sidecarID:)`` so the
         /// performer can time each client command's round trip (off: no cost).
         public var reportsRoundTrips: Bool
 
         public init(
             localCommands: Set<String> = [], observedCommands: Set<String> = [], tracing: Bool = false,
-            gateClientCommands: Bool = false, maxClientQueue: Int = 8, reportsRoundTrips: Bool = false
+            gateClientCommands: Bool = false, maxClientQueue: Int = 8, maxClientInFlight: Int = 2,
+            reportsRoundTrips: Bool = false
         ) {
             self.localCommands = localCommands
             self.observedCommands = observedCommands
             self.tracing = tracing
             self.gateClientCommands = gateClientCommands
             self.maxClientQueue = max(1, maxClientQueue)
+            self.maxClientInFlight = max(1, maxClientInFlight)
             self.reportsRoundTrips = reportsRoundTrips
         }
     }
@@ -176,7 +183,7 @@ public struct ProxyRouter: Sendable {
     public init(configuration: Configuration = Configuration()) {
         self.configuration = configuration
         self.clientGateOpen = !configuration.gateClientCommands
-        self.scheduler = FairScheduler(maxInFlight: configuration.maxClientQueue, isOpen: clientGateOpen)
+        self.scheduler = FairScheduler(maxInFlight: configuration.maxClientInFlight, isOpen: clientGateOpen)
     }
 
     /// Whether clients' commands currently go on to QEMU (always true without

@@ -51,7 +51,8 @@ final class SidecarCore: QMPUpstreamCommander {
         self.router = ProxyRouter(
             configuration: .init(
                 tracing: trace != nil, maxClientQueue: configuration.maxClientQueue,
-                reportsRoundTrips: configuration.metricsFile != nil))
+                maxClientInFlight: configuration.maxClientInFlight, reportsRoundTrips: configuration.metricsFile != nil)
+        )
         if let path = configuration.metricsFile {
             let names = configuration.vfio.map { ($0.releasedEventName, $0.timeoutEventName) } ?? ("", "")
             instruments = SidecarInstruments(
@@ -71,6 +72,7 @@ final class SidecarCore: QMPUpstreamCommander {
             configuration: .init(
                 localCommands: hooks.localCommandNames, observedCommands: hooks.observedCommands,
                 tracing: trace != nil, gateClientCommands: true, maxClientQueue: configuration.maxClientQueue,
+                maxClientInFlight: configuration.maxClientInFlight,
                 reportsRoundTrips: instruments != nil))
     }
 
