@@ -53,7 +53,8 @@ final class SidecarCore: QMPUpstreamCommander {
         self.router = ProxyRouter(
             configuration: .init(
                 tracing: trace != nil, maxClientQueue: configuration.maxClientQueue,
-                reportsRoundTrips: configuration.metricsFile != nil))
+                maxClientInFlight: configuration.maxClientInFlight, reportsRoundTrips: configuration.metricsFile != nil)
+        )
         if let path = configuration.metricsFile {
             let names = configuration.vfio.map { ($0.releasedEventName, $0.timeoutEventName) } ?? ("", "")
             instruments = SidecarInstruments(
@@ -73,8 +74,10 @@ final class SidecarCore: QMPUpstreamCommander {
         router = ProxyRouter(
             configuration: .init(
                 localCommands: hooks.localCommandNames.union([GroupEventSource.queryCommandName]),
-                tracing: trace != nil, gateClientCommands: true,
-                maxClientQueue: configuration.maxClientQueue, reportsRoundTrips: instruments != nil))
+                observedCommands: hooks.observedCommands,
+                tracing: trace != nil, gateClientCommands: true, maxClientQueue: configuration.maxClientQueue,
+                maxClientInFlight: configuration.maxClientInFlight,
+                reportsRoundTrips: instruments != nil))
     }
 
     /// Starts accepting on the listening sockets and connecting to QEMU.
@@ -356,15 +359,17 @@ final class SidecarCore: QMPUpstreamCommander {
             case .upstreamFailed(let reason):
                 logger.error("\(reason)")
                 upstream?.close()
-            case .event(let name, let line):
+            case .event(let name, let message):
                 instruments?.qemuEvent(name)
-                ending.eventReceived(name: name, line: line)
-                if name == "DEVICE_DELETED", let hooks, hooks.deviceDeleted(line) {
+                ending.eventReceived(name: name, line: message.bytes)
+                if let hooks, hooks.event(name, message) {
                     continue
                 }
-                perform(router.broadcastEvent(line))
-            case .deviceAddSucceeded(let arguments):
-                hooks?.deviceAddSucceeded(arguments: arguments)
+                perform(router.broadcastEvent(message.bytes + [0x0D, 0x0A]))
+            case .commandObserved(let name, let arguments):
+                hooks?.commandObserved(name, arguments: arguments)
+            case .observedReply(let name, let arguments, let succeeded):
+                hooks?.observedReply(name, arguments: arguments, succeeded: succeeded)
             case .localCommand(_, let token, let name, let arguments):
                 let reply =
                     name == GroupEventSource.queryCommandName

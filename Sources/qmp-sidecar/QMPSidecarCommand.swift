@@ -90,11 +90,15 @@ struct QMPSidecarCommand: ParsableCommand {
 
     @Option(
         help: ArgumentHelp(
-            "Commands of one client at QEMU at once; with as many more waiting, the client is not read until one goes on.",
-            discussion:
-                "Clients share QEMU's monitor round robin, as QEMU serves monitors of their own (it queues 8 per monitor): another client's command waits behind at most N of one client's.",
+            "Commands of one client waiting for their turn at QEMU before the sidecar stops reading that client (QEMU queues 8 per monitor).",
             valueName: "n"))
     var maxClientQueue: Int = 8
+
+    @Option(
+        help: ArgumentHelp(
+            "Commands of one client at QEMU unanswered at once. Clients share QEMU's monitor round robin, as QEMU serves monitors of their own: another client's command waits behind at most N of one client's.",
+            valueName: "n"))
+    var maxClientInFlight: Int = 2
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
@@ -144,6 +148,9 @@ struct QMPSidecarCommand: ParsableCommand {
         }
         guard maxClientQueue >= 1 else {
             throw ValidationError("--max-client-queue \(maxClientQueue): give at least 1 (QEMU's own is 8)")
+        }
+        guard maxClientInFlight >= 1 else {
+            throw ValidationError("--max-client-in-flight \(maxClientInFlight): give at least 1 (the default is 2)")
         }
         guard metricsDelay >= 0 else {
             throw ValidationError("--metrics-delay \(metricsDelay): give 0 or more seconds")
@@ -195,6 +202,7 @@ struct QMPSidecarCommand: ParsableCommand {
                 eventPrefix: eventPrefix, holdDeviceDeleted: holdDeviceDeleted),
             discoveryGateTimeout: .milliseconds(Int64(discoveryTimeout * 1000)),
             maxClientQueue: maxClientQueue,
+            maxClientInFlight: maxClientInFlight,
             socketGroup: socketGroup.flatMap(Self.groupID),
             admission: ClientAdmission(allowedUIDs: Set(allowUid), maxClients: maxClients),
             allowUnauthenticatedTCP: unauthenticatedTcpListen, metricsFile: metricsFile,
