@@ -13,7 +13,9 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
-        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
     ],
     targets: [
@@ -51,6 +53,8 @@ let package = Package(
                 "QMPWire", "QMPProxy", "VFIOTracking", "QMPRuntime",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
         .target(
@@ -90,6 +94,9 @@ let package = Package(
 
         .testTarget(name: "QMPWireTests", dependencies: ["QMPWire", "QMPTestKit"]),
         .testTarget(name: "QMPProxyTests", dependencies: ["QMPProxy", "QMPWire"]),
+        .testTarget(
+            name: "QMPSidecarTests",
+            dependencies: ["QMPSidecar", "QMPProxy", "QMPWire", .product(name: "Logging", package: "swift-log")]),
         .testTarget(
             name: "VFIOTrackingTests", dependencies: ["VFIOTracking", "VFIOFakeHost", "QMPRuntime"]),
         .testTarget(name: "QMPRuntimeTests", dependencies: ["QMPRuntime", "QMPTestKit", "CQMPShims"]),

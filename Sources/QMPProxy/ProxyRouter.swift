@@ -19,10 +19,11 @@ import QMPWire
 ///   Upstream, an fd batch travels with the first bytes of its command, and no second fd-carrying
 ///   command is sent before QEMU replied to the previous one (QEMU would replace the first batch).
 ///   The `getfd` namespace is QEMU's, one per QEMU connection, so all clients share it.
-/// - Fairness: clients' in-band commands reach QEMU round robin with a bounded number in flight per
-///   client (``FairScheduler``), as QEMU's dispatcher serves monitors of their own; a client with
-///   ``Configuration/maxClientQueue`` commands waiting is not read further
-///   (``Action/setClientReading(_:enabled:)``). OOB commands never wait.
+/// - Fairness: clients' in-band commands reach QEMU round robin with at most
+///   ``Configuration/maxClientInFlight`` in flight per client (``FairScheduler``), as QEMU's
+///   dispatcher serves monitors of their own; a client with ``Configuration/maxClientQueue``
+///   commands waiting is not read further (``Action/setClientReading(_:enabled:)``). OOB commands
+///   never wait.
 ///
 /// - Important: fds handed in become the router's; every one leaves again in exactly one
 ///   ``Action/sendUpstream(_:fds:)`` or ``Action/closeFDs(_:)``.
@@ -38,18 +39,27 @@ public struct ProxyRouter: Sendable {
         /// each upstream negotiation until ``ProxyRouter/openClientGate()``: the sidecar's own start-up
         /// commands (cold-plug discovery) then finish before any client command reaches QEMU.
         public var gateClientCommands: Bool
-        /// Per client: in-band commands at QEMU unanswered, and commands waiting beyond which the
-        /// client is not read (QEMU's `QMP_REQ_QUEUE_LEN_MAX` is 8).
+        /// Per client: commands waiting for their turn beyond which the client is not read (QEMU
+        /// suspends a monitor with `QMP_REQ_QUEUE_LEN_MAX`, 8, requests queued).
         public var maxClientQueue: Int
+        /// Per client: in-band commands at QEMU unanswered. Another client's command waits behind at
+        /// most this many of one client's in QEMU's queue; QEMU itself runs one at a time, and a
+        /// second keeps it busy while a reply crosses the sidecar.
+        public var maxClientInFlight: Int
+        /// Emit ``Action/commandForwarded(sidecarID:)`` and ``Action/replyRouted(sidecarID:)`` so the
+        /// performer can time each client command's round trip (off: no cost).
+        public var reportsRoundTrips: Bool
 
         public init(
             localCommands: Set<String> = [], tracing: Bool = false, gateClientCommands: Bool = false,
-            maxClientQueue: Int = 8
+            maxClientQueue: Int = 8, maxClientInFlight: Int = 2, reportsRoundTrips: Bool = false
         ) {
             self.localCommands = localCommands
             self.tracing = tracing
             self.gateClientCommands = gateClientCommands
             self.maxClientQueue = max(1, maxClientQueue)
+            self.maxClientInFlight = max(1, maxClientInFlight)
+            self.reportsRoundTrips = reportsRoundTrips
         }
     }
 
@@ -107,6 +117,12 @@ public struct ProxyRouter: Sendable {
         /// Something unexpected worth a log line (e.g. QEMU output the proxy cannot route).
         case warning(String)
         case trace(TraceRecord)
+        /// A client command was accepted for QEMU (``Configuration/reportsRoundTrips``).
+        case commandForwarded(sidecarID: UInt64)
+        /// QEMU's reply to that command was routed back (``Configuration/reportsRoundTrips``).
+        case replyRouted(sidecarID: UInt64)
+        /// A client completed its own `qmp_capabilities`.
+        case clientNegotiated(ClientID, oob: Bool)
     }
 
     private enum UpstreamPhase: Equatable {
@@ -156,7 +172,7 @@ public struct ProxyRouter: Sendable {
     public init(configuration: Configuration = Configuration()) {
         self.configuration = configuration
         self.clientGateOpen = !configuration.gateClientCommands
-        self.scheduler = FairScheduler(maxInFlight: configuration.maxClientQueue, isOpen: clientGateOpen)
+        self.scheduler = FairScheduler(maxInFlight: configuration.maxClientInFlight, isOpen: clientGateOpen)
     }
 
     /// Whether clients' commands currently go on to QEMU (always true without
@@ -186,6 +202,18 @@ public struct ProxyRouter: Sendable {
     /// Number of connected clients.
     public var clientCount: Int { clients.count }
 
+    /// Messages seen so far, by direction.
+    public private(set) var traffic = ProxyTraffic()
+
+    /// Each connected client's commands in flight to QEMU and still queued.
+    public var clientLoads: [ClientID: ClientLoad] {
+        var loads: [ClientID: ClientLoad] = [:]
+        for id in clients.keys {
+            loads[id] = ClientLoad(inFlight: scheduler.inFlight(id), queued: scheduler.queued(id))
+        }
+        return loads
+    }
+
     /// Number of commands sent to (or queued for) QEMU whose reply has not arrived.
     public var commandsInFlight: Int { pending.count }
 
@@ -201,6 +229,7 @@ public struct ProxyRouter: Sendable {
             case .failure(let error):
                 actions.append(.warning("unparsable output from QEMU: \(error.desc)"))
             case .success(let message):
+                traffic.fromQEMU += 1
                 handleUpstream(Envelope(message), into: &actions)
             }
         }
@@ -222,6 +251,7 @@ public struct ProxyRouter: Sendable {
             let arguments = offered.contains("oob") ? ", \"arguments\": {\"enable\": [\"oob\"]}" : ""
             let request = Array("{\"execute\": \"qmp_capabilities\"\(arguments), \"id\": \(id)}".utf8)
             trace(.sidecarToQEMU, client: 0, fds: 0, request, into: &actions)
+            traffic.toQEMU += 1
             actions.append(.sendUpstream(request + QEMUReply.crlf, fds: []))
             for clientID in clients.keys.sorted() where clients[clientID]!.phase == .awaitingGreeting {
                 var session = clients.removeValue(forKey: clientID)!
@@ -260,6 +290,7 @@ public struct ProxyRouter: Sendable {
             actions.append(.internalReply(token: id, message: message.bytes))
         case .client(let clientID, let originalID, let kind, let deviceAddArguments):
             trace(.qemuToClient, client: clientID, fds: 0, message.bytes, into: &actions)
+            if configuration.reportsRoundTrips { actions.append(.replyRouted(sidecarID: id)) }
             if let kind {
                 scheduler.completed(clientID, kind: kind)
                 dispatch(into: &actions)
@@ -271,6 +302,7 @@ public struct ProxyRouter: Sendable {
             var line = message.message.replacingID(with: originalID.map(Self.echo))
             line.append(contentsOf: QEMUReply.crlf)
             if kind == nil {
+                traffic.toClients += 1
                 actions.append(.sendToClient(clientID, line))
             } else {
                 _ = session.fill(id, with: line)
@@ -394,6 +426,7 @@ public struct ProxyRouter: Sendable {
             trace(.sidecarToClient, client: 0, fds: 0, Self.trimmed(line), into: &actions)
         }
         for clientID in clients.keys.sorted() where clients[clientID]!.isNegotiated {
+            traffic.toClients += 1
             actions.append(.sendToClient(clientID, line))
         }
         return actions
@@ -424,6 +457,7 @@ public struct ProxyRouter: Sendable {
     private mutating func handleClientFrame(
         _ frame: QMPFrame, _ clientID: ClientID, _ session: inout ClientSession, into actions: inout [Action]
     ) {
+        traffic.fromClients += 1
         switch frame {
         case .invalid(let error, _):
             replyLocally(QMPBuilder.error(error), clientID, &session, into: &actions)
@@ -451,6 +485,7 @@ public struct ProxyRouter: Sendable {
                 replyLocally(error, id: message.idBytes, clientID, &session, into: &actions)
             case .negotiated(let oob):
                 session.phase = .negotiated(oob: oob)
+                actions.append(.clientNegotiated(clientID, oob: oob))
                 let line = QEMUReply.success(Array("{}".utf8), echoedID: message.idBytes.map(Self.echo))
                 trace(.sidecarToClient, client: clientID, fds: 0, Self.trimmed(line), into: &actions)
                 session.enqueue(.ready(line))
@@ -497,6 +532,7 @@ public struct ProxyRouter: Sendable {
         bytes.append(contentsOf: QEMUReply.crlf)
         let item = UpstreamItem(bytes: bytes, fds: fds, id: id)
         let kind: FairScheduler<ClientItem>.Kind? = oob ? nil : (fds.isEmpty ? .command : .fdCommand)
+        if configuration.reportsRoundTrips { actions.append(.commandForwarded(sidecarID: id)) }
         pending[id] = .client(
             clientID, originalID: message.idBytes, kind: kind,
             deviceAddArguments: name == "device_add" ? (message.argumentBytes ?? Array("{}".utf8)) : nil)
@@ -548,12 +584,16 @@ public struct ProxyRouter: Sendable {
         guard let greeting else { return }
         session.phase = .capabilities
         trace(.sidecarToClient, client: clientID, fds: 0, Self.trimmed(greeting), into: &actions)
+        traffic.toClients += 1
         actions.append(.sendToClient(clientID, greeting))
     }
 
-    private func flushClient(_ clientID: ClientID, _ session: inout ClientSession, into actions: inout [Action]) {
+    private mutating func flushClient(
+        _ clientID: ClientID, _ session: inout ClientSession, into actions: inout [Action]
+    ) {
         let lines = session.takeReady()
         guard !lines.isEmpty else { return }
+        traffic.toClients += lines.count
         actions.append(.sendToClient(clientID, lines.count == 1 ? lines[0] : Array(lines.joined())))
     }
 
@@ -565,6 +605,7 @@ public struct ProxyRouter: Sendable {
     ) {
         trace(direction, client: client, fds: 0, Self.trimmed(item.bytes), into: &actions)
         if phase == .ready {
+            traffic.toQEMU += 1
             actions.append(.sendUpstream(item.bytes, fds: []))
         } else {
             early.append(item)
@@ -575,6 +616,7 @@ public struct ProxyRouter: Sendable {
     private mutating func dispatch(into actions: inout [Action]) {
         guard phase == .ready else { return }
         for item in early {
+            traffic.toQEMU += 1
             actions.append(.sendUpstream(item.bytes, fds: []))
         }
         early = []
@@ -584,6 +626,7 @@ public struct ProxyRouter: Sendable {
                 actions.append(action)
             case .upstream(let item):
                 trace(.clientToQEMU, client: clientID, fds: item.fds.count, Self.trimmed(item.bytes), into: &actions)
+                traffic.toQEMU += 1
                 actions.append(.sendUpstream(item.bytes, fds: item.fds))
             }
             if scheduler.queued(clientID) < configuration.maxClientQueue, pausedClients.remove(clientID) != nil {

@@ -33,6 +33,8 @@ final class SidecarCore: QMPUpstreamCommander {
     /// does nothing.
     private var gateGeneration = 0
     private var gateTimer: Reactor.TimerID?
+    /// `--metrics-file`: nil without it (then metrics cost nothing).
+    private var instruments: SidecarInstruments?
     /// Whether the current QMP session ended with QEMU shutting down normally (exit status 0).
     private var ending = QEMUEnding()
 
@@ -47,7 +49,20 @@ final class SidecarCore: QMPUpstreamCommander {
         self.outcome = outcome
         self.logger = logger
         self.router = ProxyRouter(
-            configuration: .init(tracing: trace != nil, maxClientQueue: configuration.maxClientQueue))
+            configuration: .init(
+                tracing: trace != nil, maxClientQueue: configuration.maxClientQueue,
+                maxClientInFlight: configuration.maxClientInFlight, reportsRoundTrips: configuration.metricsFile != nil)
+        )
+        if let path = configuration.metricsFile {
+            let names = configuration.vfio.map { ($0.releasedEventName, $0.timeoutEventName) } ?? ("", "")
+            instruments = SidecarInstruments(
+                path: path, delay: configuration.metricsDelay, eventNames: names, reactor: reactor, logger: logger
+            ) { [unowned self] in
+                SidecarInstruments.State(
+                    traffic: router.traffic, clients: clients.count, clientLoads: router.clientLoads,
+                    vfio: hooks?.metricsSnapshot() ?? VFIOMetricsSnapshot(), nativeGroupEvents: false)
+            }
+        }
     }
 
     /// Installs the VFIO hooks (before ``start(listeningFDs:)``).
@@ -56,7 +71,8 @@ final class SidecarCore: QMPUpstreamCommander {
         router = ProxyRouter(
             configuration: .init(
                 localCommands: hooks.localCommandNames, tracing: trace != nil, gateClientCommands: true,
-                maxClientQueue: configuration.maxClientQueue))
+                maxClientQueue: configuration.maxClientQueue, maxClientInFlight: configuration.maxClientInFlight,
+                reportsRoundTrips: instruments != nil))
     }
 
     /// Starts accepting on the listening sockets and connecting to QEMU.
@@ -66,6 +82,7 @@ final class SidecarCore: QMPUpstreamCommander {
                 Listener(fd: fd, reactor: reactor, logger: logger) { client in self.accept(client) })
         }
         connectUpstream(deadline: .now + configuration.connectTimeout)
+        instruments?.flush()
     }
 
     // MARK: Upstream
@@ -92,8 +109,10 @@ final class SidecarCore: QMPUpstreamCommander {
         }
         connection.onRead = { bytes, fds in
             for fd in fds { Glibc.close(fd) }
+            self.instruments?.readFromQEMU(bytes.count)
             self.perform(self.router.upstreamReceived(bytes))
             self.updateClientReading()
+            self.instruments?.changed()
         }
         connection.onClose = { reason in self.upstreamLost(reason.description) }
         upstream = connection
@@ -111,6 +130,8 @@ final class SidecarCore: QMPUpstreamCommander {
         if let gateTimer { reactor.cancel(gateTimer) }
         gateTimer = nil
         hooks?.upstreamClosed()
+        instruments?.upstreamClosed()
+        instruments?.changed()
         let clientCount = clients.count
         perform(router.upstreamClosed())
         if configuration.reconnect {
@@ -230,14 +251,17 @@ final class SidecarCore: QMPUpstreamCommander {
         let connection = Connection(
             fd: fd, reactor: reactor, maxPendingBytes: configuration.clientOutputLimit, logger: clientLogger)
         connection.onRead = { bytes, fds in
+            self.instruments?.readFromClient(bytes.count)
             self.perform(self.router.clientReceived(id, bytes, fds: fds))
             self.updateClientReading()
+            self.instruments?.changed()
         }
         connection.onClose = { reason in
             self.clients[id] = nil
             self.fullClients.remove(id)
-            self.logger.debug("client disconnected", metadata: ["client": "\(id)", "reason": "\(reason)"])
+            self.logger.info("client disconnected", metadata: ["client": "\(id)", "reason": "\(reason)"])
             self.perform(self.router.clientClosed(id))
+            self.instruments?.changed()
         }
         connection.onOverflow = {
             self.logger.warning(
@@ -247,7 +271,7 @@ final class SidecarCore: QMPUpstreamCommander {
         }
         clients[id] = connection
         connection.isReadingEnabled = !clientsPaused
-        logger.debug(
+        logger.info(
             "client connected",
             metadata: [
                 "client": "\(id)", "pid": "\(peer.map { String($0.pid) } ?? "?")",
@@ -255,6 +279,7 @@ final class SidecarCore: QMPUpstreamCommander {
             ])
         connection.start()
         perform(router.clientConnected(id))
+        instruments?.changed()
     }
 
     // MARK: Actions
@@ -296,12 +321,14 @@ final class SidecarCore: QMPUpstreamCommander {
         for action in actions {
             switch action {
             case .sendToClient(let id, let bytes):
+                instruments?.sentToClient(bytes.count)
                 if let index = clientBatches.firstIndex(where: { $0.id == id }) {
                     clientBatches[index].bytes.append(contentsOf: bytes)
                 } else {
                     clientBatches.append((id, bytes))
                 }
             case .sendUpstream(let bytes, let fds):
+                instruments?.sentToQEMU(bytes.count, fds: fds.count)
                 if let upstream {
                     if fds.isEmpty {
                         upstreamBatch.append(contentsOf: bytes)
@@ -328,6 +355,7 @@ final class SidecarCore: QMPUpstreamCommander {
                 logger.error("\(reason)")
                 upstream?.close()
             case .event(let name, let line):
+                instruments?.qemuEvent(name)
                 ending.eventReceived(name: name, line: line)
                 if name == "DEVICE_DELETED", let hooks, hooks.deviceDeleted(line) {
                     continue
@@ -346,6 +374,12 @@ final class SidecarCore: QMPUpstreamCommander {
                 logger.warning("\(text)")
             case .trace(let record):
                 trace?.record(record)
+            case .commandForwarded(let id):
+                instruments?.commandForwarded(id)
+            case .replyRouted(let id):
+                instruments?.replyRouted(id)
+            case .clientNegotiated(let id, let oob):
+                logger.info("client negotiated", metadata: ["client": "\(id)", "oob": "\(oob)"])
             }
         }
     }
@@ -371,6 +405,7 @@ final class SidecarCore: QMPUpstreamCommander {
                     "clients did not read their last output before shutdown", metadata: ["bytes": "\(pending)"])
             }
             for client in clients.values { client.close() }
+            instruments?.flush()
             reactor.stop()
             return
         }
@@ -422,6 +457,7 @@ final class SidecarCore: QMPUpstreamCommander {
     }
 
     func broadcastEvent(_ line: [UInt8]) {
+        instruments?.sidecarEvent(line) { hooks?.releaseLatency() }
         perform(router.broadcastEvent(line, synthesized: true))
     }
 }

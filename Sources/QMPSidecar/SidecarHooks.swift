@@ -31,6 +31,16 @@ public protocol SidecarVFIOHooks: AnyObject {
     func upstreamClosed()
     /// The sidecar is shutting down (SIGTERM/SIGINT): stop, and broadcast every held event now.
     func shutdown()
+    /// The figures for `--metrics-file` (read when the file is written, not per message).
+    func metricsSnapshot() -> VFIOMetricsSnapshot
+    /// Called as a `GROUP_RELEASED` is broadcast: nanoseconds since the close that released the
+    /// group, nil when no close was witnessed (a release found by a scan or by QEMU's exit).
+    func releaseLatency() -> UInt64?
+}
+
+extension SidecarVFIOHooks {
+    public func metricsSnapshot() -> VFIOMetricsSnapshot { VFIOMetricsSnapshot() }
+    public func releaseLatency() -> UInt64? { nil }
 }
 
 /// ``SidecarVFIOHooks`` onto VFIOTracking's `VFIOReleaseMonitor`.
@@ -70,5 +80,27 @@ public final class VFIOMonitorHooks: SidecarVFIOHooks {
 
     public func shutdown() {
         monitor.stop()
+    }
+
+    // Adapter onto the monitor's statistics as they are today: groups from its state machine, scans
+    // from its counters, the release latency from its last witnessed close.
+    public func metricsSnapshot() -> VFIOMetricsSnapshot {
+        var states: [String: Int] = [:]
+        for view in monitor.groupViews {
+            states[view.timedOut ? "timed-out" : view.phase.rawValue, default: 0] += 1
+        }
+        let statistics = monitor.statistics
+        return VFIOMetricsSnapshot(
+            groupsByState: states,
+            fallbackScans: ["qemu-fds": statistics.qemuFullScans, "all-processes": statistics.allProcessScans])
+    }
+
+    public func releaseLatency() -> UInt64? {
+        let statistics = monitor.statistics
+        // A close handled since the previous release is the one that released this group.
+        guard statistics.lastCloseEventAt > statistics.lastReleaseAt else { return nil }
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec) - statistics.lastCloseEventAt
     }
 }

@@ -200,6 +200,11 @@ public final class VFIOReleaseMonitor {
         let now = Self.monotonicNow()
         logger.debug(
             "VFIO device deleted", metadata: ["device": "\(device.displayName)", "group": "\(device.group)"])
+        if registry.devices(inGroup: device.group).isEmpty {
+            logger.info(
+                "IOMMU group detaching: its last guest device was deleted",
+                metadata: ["group": "\(device.group)", "device": "\(device.displayName)"])
+        }
         var disposition = EventDisposition.forward
         if configuration.holdDeviceDeleted {
             var line = event.bytes
@@ -275,6 +280,9 @@ public final class VFIOReleaseMonitor {
     /// The tracked devices.
     public var trackedDevices: [TrackedVFIODevice] { registry.all }
 
+    /// Every group the state machine knows, in group order.
+    public var groupViews: [VFIOGroupStateMachine.GroupView] { machine.views }
+
     /// Number of timers this monitor has armed (zero when nothing is detaching).
     public var armedTimers: Int { pollTimers.count + timeoutTimers.count + (learnTimer == nil ? 0 : 1) }
 
@@ -295,7 +303,7 @@ public final class VFIOReleaseMonitor {
         if let previous = registry.track(device), previous.group != device.group {
             logger.warning("QOM path reused for another group", metadata: ["device": "\(qomPath)"])
         }
-        logger.debug(
+        logger.info(
             "VFIO device tracked",
             metadata: ["device": "\(device.displayName)", "group": "\(resolved.group)", "sysfs": "\(resolved.name)"])
         run(machine.deviceAttached(qomPath, group: resolved.group))

@@ -234,7 +234,9 @@ import Testing
         #expect(h.closed == [60])
         h.send(1, #","id":1}"#)
         #expect(h.upstream.last?.fds == [61])
-        // A getfd with no fds of its own gets none (QEMU answers with its own error).
+        // A getfd with no fds of its own gets none (QEMU answers with its own error). (The reply to
+        // the first command frees the client's second slot at QEMU.)
+        h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(0))}"# + "\r\n")
         h.send(1, #"{"execute":"getfd","arguments":{"fdname":"b"},"id":2}"#)
         #expect(h.upstream.count == 3, "an fd-less command is not held back")
         #expect(h.upstream[2].fds == [])
