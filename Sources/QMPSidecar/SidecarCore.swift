@@ -70,8 +70,9 @@ final class SidecarCore: QMPUpstreamCommander {
         self.hooks = hooks
         router = ProxyRouter(
             configuration: .init(
-                localCommands: hooks.localCommandNames, tracing: trace != nil, gateClientCommands: true,
-                maxClientQueue: configuration.maxClientQueue, maxClientInFlight: configuration.maxClientInFlight,
+                localCommands: hooks.localCommandNames, observedCommands: hooks.observedCommands,
+                tracing: trace != nil, gateClientCommands: true, maxClientQueue: configuration.maxClientQueue,
+                maxClientInFlight: configuration.maxClientInFlight,
                 reportsRoundTrips: instruments != nil))
     }
 
@@ -354,15 +355,17 @@ final class SidecarCore: QMPUpstreamCommander {
             case .upstreamFailed(let reason):
                 logger.error("\(reason)")
                 upstream?.close()
-            case .event(let name, let line):
+            case .event(let name, let message):
                 instruments?.qemuEvent(name)
-                ending.eventReceived(name: name, line: line)
-                if name == "DEVICE_DELETED", let hooks, hooks.deviceDeleted(line) {
+                ending.eventReceived(name: name, line: message.bytes)
+                if let hooks, hooks.event(name, message) {
                     continue
                 }
-                perform(router.broadcastEvent(line))
-            case .deviceAddSucceeded(let arguments):
-                hooks?.deviceAddSucceeded(arguments: arguments)
+                perform(router.broadcastEvent(message.bytes + [0x0D, 0x0A]))
+            case .commandObserved(let name, let arguments):
+                hooks?.commandObserved(name, arguments: arguments)
+            case .observedReply(let name, let arguments, let succeeded):
+                hooks?.observedReply(name, arguments: arguments, succeeded: succeeded)
             case .localCommand(_, let token, let name, let arguments):
                 let reply =
                     hooks?.localCommand(name, arguments: arguments)
