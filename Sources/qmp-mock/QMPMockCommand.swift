@@ -35,11 +35,13 @@ struct QMPMockCommand: ParsableCommand {
     @Option(help: "Where to listen: unix:PATH or tcp:HOST:PORT.")
     var listen: String
 
-    @Option(help: "sysfs root for device lookups (default /sys, or the --fake-host tree).")
+    @Option(help: "sysfs root for device lookups (default /sys; not with --fake-host, see --fake-host-root).")
     var sysfsRoot: String?
 
     @Option(
-        help: "dev root where vfio/<N> and vfio/devices/vfio<X> are opened (default /dev, or the --fake-host tree).")
+        help:
+            "dev root where vfio/<N> and vfio/devices/vfio<X> are opened (default /dev; not with --fake-host, see --fake-host-root)."
+    )
     var devRoot: String?
 
     @Option(
