@@ -75,6 +75,7 @@ format:
 
 # Benchmarks are programs that print figures and ratios against a baseline measured in the same run.
 bench: release
+	cc -O2 -Wall -o .build/release/floor-proxy bench/floor-proxy.c
 	.build/release/qmp-bench framer
 	.build/release/qmp-bench proxy
 	.build/release/qmp-bench release
