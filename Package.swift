@@ -31,11 +31,10 @@ let package = Package(
         .target(name: "QMPWire", dependencies: ["CJansson"]),
         .target(name: "QMPProxy", dependencies: ["QMPWire"]),
 
-        // VFIO knowledge: reads sysfs and /proc through injected roots.
-        .target(
-            name: "VFIOTracking",
-            dependencies: ["QMPWire", "QMPRuntime", .product(name: "Logging", package: "swift-log")]
-        ),
+        // VFIO rules, no I/O shell: device registry, group state machine, open-description counting,
+        // sysfs and PCI rules (sysfs read through an injected root). The driver that owns inotify,
+        // pidfd and timers is QMPSidecar/VFIO.
+        .target(name: "VFIOTracking", dependencies: ["QMPWire", "CQMPShims"]),
 
         // Kernel-shaped fake sysfs/dev trees: qmp-mock --fake-host and the tests build hosts with it.
         .target(name: "VFIOFakeHost", dependencies: ["QMPRuntime", "VFIOTracking"]),
@@ -98,7 +97,11 @@ let package = Package(
             name: "QMPSidecarTests",
             dependencies: ["QMPSidecar", "QMPProxy", "QMPWire", .product(name: "Logging", package: "swift-log")]),
         .testTarget(
-            name: "VFIOTrackingTests", dependencies: ["VFIOTracking", "VFIOFakeHost", "QMPRuntime"]),
+            name: "VFIOTrackingTests",
+            dependencies: [
+                "VFIOTracking", "VFIOFakeHost", "QMPRuntime", "QMPSidecar", "QMPProxy", "QMPWire",
+                "CQMPShims", .product(name: "Logging", package: "swift-log"),
+            ]),
         .testTarget(name: "QMPRuntimeTests", dependencies: ["QMPRuntime", "QMPTestKit", "CQMPShims"]),
         .testTarget(
             name: "QMPMockTests", dependencies: ["QMPMock", "QMPTestKit", "CQMPShims", "qmp-mock", "qmp-sidecar"]),

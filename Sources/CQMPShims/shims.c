@@ -153,3 +153,12 @@ int cqmp_set_thread_name(const char *name) {
 pid_t cqmp_gettid(void) {
     return (pid_t)syscall(SYS_gettid);
 }
+
+const char *cqmp_readdir_name(DIR *dir) {
+    struct dirent *entry;
+    while ((entry = readdir(dir)) != NULL) {
+        const char *name = entry->d_name;
+        if (!(name[0] == '.' && (name[1] == 0 || (name[1] == '.' && name[2] == 0)))) return name;
+    }
+    return NULL;
+}

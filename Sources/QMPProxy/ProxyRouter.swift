@@ -33,6 +33,10 @@ public struct ProxyRouter: Sendable {
     public struct Configuration: Sendable {
         /// Commands answered by the sidecar itself (``Action/localCommand(client:token:name:arguments:)``).
         public var localCommands: Set<String>
+        /// Commands whose forwarding and reply are reported (``Action/commandObserved(name:arguments:)``,
+        /// ``Action/observedReply(name:arguments:succeeded:)``): what the VFIO side must see, e.g.
+        /// `device_add`, without the router knowing why.
+        public var observedCommands: Set<String>
         /// Emit ``Action/trace(_:)`` for every message (off: no cost).
         public var tracing: Bool
         /// Hold clients' commands (after their own negotiation, which stays local and immediate) from
@@ -51,10 +55,12 @@ public struct ProxyRouter: Sendable {
         public var reportsRoundTrips: Bool
 
         public init(
-            localCommands: Set<String> = [], tracing: Bool = false, gateClientCommands: Bool = false,
-            maxClientQueue: Int = 8, maxClientInFlight: Int = 2, reportsRoundTrips: Bool = false
+            localCommands: Set<String> = [], observedCommands: Set<String> = [], tracing: Bool = false,
+            gateClientCommands: Bool = false, maxClientQueue: Int = 8, maxClientInFlight: Int = 2,
+            reportsRoundTrips: Bool = false
         ) {
             self.localCommands = localCommands
+            self.observedCommands = observedCommands
             self.tracing = tracing
             self.gateClientCommands = gateClientCommands
             self.maxClientQueue = max(1, maxClientQueue)
@@ -105,11 +111,15 @@ public struct ProxyRouter: Sendable {
         case upstreamReady(oob: Bool)
         /// QEMU refused the sidecar's negotiation: treat the upstream as failed.
         case upstreamFailed(String)
-        /// An event from QEMU (the whole line, CRLF included). Broadcast it with
-        /// ``ProxyRouter/broadcastEvent(_:synthesized:)`` unless it is held back.
-        case event(name: String, line: [UInt8])
-        /// A client's `device_add` succeeded; `arguments` is the text of its arguments object.
-        case deviceAddSucceeded(arguments: [UInt8])
+        /// An event from QEMU, parsed once here (its line is `message.bytes` plus CRLF). Broadcast it
+        /// with ``ProxyRouter/broadcastEvent(_:synthesized:)`` unless it is held back.
+        case event(name: String, message: QMPMessage)
+        /// A client's command of ``Configuration/observedCommands`` is about to go to QEMU (reported
+        /// before its bytes are in any ``Action/sendUpstream(_:fds:)``); `arguments` is the text of its
+        /// arguments object (`{}` when absent).
+        case commandObserved(name: String, arguments: [UInt8])
+        /// QEMU answered an observed command.
+        case observedReply(name: String, arguments: [UInt8], succeeded: Bool)
         /// A command the sidecar answers itself; reply with ``ProxyRouter/completeLocalCommand(token:reply:)``.
         case localCommand(client: ClientID, token: UInt64, name: String, arguments: [UInt8]?)
         /// The reply to one of the sidecar's own commands (never shown to a client).
@@ -136,7 +146,8 @@ public struct ProxyRouter: Sendable {
         case sidecar
         /// `kind` is nil for OOB commands (they bypass the scheduler).
         case client(
-            ClientID, originalID: [UInt8]?, kind: FairScheduler<ClientItem>.Kind?, deviceAddArguments: [UInt8]?)
+            ClientID, originalID: [UInt8]?, kind: FairScheduler<ClientItem>.Kind?,
+            observed: (name: String, arguments: [UInt8])?)
     }
 
     private struct UpstreamItem: Sendable {
@@ -269,7 +280,7 @@ public struct ProxyRouter: Sendable {
         }
         if let name = message.eventName {
             trace(.qemuToClient, client: 0, fds: 0, message.bytes, into: &actions)
-            actions.append(.event(name: name, line: message.bytes + QEMUReply.crlf))
+            actions.append(.event(name: name, message: message.message))
             return
         }
         guard message.isReply, let id = message.sidecarID, let entry = pending.removeValue(forKey: id) else {
@@ -289,15 +300,16 @@ public struct ProxyRouter: Sendable {
         case .sidecar:
             trace(.qemuToSidecar, client: 0, fds: 0, message.bytes, into: &actions)
             actions.append(.internalReply(token: id, message: message.bytes))
-        case .client(let clientID, let originalID, let kind, let deviceAddArguments):
+        case .client(let clientID, let originalID, let kind, let observed):
             trace(.qemuToClient, client: clientID, fds: 0, message.bytes, into: &actions)
             if configuration.reportsRoundTrips { actions.append(.replyRouted(sidecarID: id)) }
             if let kind {
                 scheduler.completed(clientID, kind: kind)
                 dispatch(into: &actions)
             }
-            if let deviceAddArguments, message.isSuccess {
-                actions.append(.deviceAddSucceeded(arguments: deviceAddArguments))
+            if let observed {
+                actions.append(
+                    .observedReply(name: observed.name, arguments: observed.arguments, succeeded: message.isSuccess))
             }
             guard var session = clients.removeValue(forKey: clientID) else { return }  // gone: drop quietly
             var line = message.message.replacingID(with: originalID.map(Self.echo), spare: 2)
@@ -536,9 +548,14 @@ public struct ProxyRouter: Sendable {
         let item = UpstreamItem(bytes: bytes, fds: fds, id: id)
         let kind: FairScheduler<ClientItem>.Kind? = oob ? nil : (fds.isEmpty ? .command : .fdCommand)
         if configuration.reportsRoundTrips { actions.append(.commandForwarded(sidecarID: id)) }
-        pending[id] = .client(
-            clientID, originalID: message.idBytes, kind: kind,
-            deviceAddArguments: name == "device_add" ? (message.argumentBytes ?? Array("{}".utf8)) : nil)
+        var observed: (name: String, arguments: [UInt8])?
+        if let name, configuration.observedCommands.contains(name) {
+            let arguments = message.argumentBytes ?? Array("{}".utf8)
+            observed = (name, arguments)
+            // Reported before the command can reach QEMU: the VFIO side watches what it will open.
+            actions.append(.commandObserved(name: name, arguments: arguments))
+        }
+        pending[id] = .client(clientID, originalID: message.idBytes, kind: kind, observed: observed)
         guard let kind else {
             sendEarly(item, client: clientID, direction: .clientToQEMU, into: &actions)
             return

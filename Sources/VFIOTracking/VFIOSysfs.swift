@@ -1,4 +1,4 @@
-import QMPRuntime
+import CQMPShims
 
 #if canImport(Glibc)
 import Glibc
@@ -122,7 +122,11 @@ public struct VFIOSysfs: Sendable {
     }
 
     static func directoryEntries(_ path: String) -> [String] {
-        DirectoryEntries.names(in: path) ?? []
+        guard let dir = opendir(path) else { return [] }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let name = cqmp_readdir_name(dir) { names.append(String(cString: name)) }
+        return names
     }
 
     private static func trimmed(_ root: String) -> String {

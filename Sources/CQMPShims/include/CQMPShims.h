@@ -1,6 +1,7 @@
 #ifndef CQMP_SHIMS_H
 #define CQMP_SHIMS_H
 
+#include <dirent.h>
 #include <stddef.h>
 #include <poll.h>
 #include <stdint.h>
@@ -53,5 +54,10 @@ pid_t cqmp_gettid(void);
 
 /// Maximum descriptors accepted in one message (the kernel's SCM_MAX_FD).
 #define CQMP_MAX_FDS 253
+
+/// The name of the next entry of `dir` other than `.` and `..`, read in place (valid until the next
+/// readdir/closedir of the stream: copying `dirent.d_name` into Swift reads past short records); NULL
+/// at the end.
+const char *cqmp_readdir_name(DIR *dir);
 
 #endif
