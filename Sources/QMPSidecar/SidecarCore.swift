@@ -35,6 +35,8 @@ final class SidecarCore: QMPUpstreamCommander {
     private var gateTimer: Reactor.TimerID?
     /// `--metrics-file`: nil without it (then metrics cost nothing).
     private var instruments: SidecarInstruments?
+    /// Who emits the group events in this QMP session (``GroupEventSource``).
+    private var groupEvents = GroupEventSource.sidecar
     /// Whether the current QMP session ended with QEMU shutting down normally (exit status 0).
     private var ending = QEMUEnding()
 
@@ -60,7 +62,8 @@ final class SidecarCore: QMPUpstreamCommander {
             ) { [unowned self] in
                 SidecarInstruments.State(
                     traffic: router.traffic, clients: clients.count, clientLoads: router.clientLoads,
-                    vfio: hooks?.metricsSnapshot() ?? VFIOMetricsSnapshot(), nativeGroupEvents: false)
+                    vfio: hooks?.metricsSnapshot() ?? VFIOMetricsSnapshot(),
+                    nativeGroupEvents: groupEvents == .qemu)
             }
         }
     }
@@ -70,7 +73,8 @@ final class SidecarCore: QMPUpstreamCommander {
         self.hooks = hooks
         router = ProxyRouter(
             configuration: .init(
-                localCommands: hooks.localCommandNames, observedCommands: hooks.observedCommands,
+                localCommands: hooks.localCommandNames.union([GroupEventSource.queryCommandName]),
+                observedCommands: hooks.observedCommands,
                 tracing: trace != nil, gateClientCommands: true, maxClientQueue: configuration.maxClientQueue,
                 maxClientInFlight: configuration.maxClientInFlight,
                 reportsRoundTrips: instruments != nil))
@@ -368,8 +372,10 @@ final class SidecarCore: QMPUpstreamCommander {
                 hooks?.observedReply(name, arguments: arguments, succeeded: succeeded)
             case .localCommand(_, let token, let name, let arguments):
                 let reply =
-                    hooks?.localCommand(name, arguments: arguments)
-                    ?? .failure(QMPErrorText("CommandNotFound", "The command \(name) has not been found"))
+                    name == GroupEventSource.queryCommandName
+                    ? .success(groupEvents.report(configuration: configuration.vfio).qemuBytes)
+                    : hooks?.localCommand(name, arguments: arguments)
+                        ?? .failure(QMPErrorText("CommandNotFound", "The command \(name) has not been found"))
                 perform(router.completeLocalCommand(token: token, reply: reply))
             case .internalReply(let token, let message):
                 internalReplies.removeValue(forKey: token)?(message)
@@ -432,11 +438,27 @@ final class SidecarCore: QMPUpstreamCommander {
                 metadata: ["timeout": "\(timeout)", "held-commands": "\(self.router.gatedCommands)"])
             self.openClientGate()
         }
-        hooks.upstreamReady(qemuPID: qemuPID) {
+        // Two start-up answers open the gate: who emits the group events, and cold-plug discovery.
+        var outstanding = 2
+        let answered = {
             guard self.gateGeneration == generation else { return }
+            outstanding -= 1
+            guard outstanding == 0 else { return }
             self.logger.debug("cold-plug discovery done; forwarding client commands")
             self.openClientGate()
         }
+        groupEvents = .sidecar
+        sendInternalCommand("query-qmp-schema", arguments: nil) { reply in
+            guard self.gateGeneration == generation else { return }
+            self.groupEvents = reply.jsonValue(.returnValue).map(GroupEventSource.detect) ?? .sidecar
+            if self.groupEvents == .qemu {
+                self.logger.info(
+                    "QEMU emits GROUP_RELEASED and GROUP_RELEASE_TIMEOUT itself: forwarding its events, synthesizing none",
+                    metadata: ["group-events": "qemu"])
+            }
+            answered()
+        }
+        hooks.upstreamReady(qemuPID: qemuPID) { answered() }
     }
 
     private func openClientGate() {
@@ -460,6 +482,12 @@ final class SidecarCore: QMPUpstreamCommander {
     }
 
     func broadcastEvent(_ line: [UInt8]) {
+        if groupEvents == .qemu, let vfio = configuration.vfio,
+            GroupEventSource.isSynthesizedGroupEvent(line, configuration: vfio)
+        {
+            logger.debug("not sending the sidecar's own group event: QEMU emits them")
+            return
+        }
         instruments?.sidecarEvent(line) { hooks?.releaseLatency() }
         perform(router.broadcastEvent(line, synthesized: true))
     }

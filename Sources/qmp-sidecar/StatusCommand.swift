@@ -35,6 +35,9 @@ struct StatusCommand: ParsableCommand {
     func run() throws {
         let client = try StatusClient(path: socket, timeout: .milliseconds(Int64(timeout * 1000)))
         let groups = try client.execute(VFIOConfiguration.defaultQueryCommandName)
+        if !json, let source = try? client.execute(GroupEventSource.queryCommandName) {
+            output(Array(StatusFormatter.header(source).utf8))
+        }
         output(json ? groups.qemuBytes + [0x0A] : Array(StatusFormatter.table(GroupStatus.parse(groups)).utf8))
         guard watch else { return }
         while true {

@@ -142,8 +142,25 @@ public struct MockConfiguration: Sendable {
     public var faults = MockFaultPlan()
     /// `query-status` before any `cont`: QEMU started with `-S` says `prelaunch`.
     public var startPaused = true
+    /// `--native-group-events`: behave like a QEMU that has contrib/qapi/vfio-group-events.json.
+    public var nativeGroupEvents = false
+    /// Seconds after a group's last `DEVICE_DELETED` before a native `GROUP_RELEASE_TIMEOUT`.
+    public var nativeReleaseTimeout: Double = 30
+    /// The process a native `GROUP_RELEASE_TIMEOUT` names as holder (the mock itself).
+    public var holder = MockHolder(pid: 0, comm: "qmp-mock")
 
     public init() {}
+}
+
+/// A process holding a group, as `GROUP_RELEASE_TIMEOUT` names it.
+public struct MockHolder: Sendable, Equatable {
+    public var pid: Int64
+    public var comm: String
+
+    public init(pid: Int64, comm: String) {
+        self.pid = pid
+        self.comm = comm
+    }
 }
 
 /// A mock failure that the user can fix; `description` says how.

@@ -34,6 +34,9 @@ extension MockMachine {
             )
         case "query-version":
             return Dispatched(reply: .success(configuration.version.json))
+        case "query-qmp-schema":
+            return Dispatched(
+                reply: .success(MockSchema.introspection(nativeGroupEvents: configuration.nativeGroupEvents)))
         case "query-commands":
             // The mock's own table (QEMU lists its ~200); clients such as qmp-shell use it for completion.
             let names = MockCommands.known.sorted().map { JSONValue.object([JSONMember("name", .string($0))]) }

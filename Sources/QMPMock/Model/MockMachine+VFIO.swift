@@ -157,7 +157,9 @@ extension MockMachine {
             return
         }
         host.close(fd)
-        groups[group] = nil
+        groups[group]?.fd = nil
+        // Native group events still need the deleted devices for GROUP_RELEASED.
+        if groups[group]?.deleted.isEmpty ?? true { groups[group] = nil }
         actions.append(.note("closed group \(group) fd \(fd)"))
         if let container = containerFD, !groups.values.contains(where: { $0.fd != nil }) {
             host.close(container)
@@ -216,5 +218,6 @@ extension MockMachine {
         if device.state != .unparented {
             sendDeviceDeleted(device, now: now, actions: &actions)
         }
+        if let group = device.group { groupProgressed(group, now: now, actions: &actions) }
     }
 }

@@ -44,6 +44,10 @@ public struct MockMachine {
     struct Group {
         var fd: Int32?
         var members: Set<String> = []
+        /// Native group events: devices deleted since the last release, and when the last went.
+        var deleted: [String] = []
+        var lastDeleted: QMPTimestamp?
+        var timeoutArmed = false
     }
 
     enum TimerTask {
@@ -51,6 +55,7 @@ public struct MockMachine {
         case resume(client: Int)
         case event(MockScriptEvent)
         case stopHolder(group: Int)
+        case groupReleaseTimeout(group: Int)
     }
 
     public let configuration: MockConfiguration
@@ -164,6 +169,8 @@ public struct MockMachine {
         case .stopHolder(let group):
             host.stopHolder(group: group)
             actions.append(.note("second holder of group \(group) exited"))
+        case .groupReleaseTimeout(let group):
+            groupReleaseTimeoutFired(group, now: now, actions: &actions)
         }
         return actions
     }

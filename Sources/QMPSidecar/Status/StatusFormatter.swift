@@ -40,6 +40,17 @@ public enum StatusFormatter {
         return text
     }
 
+    /// The line above the table: who emits the group events (`__org.qmp-sidecar_query-group-events`).
+    public static func header(_ report: JSONValue) -> String {
+        let names = [report["released-event"]?.stringValue, report["timeout-event"]?.stringValue].compactMap { $0 }
+        let events = names.isEmpty ? "" : " (\(names.joined(separator: ", ")))"
+        switch report["emitted-by"]?.stringValue {
+        case "qemu"?: return "group events: emitted by QEMU itself\(events); the sidecar synthesizes none\n"
+        case let source?: return "group events: emitted by \(source)\(events)\n"
+        case nil: return ""
+        }
+    }
+
     /// One event as a line for `--watch`, or nil for events it does not follow. Names match with any
     /// `--event-prefix` (`__com.example_GROUP_RELEASED`).
     ///
