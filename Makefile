@@ -2,7 +2,7 @@
 SWIFT ?= swift
 CONFIG ?= debug
 
-.PHONY: all deps build release demo test lint format bench fuzz vfio-lab clean-lab
+.PHONY: all deps build release static install demo test test-install test-libvirt lint format bench fuzz vfio-lab clean-lab
 
 all: build
 
@@ -14,6 +14,36 @@ build: deps
 
 release: deps
 	$(SWIFT) build -c release
+
+# `make install` (PREFIX, DESTDIR, SYSCONFDIR...): a qmp-sidecar with the Swift standard library linked
+# statically (at run time it needs only glibc and libjansson, no Swift toolchain), the libvirt
+# emulator wrapper, its config (kept if one is there) and the systemd units. Built in a scratch path
+# of its own so it never mixes with the dynamic builds in .build/.
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+LIBEXECDIR ?= $(PREFIX)/libexec/qmp-sidecar
+SYSCONFDIR ?= /etc
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+DOCDIR ?= $(PREFIX)/share/doc/qmp-sidecar
+STATIC_BUILD ?= .build-static
+SUBST = sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@LIBEXECDIR@|$(LIBEXECDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
+	-e 's|/usr/local/bin/qmp-sidecar|$(BINDIR)/qmp-sidecar|g'
+
+static: deps
+	$(SWIFT) build -c release --static-swift-stdlib --scratch-path $(STATIC_BUILD) --product qmp-sidecar
+
+install: static
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(SYSCONFDIR)/qmp-sidecar \
+		$(DESTDIR)$(SYSTEMDUNITDIR) $(DESTDIR)$(DOCDIR)
+	install -m 0755 $(STATIC_BUILD)/release/qmp-sidecar $(DESTDIR)$(BINDIR)/qmp-sidecar
+	$(SUBST) contrib/libvirt/qmp-sidecar-qemu > $(DESTDIR)$(LIBEXECDIR)/qmp-sidecar-qemu
+	chmod 0755 $(DESTDIR)$(LIBEXECDIR)/qmp-sidecar-qemu
+	$(SUBST) contrib/libvirt/libvirt.conf > $(DESTDIR)$(DOCDIR)/libvirt.conf.example
+	test -e $(DESTDIR)$(SYSCONFDIR)/qmp-sidecar/libvirt.conf || \
+		install -m 0644 $(DESTDIR)$(DOCDIR)/libvirt.conf.example $(DESTDIR)$(SYSCONFDIR)/qmp-sidecar/libvirt.conf
+	for unit in contrib/systemd/qmp-sidecar@.service contrib/systemd/qmp-sidecar@.socket; do \
+		$(SUBST) $$unit > $(DESTDIR)$(SYSTEMDUNITDIR)/$${unit##*/} || exit 1; done
+	install -m 0644 contrib/libvirt/README.md $(DESTDIR)$(DOCDIR)/libvirt.md
 
 # The main job: qmp-mock with a two-device IOMMU group, qmp-sidecar in front, a client unplugging
 # both devices; prints the event timeline.
@@ -27,6 +57,15 @@ SLOW_TESTS = sizeLimits|messageSizeLimit
 test: deps
 	QMP_SIDECAR_REQUIRE_QEMU=1 $(SWIFT) test --skip '$(SLOW_TESTS)'
 	QMP_SIDECAR_REQUIRE_QEMU=1 QMP_SIDECAR_SLOW_QEMU_TESTS=1 $(SWIFT) test --filter '$(SLOW_TESTS)'
+	$(MAKE) test-install test-libvirt
+
+# `make install DESTDIR=...` gives a binary that needs no Swift runtime (ldd lists no libswift*).
+test-install: static
+	contrib/libvirt/tests/install.sh
+
+# Real libvirt 9.0 with the wrapper as <emulator>, in a private mount and network namespace (root).
+test-libvirt: static
+	contrib/libvirt/tests/e2e.sh
 
 lint:
 	$(SWIFT) format lint --strict -r Package.swift Sources Tests
@@ -36,6 +75,7 @@ format:
 
 # Benchmarks are programs that print figures and ratios against a baseline measured in the same run.
 bench: release
+	cc -O2 -Wall -o .build/release/floor-proxy bench/floor-proxy.c
 	.build/release/qmp-bench framer
 	.build/release/qmp-bench proxy
 	.build/release/qmp-bench release
@@ -44,5 +84,5 @@ fuzz: deps
 	fuzz/run.sh 60
 
 # The proof on the real vfio-pci driver in a nested VM (installs a kernel; ~2 min after that).
-vfio-lab: release
+vfio-lab: release static
 	lab/run.sh

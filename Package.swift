@@ -13,7 +13,9 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
-        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
     ],
     targets: [
@@ -29,11 +31,10 @@ let package = Package(
         .target(name: "QMPWire", dependencies: ["CJansson"]),
         .target(name: "QMPProxy", dependencies: ["QMPWire"]),
 
-        // VFIO knowledge: reads sysfs and /proc through injected roots.
-        .target(
-            name: "VFIOTracking",
-            dependencies: ["QMPWire", "QMPRuntime", .product(name: "Logging", package: "swift-log")]
-        ),
+        // VFIO rules, no I/O shell: device registry, group state machine, open-description counting,
+        // sysfs and PCI rules (sysfs read through an injected root). The driver that owns inotify,
+        // pidfd and timers is QMPSidecar/VFIO.
+        .target(name: "VFIOTracking", dependencies: ["QMPWire", "CQMPShims"]),
 
         // Kernel-shaped fake sysfs/dev trees: qmp-mock --fake-host and the tests build hosts with it.
         .target(name: "VFIOFakeHost", dependencies: ["QMPRuntime", "VFIOTracking"]),
@@ -51,6 +52,8 @@ let package = Package(
                 "QMPWire", "QMPProxy", "VFIOTracking", "QMPRuntime",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
         .target(
@@ -79,7 +82,7 @@ let package = Package(
         .executableTarget(
             name: "qmp-bench",
             dependencies: [
-                "QMPWire", "QMPRuntime", "QMPTestKit", "VFIOTracking", "VFIOFakeHost",
+                "QMPWire", "QMPProxy", "QMPRuntime", "QMPTestKit", "VFIOTracking", "VFIOFakeHost",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -91,7 +94,14 @@ let package = Package(
         .testTarget(name: "QMPWireTests", dependencies: ["QMPWire", "QMPTestKit"]),
         .testTarget(name: "QMPProxyTests", dependencies: ["QMPProxy", "QMPWire"]),
         .testTarget(
-            name: "VFIOTrackingTests", dependencies: ["VFIOTracking", "VFIOFakeHost", "QMPRuntime"]),
+            name: "QMPSidecarTests",
+            dependencies: ["QMPSidecar", "QMPProxy", "QMPWire", .product(name: "Logging", package: "swift-log")]),
+        .testTarget(
+            name: "VFIOTrackingTests",
+            dependencies: [
+                "VFIOTracking", "VFIOFakeHost", "QMPRuntime", "QMPSidecar", "QMPProxy", "QMPWire",
+                "CQMPShims", .product(name: "Logging", package: "swift-log"),
+            ]),
         .testTarget(name: "QMPRuntimeTests", dependencies: ["QMPRuntime", "QMPTestKit", "CQMPShims"]),
         .testTarget(
             name: "QMPMockTests", dependencies: ["QMPMock", "QMPTestKit", "CQMPShims", "qmp-mock", "qmp-sidecar"]),

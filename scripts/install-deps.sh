@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what building and testing qmp-sidecar needs on Debian 12: jansson (the JSON we must
-# understand), QEMU 7.2 (tests run against the real one), python qemu.qmp (the reference client).
+# understand), QEMU 7.2 (tests run against the real one), python qemu.qmp (the reference client),
+# libvirt 9.0 (the end-to-end test of the emulator wrapper, contrib/libvirt).
 # Idempotent: does nothing when everything is present.
 set -euo pipefail
 
-packages=(libjansson-dev pkg-config qemu-system-x86 python3-pip socat inotify-tools)
+packages=(libjansson-dev pkg-config qemu-system-x86 python3-pip socat inotify-tools libvirt-daemon-system libvirt-clients)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

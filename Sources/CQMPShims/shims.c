@@ -7,6 +7,7 @@
 #include <time.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -97,6 +98,10 @@ int cqmp_eventfd(void) {
     return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 }
 
+int cqmp_memfd(const char *name) {
+    return memfd_create(name, MFD_CLOEXEC);
+}
+
 int cqmp_peer_credentials(int sock, pid_t *pid, uid_t *uid, gid_t *gid) {
     struct ucred cred;
     socklen_t size = sizeof(cred);
@@ -147,4 +152,13 @@ int cqmp_set_thread_name(const char *name) {
 
 pid_t cqmp_gettid(void) {
     return (pid_t)syscall(SYS_gettid);
+}
+
+const char *cqmp_readdir_name(DIR *dir) {
+    struct dirent *entry;
+    while ((entry = readdir(dir)) != NULL) {
+        const char *name = entry->d_name;
+        if (!(name[0] == '.' && (name[1] == 0 || (name[1] == '.' && name[2] == 0)))) return name;
+    }
+    return NULL;
 }

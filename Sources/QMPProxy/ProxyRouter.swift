@@ -19,10 +19,11 @@ import QMPWire
 ///   Upstream, an fd batch travels with the first bytes of its command, and no second fd-carrying
 ///   command is sent before QEMU replied to the previous one (QEMU would replace the first batch).
 ///   The `getfd` namespace is QEMU's, one per QEMU connection, so all clients share it.
-/// - Fairness: clients' in-band commands reach QEMU round robin with a bounded number in flight per
-///   client (``FairScheduler``), as QEMU's dispatcher serves monitors of their own; a client with
-///   ``Configuration/maxClientQueue`` commands waiting is not read further
-///   (``Action/setClientReading(_:enabled:)``). OOB commands never wait.
+/// - Fairness: clients' in-band commands reach QEMU round robin with at most
+///   ``Configuration/maxClientInFlight`` in flight per client (``FairScheduler``), as QEMU's
+///   dispatcher serves monitors of their own; a client with ``Configuration/maxClientQueue``
+///   commands waiting is not read further (``Action/setClientReading(_:enabled:)``). OOB commands
+///   never wait.
 ///
 /// - Important: fds handed in become the router's; every one leaves again in exactly one
 ///   ``Action/sendUpstream(_:fds:)`` or ``Action/closeFDs(_:)``.
@@ -32,24 +33,39 @@ public struct ProxyRouter: Sendable {
     public struct Configuration: Sendable {
         /// Commands answered by the sidecar itself (``Action/localCommand(client:token:name:arguments:)``).
         public var localCommands: Set<String>
+        /// Commands whose forwarding and reply are reported (``Action/commandObserved(name:arguments:)``,
+        /// ``Action/observedReply(name:arguments:succeeded:)``): what the VFIO side must see, e.g.
+        /// `device_add`, without the router knowing why.
+        public var observedCommands: Set<String>
         /// Emit ``Action/trace(_:)`` for every message (off: no cost).
         public var tracing: Bool
         /// Hold clients' commands (after their own negotiation, which stays local and immediate) from
         /// each upstream negotiation until ``ProxyRouter/openClientGate()``: the sidecar's own start-up
         /// commands (cold-plug discovery) then finish before any client command reaches QEMU.
         public var gateClientCommands: Bool
-        /// Per client: in-band commands at QEMU unanswered, and commands waiting beyond which the
-        /// client is not read (QEMU's `QMP_REQ_QUEUE_LEN_MAX` is 8).
+        /// Per client: commands waiting for their turn beyond which the client is not read (QEMU
+        /// suspends a monitor with `QMP_REQ_QUEUE_LEN_MAX`, 8, requests queued).
         public var maxClientQueue: Int
+        /// Per client: in-band commands at QEMU unanswered. Another client's command waits behind at
+        /// most this many of one client's in QEMU's queue; QEMU itself runs one at a time, and a
+        /// second keeps it busy while a reply crosses the sidecar.
+        public var maxClientInFlight: Int
+        /// Emit ``Action/commandForwarded(sidecarID:)`` and ``Action/replyRouted(sidecarID:)`` so the
+        /// performer can time each client command's round trip (off: no cost).
+        public var reportsRoundTrips: Bool
 
         public init(
-            localCommands: Set<String> = [], tracing: Bool = false, gateClientCommands: Bool = false,
-            maxClientQueue: Int = 8
+            localCommands: Set<String> = [], observedCommands: Set<String> = [], tracing: Bool = false,
+            gateClientCommands: Bool = false, maxClientQueue: Int = 8, maxClientInFlight: Int = 2,
+            reportsRoundTrips: Bool = false
         ) {
             self.localCommands = localCommands
+            self.observedCommands = observedCommands
             self.tracing = tracing
             self.gateClientCommands = gateClientCommands
             self.maxClientQueue = max(1, maxClientQueue)
+            self.maxClientInFlight = max(1, maxClientInFlight)
+            self.reportsRoundTrips = reportsRoundTrips
         }
     }
 
@@ -95,11 +111,15 @@ public struct ProxyRouter: Sendable {
         case upstreamReady(oob: Bool)
         /// QEMU refused the sidecar's negotiation: treat the upstream as failed.
         case upstreamFailed(String)
-        /// An event from QEMU (the whole line, CRLF included). Broadcast it with
-        /// ``ProxyRouter/broadcastEvent(_:synthesized:)`` unless it is held back.
-        case event(name: String, line: [UInt8])
-        /// A client's `device_add` succeeded; `arguments` is the text of its arguments object.
-        case deviceAddSucceeded(arguments: [UInt8])
+        /// An event from QEMU, parsed once here (its line is `message.bytes` plus CRLF). Broadcast it
+        /// with ``ProxyRouter/broadcastEvent(_:synthesized:)`` unless it is held back.
+        case event(name: String, message: QMPMessage)
+        /// A client's command of ``Configuration/observedCommands`` is about to go to QEMU (reported
+        /// before its bytes are in any ``Action/sendUpstream(_:fds:)``); `arguments` is the text of its
+        /// arguments object (`{}` when absent).
+        case commandObserved(name: String, arguments: [UInt8])
+        /// QEMU answered an observed command.
+        case observedReply(name: String, arguments: [UInt8], succeeded: Bool)
         /// A command the sidecar answers itself; reply with ``ProxyRouter/completeLocalCommand(token:reply:)``.
         case localCommand(client: ClientID, token: UInt64, name: String, arguments: [UInt8]?)
         /// The reply to one of the sidecar's own commands (never shown to a client).
@@ -107,6 +127,12 @@ public struct ProxyRouter: Sendable {
         /// Something unexpected worth a log line (e.g. QEMU output the proxy cannot route).
         case warning(String)
         case trace(TraceRecord)
+        /// A client command was accepted for QEMU (``Configuration/reportsRoundTrips``).
+        case commandForwarded(sidecarID: UInt64)
+        /// QEMU's reply to that command was routed back (``Configuration/reportsRoundTrips``).
+        case replyRouted(sidecarID: UInt64)
+        /// A client completed its own `qmp_capabilities`.
+        case clientNegotiated(ClientID, oob: Bool)
     }
 
     private enum UpstreamPhase: Equatable {
@@ -120,7 +146,8 @@ public struct ProxyRouter: Sendable {
         case sidecar
         /// `kind` is nil for OOB commands (they bypass the scheduler).
         case client(
-            ClientID, originalID: [UInt8]?, kind: FairScheduler<ClientItem>.Kind?, deviceAddArguments: [UInt8]?)
+            ClientID, originalID: [UInt8]?, kind: FairScheduler<ClientItem>.Kind?,
+            observed: (name: String, arguments: [UInt8])?)
     }
 
     private struct UpstreamItem: Sendable {
@@ -156,7 +183,7 @@ public struct ProxyRouter: Sendable {
     public init(configuration: Configuration = Configuration()) {
         self.configuration = configuration
         self.clientGateOpen = !configuration.gateClientCommands
-        self.scheduler = FairScheduler(maxInFlight: configuration.maxClientQueue, isOpen: clientGateOpen)
+        self.scheduler = FairScheduler(maxInFlight: configuration.maxClientInFlight, isOpen: clientGateOpen)
     }
 
     /// Whether clients' commands currently go on to QEMU (always true without
@@ -186,6 +213,18 @@ public struct ProxyRouter: Sendable {
     /// Number of connected clients.
     public var clientCount: Int { clients.count }
 
+    /// Messages seen so far, by direction.
+    public private(set) var traffic = ProxyTraffic()
+
+    /// Each connected client's commands in flight to QEMU and still queued.
+    public var clientLoads: [ClientID: ClientLoad] {
+        var loads: [ClientID: ClientLoad] = [:]
+        for id in clients.keys {
+            loads[id] = ClientLoad(inFlight: scheduler.inFlight(id), queued: scheduler.queued(id))
+        }
+        return loads
+    }
+
     /// Number of commands sent to (or queued for) QEMU whose reply has not arrived.
     public var commandsInFlight: Int { pending.count }
 
@@ -194,6 +233,7 @@ public struct ProxyRouter: Sendable {
     /// Bytes read from QEMU.
     public mutating func upstreamReceived(_ bytes: [UInt8]) -> [Action] {
         var actions: [Action] = []
+        actions.reserveCapacity(4)  // a reply, the next commands: no regrowth
         // QEMU's output is not bound by its input rules (size, token and nesting limits; `inf`/`nan`):
         // split it by brace depth and parse it with the output grammar.
         for bytes in upstreamFramer.append(bytes) {
@@ -201,6 +241,7 @@ public struct ProxyRouter: Sendable {
             case .failure(let error):
                 actions.append(.warning("unparsable output from QEMU: \(error.desc)"))
             case .success(let message):
+                traffic.fromQEMU += 1
                 handleUpstream(Envelope(message), into: &actions)
             }
         }
@@ -222,6 +263,7 @@ public struct ProxyRouter: Sendable {
             let arguments = offered.contains("oob") ? ", \"arguments\": {\"enable\": [\"oob\"]}" : ""
             let request = Array("{\"execute\": \"qmp_capabilities\"\(arguments), \"id\": \(id)}".utf8)
             trace(.sidecarToQEMU, client: 0, fds: 0, request, into: &actions)
+            traffic.toQEMU += 1
             actions.append(.sendUpstream(request + QEMUReply.crlf, fds: []))
             for clientID in clients.keys.sorted() where clients[clientID]!.phase == .awaitingGreeting {
                 var session = clients.removeValue(forKey: clientID)!
@@ -238,7 +280,7 @@ public struct ProxyRouter: Sendable {
         }
         if let name = message.eventName {
             trace(.qemuToClient, client: 0, fds: 0, message.bytes, into: &actions)
-            actions.append(.event(name: name, line: message.bytes + QEMUReply.crlf))
+            actions.append(.event(name: name, message: message.message))
             return
         }
         guard message.isReply, let id = message.sidecarID, let entry = pending.removeValue(forKey: id) else {
@@ -258,19 +300,22 @@ public struct ProxyRouter: Sendable {
         case .sidecar:
             trace(.qemuToSidecar, client: 0, fds: 0, message.bytes, into: &actions)
             actions.append(.internalReply(token: id, message: message.bytes))
-        case .client(let clientID, let originalID, let kind, let deviceAddArguments):
+        case .client(let clientID, let originalID, let kind, let observed):
             trace(.qemuToClient, client: clientID, fds: 0, message.bytes, into: &actions)
+            if configuration.reportsRoundTrips { actions.append(.replyRouted(sidecarID: id)) }
             if let kind {
                 scheduler.completed(clientID, kind: kind)
                 dispatch(into: &actions)
             }
-            if let deviceAddArguments, message.isSuccess {
-                actions.append(.deviceAddSucceeded(arguments: deviceAddArguments))
+            if let observed {
+                actions.append(
+                    .observedReply(name: observed.name, arguments: observed.arguments, succeeded: message.isSuccess))
             }
             guard var session = clients.removeValue(forKey: clientID) else { return }  // gone: drop quietly
-            var line = message.message.replacingID(with: originalID.map(Self.echo))
+            var line = message.message.replacingID(with: originalID.map(Self.echo), spare: 2)
             line.append(contentsOf: QEMUReply.crlf)
             if kind == nil {
+                traffic.toClients += 1
                 actions.append(.sendToClient(clientID, line))
             } else {
                 _ = session.fill(id, with: line)
@@ -343,6 +388,7 @@ public struct ProxyRouter: Sendable {
         -> [Action]
     {
         var actions: [Action] = []
+        actions.reserveCapacity(4)  // the command, its trace or reply: no regrowth
         guard var session = clients.removeValue(forKey: clientID) else {
             if !fds.isEmpty { actions.append(.closeFDs(fds)) }
             return actions
@@ -390,10 +436,12 @@ public struct ProxyRouter: Sendable {
     /// - Parameter synthesized: true for the sidecar's own events (only changes the trace direction).
     public mutating func broadcastEvent(_ line: [UInt8], synthesized: Bool = false) -> [Action] {
         var actions: [Action] = []
+        actions.reserveCapacity(clients.count + 1)
         if synthesized {
             trace(.sidecarToClient, client: 0, fds: 0, Self.trimmed(line), into: &actions)
         }
         for clientID in clients.keys.sorted() where clients[clientID]!.isNegotiated {
+            traffic.toClients += 1
             actions.append(.sendToClient(clientID, line))
         }
         return actions
@@ -424,6 +472,7 @@ public struct ProxyRouter: Sendable {
     private mutating func handleClientFrame(
         _ frame: QMPFrame, _ clientID: ClientID, _ session: inout ClientSession, into actions: inout [Action]
     ) {
+        traffic.fromClients += 1
         switch frame {
         case .invalid(let error, _):
             replyLocally(QMPBuilder.error(error), clientID, &session, into: &actions)
@@ -451,6 +500,7 @@ public struct ProxyRouter: Sendable {
                 replyLocally(error, id: message.idBytes, clientID, &session, into: &actions)
             case .negotiated(let oob):
                 session.phase = .negotiated(oob: oob)
+                actions.append(.clientNegotiated(clientID, oob: oob))
                 let line = QEMUReply.success(Array("{}".utf8), echoedID: message.idBytes.map(Self.echo))
                 trace(.sidecarToClient, client: clientID, fds: 0, Self.trimmed(line), into: &actions)
                 session.enqueue(.ready(line))
@@ -493,13 +543,19 @@ public struct ProxyRouter: Sendable {
             fds = held.fds
             session.heldFDs = nil
         }
-        var bytes = message.message.replacingID(with: Array(String(id).utf8))
+        var bytes = message.message.replacingID(with: Self.decimal(id), spare: 2)
         bytes.append(contentsOf: QEMUReply.crlf)
         let item = UpstreamItem(bytes: bytes, fds: fds, id: id)
         let kind: FairScheduler<ClientItem>.Kind? = oob ? nil : (fds.isEmpty ? .command : .fdCommand)
-        pending[id] = .client(
-            clientID, originalID: message.idBytes, kind: kind,
-            deviceAddArguments: name == "device_add" ? (message.argumentBytes ?? Array("{}".utf8)) : nil)
+        if configuration.reportsRoundTrips { actions.append(.commandForwarded(sidecarID: id)) }
+        var observed: (name: String, arguments: [UInt8])?
+        if let name, configuration.observedCommands.contains(name) {
+            let arguments = message.argumentBytes ?? Array("{}".utf8)
+            observed = (name, arguments)
+            // Reported before the command can reach QEMU: the VFIO side watches what it will open.
+            actions.append(.commandObserved(name: name, arguments: arguments))
+        }
+        pending[id] = .client(clientID, originalID: message.idBytes, kind: kind, observed: observed)
         guard let kind else {
             sendEarly(item, client: clientID, direction: .clientToQEMU, into: &actions)
             return
@@ -548,13 +604,29 @@ public struct ProxyRouter: Sendable {
         guard let greeting else { return }
         session.phase = .capabilities
         trace(.sidecarToClient, client: clientID, fds: 0, Self.trimmed(greeting), into: &actions)
+        traffic.toClients += 1
         actions.append(.sendToClient(clientID, greeting))
     }
 
-    private func flushClient(_ clientID: ClientID, _ session: inout ClientSession, into actions: inout [Action]) {
-        let lines = session.takeReady()
-        guard !lines.isEmpty else { return }
-        actions.append(.sendToClient(clientID, lines.count == 1 ? lines[0] : Array(lines.joined())))
+    private mutating func flushClient(
+        _ clientID: ClientID, _ session: inout ClientSession, into actions: inout [Action]
+    ) {
+        guard let ready = session.takeReady() else { return }
+        traffic.toClients += ready.lines
+        actions.append(.sendToClient(clientID, ready.bytes))
+    }
+
+    /// The decimal digits of a sidecar id (without going through `String`).
+    static func decimal(_ value: UInt64) -> [UInt8] {
+        var digits: [UInt8] = []
+        digits.reserveCapacity(20)
+        var rest = value
+        repeat {
+            digits.append(UInt8(truncatingIfNeeded: rest % 10) + 0x30)
+            rest /= 10
+        } while rest > 0
+        digits.reverse()
+        return digits
     }
 
     /// Sends a command that never waits for a turn (the sidecar's own, OOB), or holds it until the
@@ -565,6 +637,7 @@ public struct ProxyRouter: Sendable {
     ) {
         trace(direction, client: client, fds: 0, Self.trimmed(item.bytes), into: &actions)
         if phase == .ready {
+            traffic.toQEMU += 1
             actions.append(.sendUpstream(item.bytes, fds: []))
         } else {
             early.append(item)
@@ -575,6 +648,7 @@ public struct ProxyRouter: Sendable {
     private mutating func dispatch(into actions: inout [Action]) {
         guard phase == .ready else { return }
         for item in early {
+            traffic.toQEMU += 1
             actions.append(.sendUpstream(item.bytes, fds: []))
         }
         early = []
@@ -584,6 +658,7 @@ public struct ProxyRouter: Sendable {
                 actions.append(action)
             case .upstream(let item):
                 trace(.clientToQEMU, client: clientID, fds: item.fds.count, Self.trimmed(item.bytes), into: &actions)
+                traffic.toQEMU += 1
                 actions.append(.sendUpstream(item.bytes, fds: item.fds))
             }
             if scheduler.queued(clientID) < configuration.maxClientQueue, pausedClients.remove(clientID) != nil {

@@ -17,6 +17,12 @@ import Glibc
 public final class InotifyWatcher {
     /// Called with the watched path when a matching event arrives for it.
     public var onEvent: (String) -> Void
+    /// When set, called instead of ``onEvent`` with the event's mask bits too (e.g. to tell `IN_OPEN`
+    /// from `IN_CLOSE_*` when ``mask`` asks for both).
+    public var onMaskedEvent: ((String, UInt32) -> Void)?
+    /// When set, a queue overflow calls this once instead of reporting every watched path: events were
+    /// lost, so an owner that counts them knows its counts are no longer exact.
+    public var onOverflow: (() -> Void)?
     /// Called with the watched path when the kernel dropped its watch by itself (the file was deleted,
     /// or its file system unmounted). The path is no longer watched.
     public var onWatchLost: ((String) -> Void)?
@@ -97,6 +103,13 @@ public final class InotifyWatcher {
         }
     }
 
+    /// Reads and delivers the events already queued, without waiting for the reactor to poll: an owner
+    /// that learns something through another descriptor in the same loop round (a reply that follows
+    /// an open, an event that follows a close) first takes what the kernel already reported.
+    public func drain() {
+        readEvents()
+    }
+
     /// Removes all watches and closes the inotify descriptor. Idempotent.
     public func close() {
         guard fd >= 0 else { return }
@@ -106,6 +119,12 @@ public final class InotifyWatcher {
         fd = -1
         pathsByWatch.removeAll()
         watchByPath.removeAll()
+    }
+
+    private enum Delivery {
+        case event(String, UInt32)
+        case lost(String)
+        case overflow
     }
 
     private func readEvents() {
@@ -120,7 +139,7 @@ public final class InotifyWatcher {
                 return
             }
             if count == 0 { return }
-            var delivered: [(String, Bool)] = []
+            var delivered: [Delivery] = []
             buffer.withUnsafeBytes { raw in
                 var offset = 0
                 let header = MemoryLayout<inotify_event>.size
@@ -130,8 +149,12 @@ public final class InotifyWatcher {
                     let nameLength = Int(raw.loadUnaligned(fromByteOffset: offset + 12, as: UInt32.self))
                     offset += header + nameLength
                     if eventMask & UInt32(IN_Q_OVERFLOW) != 0 {
-                        logger.warning("inotify queue overflowed; reporting every watched path")
-                        for path in watchByPath.keys { delivered.append((path, false)) }
+                        logger.warning("inotify queue overflowed; events were lost")
+                        if onOverflow == nil {
+                            for path in watchByPath.keys { delivered.append(.event(path, mask)) }
+                        } else {
+                            delivered.append(.overflow)
+                        }
                         continue
                     }
                     guard let paths = pathsByWatch[wd] else { continue }
@@ -139,21 +162,22 @@ public final class InotifyWatcher {
                         pathsByWatch.removeValue(forKey: wd)
                         for path in paths {
                             watchByPath.removeValue(forKey: path)
-                            delivered.append((path, true))
+                            delivered.append(.lost(path))
                         }
                         continue
                     }
                     if eventMask & mask != 0 {
-                        for path in paths { delivered.append((path, false)) }
+                        for path in paths { delivered.append(.event(path, eventMask & mask)) }
                     }
                 }
             }
             // Callbacks run after parsing: they may watch/unwatch or close freely.
-            for (path, lost) in delivered {
-                if lost {
-                    onWatchLost?(path)
-                } else {
-                    onEvent(path)
+            for delivery in delivered {
+                switch delivery {
+                case .event(let path, let bits):
+                    if let onMaskedEvent { onMaskedEvent(path, bits) } else { onEvent(path) }
+                case .lost(let path): onWatchLost?(path)
+                case .overflow: onOverflow?()
                 }
             }
         }

@@ -42,9 +42,11 @@ public struct SidecarConfiguration: Sendable {
     public var tracePath: String?
     /// Per-client output bound; a client that lets more pile up is disconnected.
     public var clientOutputLimit: Int
-    /// Per client: commands at QEMU unanswered, and commands waiting beyond which the client is not
-    /// read (`--max-client-queue`; QEMU queues 8 per monitor).
+    /// Per client: commands waiting for their turn beyond which the client is not read
+    /// (`--max-client-queue`; QEMU queues 8 per monitor).
     public var maxClientQueue: Int
+    /// Per client: commands at QEMU unanswered (`--max-client-in-flight`).
+    public var maxClientInFlight: Int
     /// The VFIO release monitor's options (`--sysfs-root`, `--dev-root`, `--release-timeout`,
     /// `--event-prefix`, `--hold-device-deleted`); nil runs the proxy without VFIO tracking.
     public var vfio: VFIOConfiguration?
@@ -52,18 +54,28 @@ public struct SidecarConfiguration: Sendable {
     /// finish before they are forwarded anyway (with a warning): a QEMU that never answers the
     /// sidecar's `qom-list`/`qom-get` must not wedge clients.
     public var discoveryGateTimeout: Duration
+    /// `--metrics-file PATH`: a Prometheus textfile, replaced atomically when a metric changed; nil
+    /// keeps no metrics.
+    public var metricsFile: String?
+    /// How long after a change the metrics file is written (changes meanwhile share the write).
+    public var metricsDelay: Duration
 
     public init(
         upstream: SocketAddress? = nil, connectTimeout: Duration = .seconds(30), listeners: [ListenSpec] = [],
         takeOver: String? = nil, socketMode: mode_t = 0o600, qemuPID: pid_t? = nil, reconnect: Bool = false,
         tracePath: String? = nil, clientOutputLimit: Int = 16 << 20, vfio: VFIOConfiguration? = VFIOConfiguration(),
-        discoveryGateTimeout: Duration = .seconds(10), maxClientQueue: Int = 8, socketGroup: gid_t? = nil,
-        admission: ClientAdmission = ClientAdmission(), allowUnauthenticatedTCP: Bool = false
+        discoveryGateTimeout: Duration = .seconds(10), maxClientQueue: Int = 8, maxClientInFlight: Int = 2,
+        socketGroup: gid_t? = nil, admission: ClientAdmission = ClientAdmission(),
+        allowUnauthenticatedTCP: Bool = false,
+        metricsFile: String? = nil, metricsDelay: Duration = .seconds(1)
     ) {
         self.maxClientQueue = maxClientQueue
+        self.maxClientInFlight = maxClientInFlight
         self.socketGroup = socketGroup
         self.admission = admission
         self.allowUnauthenticatedTCP = allowUnauthenticatedTCP
+        self.metricsFile = metricsFile
+        self.metricsDelay = metricsDelay
         self.vfio = vfio
         self.discoveryGateTimeout = discoveryGateTimeout
         self.upstream = upstream

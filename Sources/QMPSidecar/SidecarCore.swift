@@ -33,6 +33,10 @@ final class SidecarCore: QMPUpstreamCommander {
     /// does nothing.
     private var gateGeneration = 0
     private var gateTimer: Reactor.TimerID?
+    /// `--metrics-file`: nil without it (then metrics cost nothing).
+    private var instruments: SidecarInstruments?
+    /// Who emits the group events in this QMP session (``GroupEventSource``).
+    private var groupEvents = GroupEventSource.sidecar
     /// Whether the current QMP session ended with QEMU shutting down normally (exit status 0).
     private var ending = QEMUEnding()
 
@@ -47,7 +51,21 @@ final class SidecarCore: QMPUpstreamCommander {
         self.outcome = outcome
         self.logger = logger
         self.router = ProxyRouter(
-            configuration: .init(tracing: trace != nil, maxClientQueue: configuration.maxClientQueue))
+            configuration: .init(
+                tracing: trace != nil, maxClientQueue: configuration.maxClientQueue,
+                maxClientInFlight: configuration.maxClientInFlight, reportsRoundTrips: configuration.metricsFile != nil)
+        )
+        if let path = configuration.metricsFile {
+            let names = configuration.vfio.map { ($0.releasedEventName, $0.timeoutEventName) } ?? ("", "")
+            instruments = SidecarInstruments(
+                path: path, delay: configuration.metricsDelay, eventNames: names, reactor: reactor, logger: logger
+            ) { [unowned self] in
+                SidecarInstruments.State(
+                    traffic: router.traffic, clients: clients.count, clientLoads: router.clientLoads,
+                    vfio: hooks?.metricsSnapshot() ?? VFIOMetricsSnapshot(),
+                    nativeGroupEvents: groupEvents == .qemu)
+            }
+        }
     }
 
     /// Installs the VFIO hooks (before ``start(listeningFDs:)``).
@@ -55,8 +73,11 @@ final class SidecarCore: QMPUpstreamCommander {
         self.hooks = hooks
         router = ProxyRouter(
             configuration: .init(
-                localCommands: hooks.localCommandNames, tracing: trace != nil, gateClientCommands: true,
-                maxClientQueue: configuration.maxClientQueue))
+                localCommands: hooks.localCommandNames.union([GroupEventSource.queryCommandName]),
+                observedCommands: hooks.observedCommands,
+                tracing: trace != nil, gateClientCommands: true, maxClientQueue: configuration.maxClientQueue,
+                maxClientInFlight: configuration.maxClientInFlight,
+                reportsRoundTrips: instruments != nil))
     }
 
     /// Starts accepting on the listening sockets and connecting to QEMU.
@@ -66,6 +87,7 @@ final class SidecarCore: QMPUpstreamCommander {
                 Listener(fd: fd, reactor: reactor, logger: logger) { client in self.accept(client) })
         }
         connectUpstream(deadline: .now + configuration.connectTimeout)
+        instruments?.flush()
     }
 
     // MARK: Upstream
@@ -92,8 +114,10 @@ final class SidecarCore: QMPUpstreamCommander {
         }
         connection.onRead = { bytes, fds in
             for fd in fds { Glibc.close(fd) }
+            self.instruments?.readFromQEMU(bytes.count)
             self.perform(self.router.upstreamReceived(bytes))
             self.updateClientReading()
+            self.instruments?.changed()
         }
         connection.onClose = { reason in self.upstreamLost(reason.description) }
         upstream = connection
@@ -111,6 +135,8 @@ final class SidecarCore: QMPUpstreamCommander {
         if let gateTimer { reactor.cancel(gateTimer) }
         gateTimer = nil
         hooks?.upstreamClosed()
+        instruments?.upstreamClosed()
+        instruments?.changed()
         let clientCount = clients.count
         perform(router.upstreamClosed())
         if configuration.reconnect {
@@ -230,14 +256,17 @@ final class SidecarCore: QMPUpstreamCommander {
         let connection = Connection(
             fd: fd, reactor: reactor, maxPendingBytes: configuration.clientOutputLimit, logger: clientLogger)
         connection.onRead = { bytes, fds in
+            self.instruments?.readFromClient(bytes.count)
             self.perform(self.router.clientReceived(id, bytes, fds: fds))
             self.updateClientReading()
+            self.instruments?.changed()
         }
         connection.onClose = { reason in
             self.clients[id] = nil
             self.fullClients.remove(id)
-            self.logger.debug("client disconnected", metadata: ["client": "\(id)", "reason": "\(reason)"])
+            self.logger.info("client disconnected", metadata: ["client": "\(id)", "reason": "\(reason)"])
             self.perform(self.router.clientClosed(id))
+            self.instruments?.changed()
         }
         connection.onOverflow = {
             self.logger.warning(
@@ -247,7 +276,7 @@ final class SidecarCore: QMPUpstreamCommander {
         }
         clients[id] = connection
         connection.isReadingEnabled = !clientsPaused
-        logger.debug(
+        logger.info(
             "client connected",
             metadata: [
                 "client": "\(id)", "pid": "\(peer.map { String($0.pid) } ?? "?")",
@@ -255,6 +284,7 @@ final class SidecarCore: QMPUpstreamCommander {
             ])
         connection.start()
         perform(router.clientConnected(id))
+        instruments?.changed()
     }
 
     // MARK: Actions
@@ -271,40 +301,49 @@ final class SidecarCore: QMPUpstreamCommander {
         upstreamBatch = []
     }
 
-    private func flushClientBatches(only id: Int? = nil) {
-        guard !clientBatches.isEmpty else { return }
-        var kept: [(id: Int, bytes: [UInt8])] = []
-        for batch in clientBatches {
-            if let id, batch.id != id {
-                kept.append(batch)
-            } else {
-                clients[batch.id]?.send(batch.bytes)
-            }
+    /// Writes every collected client batch. A send may re-enter ``perform(_:)`` (a client over its
+    /// output bound is closed); output that produces joins this flush instead of starting another.
+    private func flushAllBatches() {
+        performDepth += 1
+        var index = 0
+        while true {
+            flushUpstreamBatch()
+            guard index < clientBatches.count else { break }
+            let batch = clientBatches[index]
+            index += 1
+            clients[batch.id]?.send(batch.bytes)
         }
-        clientBatches = kept
+        clientBatches.removeAll(keepingCapacity: true)
+        performDepth -= 1
+    }
+
+    /// Writes the batch collected for one client now (before it is disconnected).
+    private func flushClientBatch(_ id: Int) {
+        guard let index = clientBatches.firstIndex(where: { $0.id == id }) else { return }
+        let batch = clientBatches.remove(at: index)
+        clients[id]?.send(batch.bytes)
     }
 
     private func perform(_ actions: [ProxyRouter.Action]) {
         performDepth += 1
         defer {
             performDepth -= 1
-            if performDepth == 0 {
-                flushUpstreamBatch()
-                flushClientBatches()
-            }
+            if performDepth == 0 { flushAllBatches() }
         }
         for action in actions {
             switch action {
             case .sendToClient(let id, let bytes):
+                instruments?.sentToClient(bytes.count)
                 if let index = clientBatches.firstIndex(where: { $0.id == id }) {
-                    clientBatches[index].bytes.append(contentsOf: bytes)
+                    clientBatches[index].bytes.append(contentsOf: bytes)  // one send for a read's replies
                 } else {
                     clientBatches.append((id, bytes))
                 }
             case .sendUpstream(let bytes, let fds):
+                instruments?.sentToQEMU(bytes.count, fds: fds.count)
                 if let upstream {
                     if fds.isEmpty {
-                        upstreamBatch.append(contentsOf: bytes)
+                        if upstreamBatch.isEmpty { upstreamBatch = bytes } else { upstreamBatch += bytes }
                     } else {
                         // fds travel with the first bytes of their own sendmsg.
                         flushUpstreamBatch()
@@ -316,7 +355,7 @@ final class SidecarCore: QMPUpstreamCommander {
             case .closeFDs(let fds):
                 for fd in fds { Glibc.close(fd) }
             case .disconnectClient(let id):
-                flushClientBatches(only: id)
+                flushClientBatch(id)
                 clients[id]?.close()
             case .setClientReading(let id, let enabled):
                 if enabled { fullClients.remove(id) } else { fullClients.insert(id) }
@@ -327,18 +366,23 @@ final class SidecarCore: QMPUpstreamCommander {
             case .upstreamFailed(let reason):
                 logger.error("\(reason)")
                 upstream?.close()
-            case .event(let name, let line):
-                ending.eventReceived(name: name, line: line)
-                if name == "DEVICE_DELETED", let hooks, hooks.deviceDeleted(line) {
+            case .event(let name, let message):
+                instruments?.qemuEvent(name)
+                ending.eventReceived(name: name, line: message.bytes)
+                if let hooks, hooks.event(name, message) {
                     continue
                 }
-                perform(router.broadcastEvent(line))
-            case .deviceAddSucceeded(let arguments):
-                hooks?.deviceAddSucceeded(arguments: arguments)
+                perform(router.broadcastEvent(message.bytes + [0x0D, 0x0A]))
+            case .commandObserved(let name, let arguments):
+                hooks?.commandObserved(name, arguments: arguments)
+            case .observedReply(let name, let arguments, let succeeded):
+                hooks?.observedReply(name, arguments: arguments, succeeded: succeeded)
             case .localCommand(_, let token, let name, let arguments):
                 let reply =
-                    hooks?.localCommand(name, arguments: arguments)
-                    ?? .failure(QMPErrorText("CommandNotFound", "The command \(name) has not been found"))
+                    name == GroupEventSource.queryCommandName
+                    ? .success(groupEvents.report(configuration: configuration.vfio).qemuBytes)
+                    : hooks?.localCommand(name, arguments: arguments)
+                        ?? .failure(QMPErrorText("CommandNotFound", "The command \(name) has not been found"))
                 perform(router.completeLocalCommand(token: token, reply: reply))
             case .internalReply(let token, let message):
                 internalReplies.removeValue(forKey: token)?(message)
@@ -346,6 +390,12 @@ final class SidecarCore: QMPUpstreamCommander {
                 logger.warning("\(text)")
             case .trace(let record):
                 trace?.record(record)
+            case .commandForwarded(let id):
+                instruments?.commandForwarded(id)
+            case .replyRouted(let id):
+                instruments?.replyRouted(id)
+            case .clientNegotiated(let id, let oob):
+                logger.info("client negotiated", metadata: ["client": "\(id)", "oob": "\(oob)"])
             }
         }
     }
@@ -371,6 +421,7 @@ final class SidecarCore: QMPUpstreamCommander {
                     "clients did not read their last output before shutdown", metadata: ["bytes": "\(pending)"])
             }
             for client in clients.values { client.close() }
+            instruments?.flush()
             reactor.stop()
             return
         }
@@ -394,11 +445,27 @@ final class SidecarCore: QMPUpstreamCommander {
                 metadata: ["timeout": "\(timeout)", "held-commands": "\(self.router.gatedCommands)"])
             self.openClientGate()
         }
-        hooks.upstreamReady(qemuPID: qemuPID) {
+        // Two start-up answers open the gate: who emits the group events, and cold-plug discovery.
+        var outstanding = 2
+        let answered = {
             guard self.gateGeneration == generation else { return }
+            outstanding -= 1
+            guard outstanding == 0 else { return }
             self.logger.debug("cold-plug discovery done; forwarding client commands")
             self.openClientGate()
         }
+        groupEvents = .sidecar
+        sendInternalCommand("query-qmp-schema", arguments: nil) { reply in
+            guard self.gateGeneration == generation else { return }
+            self.groupEvents = reply.jsonValue(.returnValue).map(GroupEventSource.detect) ?? .sidecar
+            if self.groupEvents == .qemu {
+                self.logger.info(
+                    "QEMU emits GROUP_RELEASED and GROUP_RELEASE_TIMEOUT itself: forwarding its events, synthesizing none",
+                    metadata: ["group-events": "qemu"])
+            }
+            answered()
+        }
+        hooks.upstreamReady(qemuPID: qemuPID) { answered() }
     }
 
     private func openClientGate() {
@@ -422,6 +489,13 @@ final class SidecarCore: QMPUpstreamCommander {
     }
 
     func broadcastEvent(_ line: [UInt8]) {
+        if groupEvents == .qemu, let vfio = configuration.vfio,
+            GroupEventSource.isSynthesizedGroupEvent(line, configuration: vfio)
+        {
+            logger.debug("not sending the sidecar's own group event: QEMU emits them")
+            return
+        }
+        instruments?.sidecarEvent(line) { hooks?.releaseLatency() }
         perform(router.broadcastEvent(line, synthesized: true))
     }
 }

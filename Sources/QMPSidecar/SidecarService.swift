@@ -25,7 +25,7 @@ public struct SidecarService: Service {
     private let logger: Logger
     private let makeHooks: HooksFactory?
 
-    /// - Parameter makeHooks: the VFIO side; by default a `VFIOReleaseMonitor` with
+    /// - Parameter makeHooks: the VFIO side; by default a ``VFIOReleaseDriver`` with
     ///   `configuration.vfio` (none when that is nil).
     public init(configuration: SidecarConfiguration, logger: Logger, makeHooks: HooksFactory? = nil) {
         self.configuration = configuration
@@ -36,9 +36,8 @@ public struct SidecarService: Service {
             self.makeHooks = { reactor, commander, logger in
                 var vfioLogger = logger
                 vfioLogger[metadataKey: "component"] = "vfio"
-                return VFIOMonitorHooks(
-                    monitor: VFIOReleaseMonitor(
-                        configuration: vfio, reactor: reactor, commander: commander, logger: vfioLogger))
+                return VFIOReleaseDriver(
+                    configuration: vfio, reactor: reactor, commander: commander, logger: vfioLogger)
             }
         } else {
             self.makeHooks = nil

@@ -1,3 +1,5 @@
+import QMPWire
+
 /// What a `device_add` (or a discovered QOM child) says about a device, before sysfs resolution.
 public struct VFIODeviceDescription: Sendable, Hashable {
     /// The QOM type / `driver` argument, e.g. `vfio-pci`.
@@ -14,6 +16,17 @@ public struct VFIODeviceDescription: Sendable, Hashable {
         self.id = id
         self.host = (host == nil || host == PCIAddress.unset || host == "") ? nil : host
         self.sysfsdev = sysfsdev?.isEmpty == true ? nil : sysfsdev
+    }
+
+    /// From the text of a `device_add`'s arguments object (QEMU's grammar: single quotes allowed); nil
+    /// when it is no object or has no `driver`.
+    public init?(arguments text: [UInt8]) {
+        guard let arguments = try? JSONValue(parsing: text), let driver = arguments["driver"]?.stringValue else {
+            return nil
+        }
+        self.init(
+            driver: driver, id: arguments["id"]?.stringValue, host: arguments["host"]?.stringValue,
+            sysfsdev: arguments["sysfsdev"]?.stringValue)
     }
 
     /// Whether this is a device the tracker follows: `vfio-pci`, `vfio-pci-nohotplug`, or any `vfio-*`

@@ -11,6 +11,11 @@
 /// orders: a close before `DEVICE_DELETED` (QEMU 2.11+) leaves a witness, and the release follows the
 /// event at once. When QEMU holds nothing and no close was witnessed, one grace poll lets a queued close
 /// event arrive before the first all-process scan (which costs one `stat` per fd of every process).
+///
+/// When the driver counts the nodes' open file descriptions (``OpenDescriptionCount``), its answer is
+/// *certain*: zero open descriptions is the whole truth (nobody holds anything, no witness needed),
+/// and a node still open needs no poll — its close event will come. Polls and scans are then only the
+/// fallback for counts that are unknown.
 public struct VFIOGroupStateMachine: Sendable {
     /// Where a group is.
     public enum Phase: String, Sendable, Hashable {
@@ -31,8 +36,8 @@ public struct VFIOGroupStateMachine: Sendable {
         case watchNodes(group: Int)
         /// Remove them.
         case unwatchNodes(group: Int)
-        /// Re-check whether QEMU still holds the group (known fds; full scan when unknown); then call
-        /// ``qemuChecked(group:holds:now:)``.
+        /// Re-check whether QEMU still holds the group (open-description counts; known fds or a scan
+        /// when they are unknown); then call ``qemuChecked(group:holds:certain:now:)``.
         case checkQEMU(group: Int)
         /// Scan all processes for fds on the group's nodes; then call ``processesScanned(group:anyHolder:now:)``.
         case scanAllProcesses(group: Int)
@@ -186,19 +191,24 @@ public struct VFIOGroupStateMachine: Sendable {
     }
 
     /// Result of ``Action/checkQEMU(group:)``.
-    public mutating func qemuChecked(group number: Int, holds: Bool, now: UInt64) -> [Action] {
+    ///
+    /// - Parameters:
+    ///   - holds: QEMU holds the group's nodes (certain: some process holds an open description of them).
+    ///   - certain: the answer comes from exact open-description counts, not from a look at QEMU's fds.
+    public mutating func qemuChecked(group number: Int, holds: Bool, certain: Bool = false, now: UInt64) -> [Action] {
         guard var group = groups[number] else { return [] }
-        let holds = holds && !qemuGone
+        // With exact counts a description still open is open whether or not QEMU lives (a copy elsewhere).
+        let holds = holds && (certain || !qemuGone)
         group.qemuHolds = holds
         if holds {
             group.witnessed = false
-        } else if group.closePending {
+        } else if group.closePending || certain {
             group.witnessed = true
         }
         group.closePending = false
         groups[number] = group
         guard group.phase == .detaching else { return [] }
-        if holds { return armPoll(number) }
+        if holds { return certain ? [] : armPoll(number) }
         if group.witnessed { return release(number, now: now) }
         // QEMU holds nothing but no last close was seen. Its close event may still be queued behind the
         // message that brought us here (same poll round): give it one short poll before paying for a

@@ -1,4 +1,4 @@
-import QMPRuntime
+import CQMPShims
 
 #if canImport(Glibc)
 import Glibc
@@ -122,44 +122,16 @@ public struct VFIOSysfs: Sendable {
     }
 
     static func directoryEntries(_ path: String) -> [String] {
-        DirectoryEntries.names(in: path) ?? []
+        guard let dir = opendir(path) else { return [] }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let name = cqmp_readdir_name(dir) { names.append(String(cString: name)) }
+        return names
     }
 
     private static func trimmed(_ root: String) -> String {
         var root = root
         while root.count > 1 && root.hasSuffix("/") { root.removeLast() }
         return root
-    }
-}
-
-/// PCI address helpers (QEMU's `host` property: `dddd:bb:ss.f`, domain optional).
-public enum PCIAddress {
-    /// QEMU's value for an unset `host` property.
-    public static let unset = "ffff:ff:ff.f"
-
-    /// Expands `bb:ss.f` to `0000:bb:ss.f` and lowercases; nil when `text` is no PCI address.
-    public static func normalized(_ text: some StringProtocol) -> String? {
-        let lower = text.lowercased()
-        let parts = lower.split(separator: ":", omittingEmptySubsequences: false)
-        let full: [Substring]
-        switch parts.count {
-        case 2: full = ["0000"] + parts
-        case 3: full = parts
-        default: return nil
-        }
-        let slotFunction = full[2].split(separator: ".", omittingEmptySubsequences: false)
-        guard slotFunction.count == 2,
-            (1...4).contains(full[0].count), (1...2).contains(full[1].count),
-            (1...2).contains(slotFunction[0].count), slotFunction[1].count == 1,
-            let domain = Int(full[0], radix: 16), let bus = Int(full[1], radix: 16),
-            let slot = Int(slotFunction[0], radix: 16), let function = Int(slotFunction[1], radix: 16),
-            slot < 32, function < 8
-        else { return nil }
-        return hex(domain, 4) + ":" + hex(bus, 2) + ":" + hex(slot, 2) + "." + String(function)
-    }
-
-    private static func hex(_ value: Int, _ width: Int) -> String {
-        let digits = String(value, radix: 16)
-        return String(repeating: "0", count: max(0, width - digits.count)) + digits
     }
 }

@@ -6,26 +6,32 @@ import QMPTestKit
 import Glibc
 #endif
 
-/// `qmp-bench proxy`: round-trip latency and pipelined throughput through qmp-sidecar against
-/// direct QMP, on one real QEMU with several monitors, measured in the same run.
+/// `qmp-bench proxy`: is qmp-sidecar transparent under load? Everything against one real QEMU with
+/// a monitor per path, measured in the same run, every figure printed next to its target.
 ///
-/// Latency: the same command on each path in turn (direct, sidecar, socat when installed),
-/// interleaved command by command with a rotating start so drift and noise hit all paths alike.
-/// Throughput: `--pipelined` commands written back to back on one path, timed until the last reply;
-/// paths alternate over several rounds and the median round counts.
+/// - Latency: the same command on direct, qmp-sidecar, socat and a minimal C `poll()` proxy (the
+///   floor of a userspace hop), interleaved command by command with a rotating start.
+/// - CPU: user/system time and involuntary context switches per round trip of qmp-sidecar and the
+///   floor, from `/proc/PID/stat` and `/proc/PID/status` around the latency run.
+/// - Pipelined throughput, direct vs qmp-sidecar, alternating rounds.
+/// - Fairness: one client floods `query-qmp-schema` and stops reading; another client's command
+///   latency, with monitors of their own vs through the shared sidecar.
+/// - Event fan-out to 1, 8 and 64 negotiated clients: QEMU's event timestamp to the last client's read.
+/// - Idle wake-ups and RSS of the sidecar afterwards.
+///
+/// Every reply is checked (an error or a reply to another id fails the run).
 struct ProxyBenchmark: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "proxy",
-        abstract: "Round trip and pipelined throughput through qmp-sidecar vs direct, on real QEMU.",
+        abstract: "qmp-sidecar vs direct, socat and a C poll() floor proxy on real QEMU, figures vs targets.",
         discussion: """
-            Starts qemu-system-x86_64 with one -qmp monitor per path, qmp-sidecar in front of one of \
-            them and, when socat is installed, socat in front of another (a dumb proxy baseline). \
-            Prints p50/p90/p99 per path and the sidecar/direct ratios (target: round trip <= 1.08, \
-            throughput >= 0.98).
+            Needs qemu-system-x86_64, socat and the floor proxy (bench/floor-proxy.c; `make bench` \
+            compiles it next to qmp-bench). Run the release build on a quiet machine; the load \
+            average is printed with the figures.
             """)
 
-    @Option(help: "Round trips per path.")
-    var iterations = 5000
+    @Option(help: "Round trips per path (CPU figures need >= 10000).")
+    var iterations = 10000
 
     @Option(help: "Warm-up round trips per path (not counted).")
     var warmup = 300
@@ -36,20 +42,42 @@ struct ProxyBenchmark: ParsableCommand {
     @Option(help: "Throughput rounds per path.")
     var rounds = 5
 
+    @Option(help: "Fairness trials per mode (separate monitors, shared sidecar).")
+    var fairnessTrials = 5
+
+    @Option(help: "Events per fan-out size.")
+    var events = 200
+
     @Option(help: "The QMP command to time.")
     var command = "query-status"
 
     @Option(help: "The qmp-sidecar executable (default: next to qmp-bench).")
     var sidecar: String?
 
+    @Option(help: "The floor proxy executable (default: floor-proxy next to qmp-bench).")
+    var floor: String?
+
     func run() throws {
         let sidecarPath = sidecar ?? (Self.executableDirectory + "/qmp-sidecar")
+        let floorPath = floor ?? (Self.executableDirectory + "/floor-proxy")
         guard access(sidecarPath, X_OK) == 0 else {
             throw ValidationError(
                 "qmp-sidecar not found at \(sidecarPath): run `swift build -c release` first or pass --sidecar PATH")
         }
-        let socat = ["/usr/bin/socat", "/usr/local/bin/socat"].first { (path: String) in access(path, X_OK) == 0 }
-        let qemu = try QEMULauncher(monitors: socat == nil ? 2 : 3)
+        guard access(floorPath, X_OK) == 0 else {
+            throw ValidationError(
+                "floor proxy not found at \(floorPath): run `make bench` (it compiles bench/floor-proxy.c) or pass --floor PATH"
+            )
+        }
+        guard
+            let socat = ["/usr/bin/socat", "/usr/local/bin/socat"].first(where: { (path: String) in
+                access(path, X_OK) == 0
+            })
+        else {
+            throw ValidationError("socat not found: apt-get install socat (scripts/install-deps.sh installs it)")
+        }
+        // Monitors: 0 direct, 1 sidecar, 2 socat, 3 floor, 4 the flooder's own (fairness).
+        let qemu = try QEMULauncher(monitors: 5)
         defer { qemu.terminate() }
         var children: [Process] = []
         defer {
@@ -58,28 +86,34 @@ struct ProxyBenchmark: ParsableCommand {
                 child.waitUntilExit()
             }
         }
-
-        var paths: [(name: String, socket: String)] = [("direct", qemu.socketPaths[0])]
         let sidecarSocket = qemu.directory + "/sidecar.sock"
+        let sidecarProcess = try Self.spawn(
+            sidecarPath,
+            [
+                "--upstream", "unix:\(qemu.socketPaths[1])", "--listen", "unix:\(sidecarSocket)", "--log-level",
+                "warning",
+            ])
+        children.append(sidecarProcess)
+        let socatSocket = qemu.directory + "/socat.sock"
         children.append(
-            try Self.spawn(
-                sidecarPath,
-                [
-                    "--upstream", "unix:\(qemu.socketPaths[1])", "--listen", "unix:\(sidecarSocket)", "--log-level",
-                    "warning",
-                ]))
-        paths.append(("qmp-sidecar", sidecarSocket))
-        if let socat {
-            let socatSocket = qemu.directory + "/socat.sock"
-            children.append(
-                try Self.spawn(socat, ["UNIX-LISTEN:\(socatSocket),fork", "UNIX-CONNECT:\(qemu.socketPaths[2])"]))
-            paths.append(("socat", socatSocket))
-        }
+            try Self.spawn(socat, ["UNIX-LISTEN:\(socatSocket),fork", "UNIX-CONNECT:\(qemu.socketPaths[2])"]))
+        let floorSocket = qemu.directory + "/floor.sock"
+        let floorProcess = try Self.spawn(floorPath, [floorSocket, qemu.socketPaths[3]])
+        children.append(floorProcess)
 
-        let connections = try paths.map { path in try BenchConnection.connecting(to: path.socket) }
+        let paths: [(name: String, socket: String)] = [
+            ("direct", qemu.socketPaths[0]), ("qmp-sidecar", sidecarSocket), ("socat", socatSocket),
+            ("floor", floorSocket),
+        ]
+        let connections = try paths.map { try BenchConnection.connecting(to: $0.socket) }
         for connection in connections { try connection.negotiate() }
+        print(
+            "qmp-bench proxy: QEMU \(qemu.pid), command \(command), \(iterations) round trips per path (interleaved); load \(Self.loadAverage)"
+        )
 
-        print("qmp-bench proxy: QEMU \(qemu.pid), command \(command), \(iterations) round trips per path (interleaved)")
+        var report = TargetReport()
+        let pids = [sidecarProcess.processIdentifier, floorProcess.processIdentifier]
+        let before = try pids.map { try ProcessSample(pid: $0) }
         var samples = Array(repeating: [Double](), count: paths.count)
         for i in 0..<(warmup + iterations) {
             for k in 0..<paths.count {
@@ -88,47 +122,88 @@ struct ProxyBenchmark: ParsableCommand {
                 if i >= warmup { samples[index].append(micros) }
             }
         }
+        let after = try pids.map { try ProcessSample(pid: $0) }
         let stats = samples.map(Percentiles.init)
-        print("")
-        print("path          p50 µs   p90 µs   p99 µs   mean µs")
+        print("\npath          p50 µs   p99 µs  added p50 µs  ratio p50")
         for (path, s) in zip(paths, stats) {
             print(
                 path.name.padding(toLength: 12, withPad: " ", startingAt: 0)
-                    + [s.p50, s.p90, s.p99, s.mean].map { String(format: "%9.1f", $0) }.joined())
+                    + String(
+                        format: "%9.1f%9.1f%14.1f%11.3f", s.p50, s.p99, s.p50 - stats[0].p50, s.p50 / stats[0].p50))
         }
-        let direct = stats[0]
-        print("")
-        print(
-            String(
-                format: "round trip ratio qmp-sidecar/direct: p50 %.3f, mean %.3f (target <= 1.08)",
-                stats[1].p50 / direct.p50, stats[1].mean / direct.mean))
-        print(String(format: "added latency qmp-sidecar - direct: p50 %.1f µs", stats[1].p50 - direct.p50))
-        if paths.count > 2 {
+        let added = stats.map { $0.p50 - stats[0].p50 }
+        let allowed = Swift.max(1.5 * added[3], added[3] + 15)
+        report.add(
+            "sidecar added p50", String(format: "%.1f µs", added[1]),
+            target: String(format: "<= %.1f µs (max(1.5 x floor, floor + 15))", allowed), met: added[1] <= allowed)
+        report.add(
+            "sidecar vs socat added p50", String(format: "%.1f vs %.1f µs", added[1], added[2]), target: "faster",
+            met: added[1] < added[2])
+
+        let roundTrips = warmup + iterations
+        print("\nCPU per round trip (\(roundTrips) round trips each)   user µs   sys µs   involuntary switches")
+        for (index, name) in ["qmp-sidecar", "floor"].enumerated() {
+            let cost = ProcessSample.perOperation(from: before[index], to: after[index], operations: roundTrips)
             print(
-                String(
-                    format: "round trip ratio socat/direct:       p50 %.3f, mean %.3f", stats[2].p50 / direct.p50,
-                    stats[2].mean / direct.mean))
+                name.padding(toLength: 40, withPad: " ", startingAt: 0)
+                    + String(format: "%9.2f%9.2f%12.2f", cost.user, cost.system, cost.involuntary))
+            if index == 0 {
+                report.add(
+                    "sidecar user CPU", String(format: "%.2f µs/RT", cost.user), target: "<= 5 µs/RT",
+                    met: cost.user <= 5)
+            }
         }
 
-        // Pipelined throughput: direct and sidecar alternate round by round.
+        let rates = try pipelinedRates(direct: connections[0], sidecar: connections[1])
+        report.add(
+            "pipelined throughput sidecar/direct", String(format: "%.3f", rates.sidecar / rates.direct),
+            target: ">= 0.98", met: rates.sidecar / rates.direct >= 0.98)
+
+        let fairness = try fairnessScenario(
+            separateFlooder: qemu.socketPaths[4], separateVictim: connections[0], sidecarSocket: sidecarSocket,
+            sidecarVictim: connections[1])
+        let fairLimit = Swift.max(200, 3 * fairness.separate)
+        report.add(
+            "fairness: victim's command behind a flooder (worst)", String(format: "%.1f ms", fairness.sidecar),
+            target: String(
+                format: "<= %.1f ms (max(0.2 s, 3 x separate monitors' %.1f ms))", fairLimit, fairness.separate),
+            met: fairness.sidecar <= fairLimit)
+
+        try fanOutScenario(controller: connections[0], sidecarSocket: sidecarSocket, report: &report)
+
+        let idle = try idleWakeUps(pid: sidecarProcess.processIdentifier)
+        report.add("sidecar idle wake-ups", "\(idle.wakeUps) in 1 s", target: "0", met: idle.wakeUps == 0)
+        report.add(
+            "sidecar RSS", String(format: "%.1f MB", Double(idle.rssKiB) / 1024), target: "<= 20 MB",
+            met: idle.rssKiB <= 20 * 1024)
+        report.print(load: Self.loadAverage)
+    }
+
+    private func pipelinedRates(direct: BenchConnection, sidecar: BenchConnection) throws -> (
+        direct: Double, sidecar: Double
+    ) {
         var rates = Array(repeating: [Double](), count: 2)
         for _ in 0..<rounds {
-            for index in 0..<2 {
-                rates[index].append(try connections[index].pipelined(command: command, count: pipelined))
+            for (index, connection) in [direct, sidecar].enumerated() {
+                rates[index].append(try connection.pipelined(command: command, count: pipelined))
             }
         }
         let medians = rates.map { Percentiles($0).p50 }
-        print("")
         print(
             String(
-                format: "pipelined throughput (%d commands, median of %d rounds): direct %.0f/s, qmp-sidecar %.0f/s",
+                format: "\npipelined throughput (%d commands, median of %d rounds): direct %.0f/s, qmp-sidecar %.0f/s",
                 pipelined, rounds, medians[0], medians[1]))
-        print(String(format: "throughput ratio qmp-sidecar/direct: %.3f (target >= 0.98)", medians[1] / medians[0]))
+        return (medians[0], medians[1])
     }
 
     static var executableDirectory: String {
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? ""
         return (exe as NSString).deletingLastPathComponent
+    }
+
+    static var loadAverage: String {
+        ((try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8)) ?? "?").split(separator: " ").prefix(3)
+            .joined(separator: " ")
     }
 
     static func spawn(_ executable: String, _ arguments: [String]) throws -> Process {
@@ -141,107 +216,20 @@ struct ProxyBenchmark: ParsableCommand {
     }
 }
 
-/// A raw QMP connection for timing: blocking round trips, nonblocking pipelining.
-final class BenchConnection {
-    let fd: Int32
-    private var buffer: [UInt8] = []
-    private var scratch = [UInt8](repeating: 0, count: 1 << 16)
+/// Every figure with its target, printed together at the end.
+struct TargetReport {
+    private var rows: [(name: String, value: String, target: String, met: Bool)] = []
 
-    init(path: String) throws {
-        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in raw.copyBytes(from: Array(path.utf8) + [0]) }
-        let rc = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-            }
-        }
-        guard rc == 0 else {
-            close(fd)
-            throw QMPTestKitError("connect(\(path)) failed: errno \(errno)")
-        }
+    mutating func add(_ name: String, _ value: String, target: String, met: Bool) {
+        rows.append((name, value, target, met))
     }
 
-    deinit { close(fd) }
-
-    static func connecting(to path: String) throws -> BenchConnection {
-        let deadline = Date().addingTimeInterval(20)
-        while true {
-            do { return try BenchConnection(path: path) } catch {
-                if Date() > deadline { throw error }
-                usleep(10_000)
-            }
-        }
-    }
-
-    func negotiate() throws {
-        _ = try readLine()
-        try write(Array(#"{"execute": "qmp_capabilities"}"#.utf8))
-        let reply = try readLine()
-        guard reply.starts(with: Array(#"{"return""#.utf8)) else {
-            throw QMPTestKitError("negotiation failed: \(String(decoding: reply, as: UTF8.self))")
-        }
-    }
-
-    /// One command and its reply; returns microseconds.
-    func roundTrip(command: String, id: Int) throws -> Double {
-        let request = Array(#"{"execute": "\#(command)", "id": \#(id)}"#.utf8)
-        let start = ContinuousClock.now
-        try write(request)
-        _ = try readLine()
-        let elapsed = (ContinuousClock.now - start).components
-        return Double(elapsed.seconds) * 1e6 + Double(elapsed.attoseconds) / 1e12
-    }
-
-    /// Writes `count` commands back to back while reading replies; returns commands per second.
-    func pipelined(command: String, count: Int) throws -> Double {
-        var output: [UInt8] = []
-        for i in 0..<count { output += Array(#"{"execute": "\#(command)", "id": \#(i)}"#.utf8) }
-        var written = 0
-        var replies = 0
-        let flags = fcntl(fd, F_GETFL)
-        _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
-        defer { _ = fcntl(fd, F_SETFL, flags) }
-        let start = ContinuousClock.now
-        while replies < count {
-            var pfd = pollfd(fd: fd, events: Int16(POLLIN) | (written < output.count ? Int16(POLLOUT) : 0), revents: 0)
-            guard poll(&pfd, 1, 10_000) > 0 else { throw QMPTestKitError("pipelined run stalled") }
-            if pfd.revents & Int16(POLLOUT) != 0 {
-                let n = output[written...].withUnsafeBytes {
-                    Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL))
-                }
-                if n > 0 { written += n }
-            }
-            if pfd.revents & (Int16(POLLIN) | Int16(POLLHUP)) != 0 {
-                let n = read(fd, &scratch, scratch.count)
-                guard n > 0 else { throw QMPTestKitError("connection closed during pipelined run") }
-                for byte in scratch[..<n] where byte == 0x0A { replies += 1 }
-            }
-        }
-        let elapsed = (ContinuousClock.now - start).components
-        return Double(count) / (Double(elapsed.seconds) + Double(elapsed.attoseconds) / 1e18)
-    }
-
-    private func write(_ bytes: [UInt8]) throws {
-        var offset = 0
-        while offset < bytes.count {
-            let n = bytes[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            guard n > 0 else { throw QMPTestKitError("send failed: errno \(errno)") }
-            offset += n
-        }
-    }
-
-    private func readLine() throws -> [UInt8] {
-        while true {
-            if let newline = buffer.firstIndex(of: 0x0A) {
-                let line = Array(buffer[..<newline])
-                buffer.removeSubrange(...newline)
-                return line
-            }
-            let n = read(fd, &scratch, scratch.count)
-            guard n > 0 else { throw QMPTestKitError("connection closed") }
-            buffer += scratch[..<n]
+    func print(load: String) {
+        Swift.print("\ntargets (load \(load)):")
+        for row in rows {
+            Swift.print(
+                "  " + (row.met ? "met     " : "NOT MET ") + row.name + ": " + row.value + "  (target " + row.target
+                    + ")")
         }
     }
 }

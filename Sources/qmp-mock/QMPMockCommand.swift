@@ -2,6 +2,10 @@ import ArgumentParser
 import Logging
 import QMPMock
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// `qmp-mock`: a mock QEMU speaking real QMP with real VFIO group semantics.
 @main
 struct QMPMockCommand: ParsableCommand {
@@ -31,11 +35,13 @@ struct QMPMockCommand: ParsableCommand {
     @Option(help: "Where to listen: unix:PATH or tcp:HOST:PORT.")
     var listen: String
 
-    @Option(help: "sysfs root for device lookups (default /sys, or the --fake-host tree).")
+    @Option(help: "sysfs root for device lookups (default /sys; not with --fake-host, see --fake-host-root).")
     var sysfsRoot: String?
 
     @Option(
-        help: "dev root where vfio/<N> and vfio/devices/vfio<X> are opened (default /dev, or the --fake-host tree).")
+        help:
+            "dev root where vfio/<N> and vfio/devices/vfio<X> are opened (default /dev; not with --fake-host, see --fake-host-root)."
+    )
     var devRoot: String?
 
     @Option(
@@ -75,6 +81,16 @@ struct QMPMockCommand: ParsableCommand {
 
     @Flag(help: "Start running (query-status 'running') instead of paused in prelaunch as with -S.")
     var running = false
+
+    @Flag(
+        help:
+            "Behave like a QEMU with the draft VFIO group events (contrib/qapi/vfio-group-events.json): list GROUP_RELEASED and GROUP_RELEASE_TIMEOUT in query-qmp-schema and emit them."
+    )
+    var nativeGroupEvents = false
+
+    @Option(
+        help: "With --native-group-events: seconds after a group's last DEVICE_DELETED before GROUP_RELEASE_TIMEOUT.")
+    var nativeReleaseTimeout: Double = 30
 
     @Option(name: .customLong("leak-group"), help: "Fault: never close the fd of group N (repeatable).")
     var leakGroups: [Int] = []
@@ -161,6 +177,9 @@ struct QMPMockCommand: ParsableCommand {
         } catch {
             throw ValidationError(error.description)
         }
+        configuration.nativeGroupEvents = nativeGroupEvents
+        configuration.nativeReleaseTimeout = nativeReleaseTimeout
+        configuration.holder = MockHolder(pid: Int64(getpid()), comm: "qmp-mock")
         configuration.faults.leakGroups = Set(leakGroups)
         for item in secondHolders {
             let parts = item.split(separator: ":", maxSplits: 1)

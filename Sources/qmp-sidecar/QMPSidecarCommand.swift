@@ -8,10 +8,10 @@ import VFIOTracking
 import Glibc
 #endif
 
-@main
+/// `qmp-sidecar [proxy]`: the proxy itself, the default subcommand.
 struct QMPSidecarCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "qmp-sidecar",
+        commandName: "proxy",
         abstract: "A transparent proxy on QEMU's QMP socket that tells clients when a VFIO IOMMU group is really free.",
         discussion: """
             qmp-sidecar holds the one connection to QEMU's QMP monitor and serves any number of \
@@ -90,14 +90,30 @@ struct QMPSidecarCommand: ParsableCommand {
 
     @Option(
         help: ArgumentHelp(
-            "Commands of one client at QEMU at once; with as many more waiting, the client is not read until one goes on.",
-            discussion:
-                "Clients share QEMU's monitor round robin, as QEMU serves monitors of their own (it queues 8 per monitor): another client's command waits behind at most N of one client's.",
+            "Commands of one client waiting for their turn at QEMU before the sidecar stops reading that client (QEMU queues 8 per monitor).",
             valueName: "n"))
     var maxClientQueue: Int = 8
 
+    @Option(
+        help: ArgumentHelp(
+            "Commands of one client at QEMU unanswered at once. Clients share QEMU's monitor round robin, as QEMU serves monitors of their own: another client's command waits behind at most N of one client's.",
+            valueName: "n"))
+    var maxClientInFlight: Int = 2
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
+
+    @Option(help: "Log lines as text or json (one JSON object per line, metadata as members).")
+    var logFormat: SidecarLogHandler.Format = .text
+
+    @Option(
+        help: ArgumentHelp(
+            "Write Prometheus metrics to PATH (node_exporter's textfile collector), replaced atomically and only when a metric changed.",
+            valueName: "path"))
+    var metricsFile: String?
+
+    @Option(help: "Seconds after a change before --metrics-file is rewritten (changes meanwhile share one write).")
+    var metricsDelay: Double = 1
 
     @Option(help: "Where sysfs is (device to IOMMU group lookups).")
     var sysfsRoot: String = "/sys"
@@ -133,6 +149,12 @@ struct QMPSidecarCommand: ParsableCommand {
         guard maxClientQueue >= 1 else {
             throw ValidationError("--max-client-queue \(maxClientQueue): give at least 1 (QEMU's own is 8)")
         }
+        guard maxClientInFlight >= 1 else {
+            throw ValidationError("--max-client-in-flight \(maxClientInFlight): give at least 1 (the default is 2)")
+        }
+        guard metricsDelay >= 0 else {
+            throw ValidationError("--metrics-delay \(metricsDelay): give 0 or more seconds")
+        }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level \(logLevel): use trace, debug, info, notice, warning, error or critical")
         }
@@ -157,11 +179,8 @@ struct QMPSidecarCommand: ParsableCommand {
 
     func run() throws {
         let level = Logger.Level(rawValue: logLevel)!
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        let format = logFormat
+        LoggingSystem.bootstrap { label in SidecarLogHandler(label: label, format: format, level: level) }
         let logger = Logger(label: "qmp-sidecar")
         let mode = mode_t(socketMode, radix: 8)!
         var listeners: [SidecarConfiguration.ListenSpec] = listen.map {
@@ -183,11 +202,15 @@ struct QMPSidecarCommand: ParsableCommand {
                 eventPrefix: eventPrefix, holdDeviceDeleted: holdDeviceDeleted),
             discoveryGateTimeout: .milliseconds(Int64(discoveryTimeout * 1000)),
             maxClientQueue: maxClientQueue,
+            maxClientInFlight: maxClientInFlight,
             socketGroup: socketGroup.flatMap(Self.groupID),
             admission: ClientAdmission(allowedUIDs: Set(allowUid), maxClients: maxClients),
-            allowUnauthenticatedTCP: unauthenticatedTcpListen)
+            allowUnauthenticatedTCP: unauthenticatedTcpListen, metricsFile: metricsFile,
+            metricsDelay: .milliseconds(Int64(metricsDelay * 1000)))
         // On the main thread, without Swift concurrency: an idle sidecar sleeps in poll() and nothing
         // else in the process wakes up.
         try SidecarService(configuration: configuration, logger: logger).runUntilTerminated()
     }
 }
+
+extension SidecarLogHandler.Format: ExpressibleByArgument {}

@@ -1,4 +1,5 @@
 import Glibc
+import QMPRuntime
 import QMPTestKit
 import Testing
 
@@ -41,6 +42,9 @@ func descriptorsOn(_ path: String, pid: pid_t) -> Int {
 struct MockProcessTests {
     static let group7 = "7=0000:01:00.0,0000:01:00.1"
 
+    /// The two-device group as measured on QEMU 7.2: each device holds its own descriptor (here a memfd
+    /// standing for `anon_inode:[vfio-device]`); the first unplug closes only that one, the second the
+    /// group's node, before its event.
     @Test func twoDeviceGroupHotUnplugClosesTheNodeBeforeTheLastEvent() throws {
         let mock = try MockInstance(["--finalize-delay", "0.05"], fakeHost: [Self.group7])
         let node = mock.fakeRoot + "/dev/vfio/7"
@@ -56,6 +60,10 @@ struct MockProcessTests {
         #expect(descriptorsOn(node, pid: mock.process.pid) == 1, "one open per group, as QEMU")
         let container = mock.fakeRoot + "/dev/vfio/vfio"
         #expect(descriptorsOn(container, pid: mock.process.pid) == 1, "the container, as QEMU")
+        let device0 = "/memfd:vfio-device 0000:01:00.0 (deleted)"
+        let device1 = "/memfd:vfio-device 0000:01:00.1 (deleted)"
+        #expect(descriptorsOn(device0, pid: mock.process.pid) == 1, "a descriptor per device")
+        #expect(descriptorsOn(device1, pid: mock.process.pid) == 1)
         let watcher = try CloseWatcher(node)
 
         #expect(
@@ -67,6 +75,8 @@ struct MockProcessTests {
             first.last?.contains(#""data": {"device": "hostdev0", "path": "/machine/peripheral/hostdev0"}"#) == true)
         #expect(descriptorsOn(node, pid: mock.process.pid) == 1, "the other device still holds the group")
         #expect(!watcher.hasPendingClose)
+        #expect(descriptorsOn(device0, pid: mock.process.pid) == 0, "the first unplug closes its device's fd")
+        #expect(descriptorsOn(device1, pid: mock.process.pid) == 1)
 
         #expect(
             try client.execute(#"{"execute":"device_del","arguments":{"id":"hostdev1"},"id":3}"#) == [
@@ -77,6 +87,7 @@ struct MockProcessTests {
         #expect(watcher.hasPendingClose)
         #expect(descriptorsOn(node, pid: mock.process.pid) == 0)
         #expect(descriptorsOn(container, pid: mock.process.pid) == 0)
+        #expect(descriptorsOn(device1, pid: mock.process.pid) == 0)
     }
 
     @Test func beforeCloseOrderSendsTheEventWhileTheNodeIsOpen() throws {
@@ -238,6 +249,20 @@ struct MockCommandLineTests {
         #expect(process.log.contains("--event-order must be before-close or after-close"))
     }
 
+    /// `--fake-host` makes its own roots: given roots beside it are refused, naming `--fake-host-root`.
+    @Test(arguments: [["--sysfs-root", "/nonexistent/sys"], ["--dev-root", "/nonexistent/dev"]])
+    func fakeHostRefusesGivenRoots(roots: [String]) throws {
+        let directory = try makeTempDirectory()
+        defer { removeTree(directory) }
+        let process = try ChildProcess(
+            productsDirectory() + "/qmp-mock",
+            ["--listen", "unix:\(directory)/m.sock", "--fake-host", "7=0000:01:00.0"] + roots,
+            logPath: directory + "/err.log")
+        #expect(process.waitForExit() == 64)
+        #expect(process.log.contains("--fake-host-root DIR"), "log: \(process.log)")
+        #expect(DirectoryEntries.names(in: directory) == ["err.log"], "nothing built, nothing listening")
+    }
+
     @Test func deviceSpecsAndVersionsParse() throws {
         let spec = try MockDeviceSpec(parsing: "vfio-pci,host=0000:01:00.0,id=hostdev0,romfile=a,,b")
         #expect(spec.driver == "vfio-pci")
@@ -246,7 +271,5 @@ struct MockCommandLineTests {
         #expect(throws: MockError.self) { try MockDeviceSpec(parsing: "vfio-pci,host") }
         #expect(MockQEMUVersion(parsing: "7.2") == MockQEMUVersion(major: 7, minor: 2, micro: 0))
         #expect(MockQEMUVersion(parsing: "7.x.1") == nil)
-        #expect(MockMachine.canonicalBDF("1:0.7") == "0000:01:00.7")
-        #expect(MockMachine.canonicalBDF("0000:01:20.0") == nil)
     }
 }

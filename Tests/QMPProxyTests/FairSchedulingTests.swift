@@ -97,18 +97,18 @@ import Testing
         h.negotiated(1, oob: true)
         h.negotiated(2)
         h.send(1, String(repeating: Self.schema, count: 200) + "[")
-        #expect(h.upstream.count == 8, "A has the bound at QEMU")
-        #expect(h.router.commandsInFlight(of: 1) == 8 && h.router.queuedCommands(of: 1) == 192)
+        #expect(h.upstream.count == 2, "A has the bound at QEMU")
+        #expect(h.router.commandsInFlight(of: 1) == 2 && h.router.queuedCommands(of: 1) == 198)
         #expect(h.other.contains { if case .setClientReading(1, enabled: false) = $0 { true } else { false } })
         h.send(2, #"{"execute":"query-status","id":"b"}"#)
-        #expect(h.upstream.count == 9 && h.upstream[8].text.contains("query-status"), "B is not queued behind A")
+        #expect(h.upstream.count == 3 && h.upstream[2].text.contains("query-status"), "B is not queued behind A")
         // A's malformed command (local error) and an OOB command, with 192 of its commands waiting.
         h.send(1, #"1]{"exec-oob":"migrate-pause","id":"o"}"#)
-        #expect(h.upstream.count == 10 && h.upstream[9].text.contains("migrate-pause"), "OOB never waits")
+        #expect(h.upstream.count == 4 && h.upstream[3].text.contains("migrate-pause"), "OOB never waits")
 
-        h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(9))}"# + "\r\n")
+        h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(3))}"# + "\r\n")
         #expect(h.take(1) == #"{"return": {}, "id": "o"}"# + "\r\n", "the OOB reply overtakes")
-        h.feedUpstream(#"{"return": {"status": "running"}, "id": \#(h.upstreamID(8))}"# + "\r\n")
+        h.feedUpstream(#"{"return": {"status": "running"}, "id": \#(h.upstreamID(2))}"# + "\r\n")
         #expect(h.take(2).contains(#""id": "b""#))
 
         // QEMU answers A's commands in order until all went through.
@@ -135,10 +135,10 @@ import Testing
     @Test func aClosingClientsQueuedFDsAreClosed() {
         var h = RouterHarness()
         h.negotiated(1)
-        h.send(1, String(repeating: Self.schema, count: 8))
+        h.send(1, String(repeating: Self.schema, count: 2))
         h.send(1, " ", fds: [51])
         h.send(1, #"{"execute":"getfd","arguments":{"fdname":"f"},"id":1}"#)
-        #expect(h.upstream.count == 8 && h.router.queuedCommands(of: 1) == 1)
+        #expect(h.upstream.count == 2 && h.router.queuedCommands(of: 1) == 1)
         h.perform(h.router.clientClosed(1))
         #expect(h.closed == [51])
         #expect(h.router.queuedCommands(of: 1) == 0)

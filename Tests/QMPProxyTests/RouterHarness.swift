@@ -41,7 +41,8 @@ struct RouterHarness {
                 upstream.append((String(decoding: bytes, as: UTF8.self).trimmingCRLF, fds))
             case .closeFDs(let fds): closed += fds
             case .disconnectClient(let id): disconnected.append(id)
-            case .event(let name, let line):
+            case .event(let name, let message):
+                let line = message.bytes + [0x0D, 0x0A]
                 events.append((name, String(decoding: line, as: UTF8.self)))
                 perform(router.broadcastEvent(line))
             default: other.append(action)

@@ -152,23 +152,41 @@ import Testing
         #expect(h.upstream.count == 1)
     }
 
-    @Test func deviceAddSuccessIsReported() {
-        var h = RouterHarness()
+    @Test func observedCommandsAreReportedBeforeForwardingAndAtTheirReply() {
+        var h = RouterHarness(configuration: .init(observedCommands: ["device_add"]))
         h.negotiated(1)
+        h.other.removeAll()
         h.send(1, #"{"execute":"device_add","arguments":{"driver":"vfio-pci","host":"0000:01:00.0","id":"h"},"id":1}"#)
-        h.send(1, #"{"execute":"device_add","arguments":{"driver":"vfio-pci","id":"x"},"id":2}"#)
+        h.send(1, #"{"execute":"device_add","id":2}"#)
+        h.send(1, #"{"execute":"device_del","arguments":{"id":"h"},"id":3}"#)
+        #expect(
+            h.other == [
+                .commandObserved(
+                    name: "device_add", arguments: Array(#"{"driver":"vfio-pci","host":"0000:01:00.0","id":"h"}"#.utf8)),
+                .commandObserved(name: "device_add", arguments: Array("{}".utf8)),
+            ])
+        h.other.removeAll()
         h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(0))}"# + "\r\n")
         h.feedUpstream(
             #"{"id": \#(h.upstreamID(1)), "error": {"class": "GenericError", "desc": "no host"}}"# + "\r\n")
-        let reported = h.other.compactMap { action -> String? in
-            if case .deviceAddSucceeded(let arguments) = action {
-                String(decoding: arguments, as: UTF8.self)
-            } else {
-                nil
-            }
-        }
-        #expect(reported == [#"{"driver":"vfio-pci","host":"0000:01:00.0","id":"h"}"#])
-        #expect(h.take(1).contains(#""id": 2"#))
+        h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(2))}"# + "\r\n")
+        #expect(
+            h.other == [
+                .observedReply(
+                    name: "device_add", arguments: Array(#"{"driver":"vfio-pci","host":"0000:01:00.0","id":"h"}"#.utf8),
+                    succeeded: true),
+                .observedReply(name: "device_add", arguments: Array("{}".utf8), succeeded: false),
+            ])
+        #expect(h.take(1).contains(#""id": 3"#))
+    }
+
+    @Test func nothingIsObservedUnlessConfigured() {
+        var h = RouterHarness()
+        h.negotiated(1)
+        h.other.removeAll()
+        h.send(1, #"{"execute":"device_add","arguments":{"driver":"vfio-pci","id":"h"},"id":1}"#)
+        h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(0))}"# + "\r\n")
+        #expect(h.other.isEmpty)
     }
 
     @Test func internalCommandRepliesNeverReachClients() throws {
@@ -234,7 +252,9 @@ import Testing
         #expect(h.closed == [60])
         h.send(1, #","id":1}"#)
         #expect(h.upstream.last?.fds == [61])
-        // A getfd with no fds of its own gets none (QEMU answers with its own error).
+        // A getfd with no fds of its own gets none (QEMU answers with its own error). (The reply to
+        // the first command frees the client's second slot at QEMU.)
+        h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(0))}"# + "\r\n")
         h.send(1, #"{"execute":"getfd","arguments":{"fdname":"b"},"id":2}"#)
         #expect(h.upstream.count == 3, "an fd-less command is not held back")
         #expect(h.upstream[2].fds == [])

@@ -1,3 +1,4 @@
+import QMPSidecar
 import QMPWire
 import Testing
 import VFIOFakeHost
@@ -22,7 +23,7 @@ import VFIOTracking
         Self.coldPlugged(h)
         try h.openGroup(7)
         var trackedAtCompletion: Int?
-        let monitor = h.monitor
+        let monitor = h.driver
         monitor.upstreamReady(qemuPID: h.qemu.pid) { trackedAtCompletion = monitor.trackedDevices.count }
         #expect(trackedAtCompletion == nil, "the replies come on later loop rounds")
         #expect(monitor.isDiscovering)
@@ -34,7 +35,7 @@ import VFIOTracking
     @Test func completionIsImmediateWithoutDiscovery() throws {
         let h = try MonitorHarness(spec: "7=0000:01:00.0", discover: false)
         var done = false
-        h.monitor.upstreamReady(qemuPID: h.qemu.pid) { done = true }
+        h.driver.upstreamReady(qemuPID: h.qemu.pid) { done = true }
         #expect(done)
         #expect(h.commander.commands.isEmpty)
     }
@@ -44,11 +45,11 @@ import VFIOTracking
         Self.coldPlugged(h)
         try h.openGroup(7)
         var done = false
-        h.monitor.upstreamReady(qemuPID: h.qemu.pid) { done = true }
+        h.driver.upstreamReady(qemuPID: h.qemu.pid) { done = true }
         // QEMU's DEVICE_DELETED of hostdev1 overtakes discovery (e.g. a guest-initiated unplug); here
         // the fake still answers qom-get for it, the worst case.
-        #expect(h.deleted("hostdev1") == .forward)
-        let monitor = h.monitor
+        #expect(h.deleted("hostdev1") == false)
+        let monitor = h.driver
         #expect(try h.run(until: { done }, timeout: .seconds(5)))
         #expect(monitor.trackedDevices.map(\.qomPath) == ["/machine/peripheral/hostdev0"])
     }
@@ -57,9 +58,9 @@ import VFIOTracking
         let h = try MonitorHarness(spec: "7=0000:01:00.0,0000:01:00.1", discover: true)
         Self.coldPlugged(h)
         var done = false
-        h.monitor.upstreamReady(qemuPID: nil) { done = true }
-        h.monitor.upstreamClosed()
-        #expect(!h.monitor.isDiscovering)
+        h.driver.upstreamReady(qemuPID: nil) { done = true }
+        h.driver.upstreamClosed()
+        #expect(!h.driver.isDiscovering)
         try h.run(for: .milliseconds(20))
         #expect(!done, "a completion for a gone QEMU session never opens the next session's gate")
     }

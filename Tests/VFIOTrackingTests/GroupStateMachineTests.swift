@@ -191,6 +191,20 @@ struct GroupStateMachineTests {
                 == .emitReleased(group: 7, devices: ["a"], waitedNanoseconds: 20))
     }
 
+    @Test func certainCountsNeedNoPollAndNoWitness() {
+        // Exact open-description counts: "still open" waits for the close event without a poll, and
+        // "nothing open" is the release itself, whichever event order.
+        var machine = attached(["/machine/peripheral/hostdev0"])
+        _ = machine.deviceDeleted("/machine/peripheral/hostdev0", displayName: "hostdev0", group: 7, now: 1_000)
+        #expect(machine.qemuChecked(group: 7, holds: true, certain: true, now: 1_010) == [])
+        #expect(machine.view(of: 7)?.phase == .detaching)
+        #expect(
+            machine.qemuChecked(group: 7, holds: false, certain: true, now: 1_500) == [
+                .cancelTimeout(group: 7), .unwatchNodes(group: 7),
+                .emitReleased(group: 7, devices: ["hostdev0"], waitedNanoseconds: 500),
+            ])
+    }
+
     @Test func untrackedDeletionsAreIgnored() {
         // A device whose device_add failed was never attached: its DEVICE_DELETED changes nothing.
         var machine = attached(["/machine/peripheral/a"])

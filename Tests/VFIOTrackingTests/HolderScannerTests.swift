@@ -1,4 +1,5 @@
 import Glibc
+import QMPSidecar
 import Testing
 import VFIOFakeHost
 import VFIOTracking

@@ -1,5 +1,7 @@
 import Logging
+import QMPProxy
 import QMPRuntime
+import QMPSidecar
 import QMPWire
 import Testing
 import VFIOFakeHost
@@ -63,13 +65,14 @@ final class FakeCommander: QMPUpstreamCommander {
     var eventNames: [String] { events.compactMap { $0["event"]?.stringValue } }
 }
 
-/// One fake host, one stand-in QEMU, one reactor on the test's thread, one monitor.
+/// One fake host, one stand-in QEMU, one reactor on the test's thread, one driver, fed through the
+/// hook protocol as the sidecar feeds it.
 final class MonitorHarness {
     let host: FakeHost
     let qemu: StandInProcess
     let reactor: Reactor
     let commander: FakeCommander
-    let monitor: VFIOReleaseMonitor
+    let driver: VFIOReleaseDriver
     let configuration: VFIOConfiguration
 
     init(
@@ -85,12 +88,12 @@ final class MonitorHarness {
             eventPrefix: eventPrefix, holdDeviceDeleted: hold, discoverColdPlugged: discover)
         var logger = Logger(label: "test.vfio")
         logger.logLevel = .critical
-        monitor = VFIOReleaseMonitor(
+        driver = VFIOReleaseDriver(
             configuration: configuration, reactor: reactor, commander: commander, logger: logger)
     }
 
     deinit {
-        monitor.stop()
+        driver.shutdown()
         qemu.terminate()
         host.removeTree()
     }
@@ -99,16 +102,41 @@ final class MonitorHarness {
     @discardableResult
     func openGroup(_ group: Int) throws -> Int32 { try qemu.open(host.groupNodePath(group)) }
 
-    func ready() { monitor.upstreamReady(qemuPID: qemu.pid) }
+    func ready() { driver.upstreamReady(qemuPID: qemu.pid) {} }
 
-    /// A successful `device_add`; lets the monitor learn QEMU's fds (one loop round).
+    static func arguments(_ id: String?, host address: String, driver: String = "vfio-pci") -> JSONValue {
+        var members = [JSONMember("driver", .string(driver))]
+        if let id { members.append(JSONMember("id", .string(id))) }
+        members.append(JSONMember("host", .string(address)))
+        return .object(members)
+    }
+
+    /// A `device_add` forwarded and answered, as the router reports it; then one loop round.
+    func add(_ arguments: JSONValue, succeeded: Bool = true, settle: Bool = true) {
+        driver.commandObserved("device_add", arguments: arguments.qemuBytes)
+        driver.observedReply("device_add", arguments: arguments.qemuBytes, succeeded: succeeded)
+        if settle { try? self.settle() }
+    }
+
+    /// A successful `device_add` of a device whose group the stand-in opened before (the open is not
+    /// seen: the fallback learns QEMU's fds).
     func added(_ id: String, host address: String, driver: String = "vfio-pci") {
-        monitor.deviceAddSucceeded(
-            arguments: .object([
-                JSONMember("driver", .string(driver)), JSONMember("id", .string(id)),
-                JSONMember("host", .string(address)),
-            ]))
-        try? settle()
+        add(Self.arguments(id, host: address, driver: driver))
+    }
+
+    /// The hot path: the `device_add` is forwarded (the driver watches the nodes), QEMU opens `node`
+    /// (the group node by default), then replies. Returns the fd QEMU holds.
+    @discardableResult
+    func plugged(_ id: String, host address: String, node: String? = nil) throws -> Int32 {
+        let arguments = Self.arguments(id, host: address).qemuBytes
+        driver.commandObserved("device_add", arguments: arguments)
+        let group = try VFIOSysfs(sysfsRoot: host.sysfsRoot, devRoot: host.devRoot).resolve(
+            host: address, sysfsdev: nil
+        ).group
+        let fd = try qemu.open(node ?? host.groupNodePath(group))
+        driver.observedReply("device_add", arguments: arguments, succeeded: true)
+        try settle()
+        return fd
     }
 
     /// The bytes QEMU would send for `DEVICE_DELETED` of `id` (or of an anonymous QOM path).
@@ -121,10 +149,24 @@ final class MonitorHarness {
         return try! QMPMessage.parse(Array(line.dropLast(2))).get()
     }
 
+    /// `DEVICE_DELETED` as the router hands it over; true when held.
     @discardableResult
-    func deleted(_ id: String) -> EventDisposition {
-        monitor.deviceDeleted(Self.deletedEvent(id: id, path: "/machine/peripheral/\(id)"))
+    func deleted(_ id: String) -> Bool {
+        deleted(Self.deletedEvent(id: id, path: "/machine/peripheral/\(id)"))
     }
+
+    @discardableResult
+    func deleted(_ event: QMPMessage) -> Bool { driver.event("DEVICE_DELETED", event) }
+
+    /// The query command's answer, parsed.
+    func query() throws -> JSONValue {
+        guard case .success(let bytes)? = driver.localCommand(configuration.queryCommandName, arguments: nil) else {
+            throw QueryFailed()
+        }
+        return try JSONValue(parsing: bytes)
+    }
+
+    struct QueryFailed: Error {}
 
     /// Runs the reactor until `condition` holds (checked after each broadcast and every 5 ms) or
     /// `timeout` passes. Returns whether it held.

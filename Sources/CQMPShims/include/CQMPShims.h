@@ -1,6 +1,7 @@
 #ifndef CQMP_SHIMS_H
 #define CQMP_SHIMS_H
 
+#include <dirent.h>
 #include <stddef.h>
 #include <poll.h>
 #include <stdint.h>
@@ -23,6 +24,9 @@ int cqmp_pidfd_getfd(int pidfd, int targetfd, unsigned int flags);
 
 /// eventfd(2) with EFD_CLOEXEC | EFD_NONBLOCK, used to wake a poll() loop from another thread.
 int cqmp_eventfd(void);
+
+/// memfd_create(2) with MFD_CLOEXEC: an anonymous file, shown in /proc/<pid>/fd as `/memfd:<name> (deleted)`.
+int cqmp_memfd(const char *name);
 
 /// The credentials of the peer of a connected unix socket (SO_PEERCRED). Returns 0, or -1 with errno.
 int cqmp_peer_credentials(int sock, pid_t *pid, uid_t *uid, gid_t *gid);
@@ -50,5 +54,10 @@ pid_t cqmp_gettid(void);
 
 /// Maximum descriptors accepted in one message (the kernel's SCM_MAX_FD).
 #define CQMP_MAX_FDS 253
+
+/// The name of the next entry of `dir` other than `.` and `..`, read in place (valid until the next
+/// readdir/closedir of the stream: copying `dirent.d_name` into Swift reads past short records); NULL
+/// at the end.
+const char *cqmp_readdir_name(DIR *dir);
 
 #endif

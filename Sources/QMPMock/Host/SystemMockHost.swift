@@ -1,15 +1,18 @@
+import CQMPShims
 import Glibc
 import QMPRuntime
+import VFIOTracking
 
-/// The real ``MockHost``: reads `<sysfs-root>`, opens nodes under `<dev-root>`, spawns holder processes.
+/// The real ``MockHost``: reads sysfs as the tracker does, opens nodes under `<dev-root>`, spawns holder
+/// processes.
 ///
 /// - Important: not thread-safe; used from the mock's reactor thread only.
 public final class SystemMockHost: MockHost {
-    private let sysfsRoot: String
+    private let sysfs: VFIOSysfs
     private var holders: [Int: pid_t] = [:]
 
-    public init(sysfsRoot: String) {
-        self.sysfsRoot = sysfsRoot
+    public init(sysfs: VFIOSysfs) {
+        self.sysfs = sysfs
     }
 
     deinit {
@@ -17,20 +20,23 @@ public final class SystemMockHost: MockHost {
     }
 
     public func lookup(devicePath device: String) -> MockHostLookup {
-        var st = stat()
-        guard stat(device, &st) == 0 else { return .noDevice }
-        guard let target = Self.readLink(device + "/iommu_group"),
-            let last = target.split(separator: "/").last, let group = Int(last)
-        else { return .noGroup }
-        var cdev: String?
-        if let names = DirectoryEntries.names(in: device + "/vfio-dev") {
-            cdev = names.first { $0.hasPrefix("vfio") }
+        do {
+            let group = try sysfs.group(ofDevicePath: device)
+            return .found(group: group, cdevNode: sysfs.cdevNode(ofDevicePath: device))
+        } catch {
+            let errno = error.errno ?? ENOENT
+            return error.code == .deviceNotFound ? .noDevice(errno: errno) : .noGroup(errno: errno)
         }
-        return .found(group: group, cdev: cdev)
     }
 
     public func open(_ path: String) -> Result<Int32, MockHostErrno> {
         let fd = Glibc.open(path, O_RDWR | O_CLOEXEC)
+        return fd >= 0 ? .success(fd) : .failure(MockHostErrno(errno))
+    }
+
+    /// An anonymous memfd named `vfio-device <name>`: `/proc/<pid>/fd` shows which device it stands for.
+    public func openDevice(named name: String) -> Result<Int32, MockHostErrno> {
+        let fd = cqmp_memfd("vfio-device \(name)")
         return fd >= 0 ? .success(fd) : .failure(MockHostErrno(errno))
     }
 
@@ -58,12 +64,5 @@ public final class SystemMockHost: MockHost {
     /// Ends every holder process (at exit: a mock must not leave `sleep` processes behind).
     public func stopAllHolders() {
         for group in Array(holders.keys) { stopHolder(group: group) }
-    }
-
-    private static func readLink(_ path: String) -> String? {
-        var buffer = [CChar](repeating: 0, count: 4096)
-        let n = readlink(path, &buffer, buffer.count - 1)
-        guard n > 0 else { return nil }
-        return String(decoding: buffer.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }

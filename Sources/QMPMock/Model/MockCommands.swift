@@ -43,6 +43,7 @@ enum MockCommands {
         "query-status": [],
         "query-version": [],
         "query-commands": [],
+        "query-qmp-schema": [],
         "stop": [],
         "cont": [],
         "quit": [],

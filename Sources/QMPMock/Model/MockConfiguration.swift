@@ -133,7 +133,8 @@ public struct MockConfiguration: Sendable {
     /// Seconds between `device_del` and finalize (the group fd close).
     public var finalizeDelay: Double = 0
     public var eventOrder: MockEventOrder = .afterClose
-    /// The sysfs root the mock reports in `sysfsdev` and error texts (`/sys` on a real host).
+    /// The sysfs root devices are read under (`/sys` on a real host); `sysfsdev` values and error texts
+    /// of devices given by `host` name paths under it.
     public var sysfsRoot = "/sys"
     /// The dev root where group nodes (`vfio/<N>`) and cdevs (`vfio/devices/vfio<X>`) are opened.
     public var devRoot = "/dev"
@@ -142,8 +143,25 @@ public struct MockConfiguration: Sendable {
     public var faults = MockFaultPlan()
     /// `query-status` before any `cont`: QEMU started with `-S` says `prelaunch`.
     public var startPaused = true
+    /// `--native-group-events`: behave like a QEMU that has contrib/qapi/vfio-group-events.json.
+    public var nativeGroupEvents = false
+    /// Seconds after a group's last `DEVICE_DELETED` before a native `GROUP_RELEASE_TIMEOUT`.
+    public var nativeReleaseTimeout: Double = 30
+    /// The process a native `GROUP_RELEASE_TIMEOUT` names as holder (the mock itself).
+    public var holder = MockHolder(pid: 0, comm: "qmp-mock")
 
     public init() {}
+}
+
+/// A process holding a group, as `GROUP_RELEASE_TIMEOUT` names it.
+public struct MockHolder: Sendable, Equatable {
+    public var pid: Int64
+    public var comm: String
+
+    public init(pid: Int64, comm: String) {
+        self.pid = pid
+        self.comm = comm
+    }
 }
 
 /// A mock failure that the user can fix; `description` says how.

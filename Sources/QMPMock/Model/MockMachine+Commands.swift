@@ -34,6 +34,9 @@ extension MockMachine {
             )
         case "query-version":
             return Dispatched(reply: .success(configuration.version.json))
+        case "query-qmp-schema":
+            return Dispatched(
+                reply: .success(MockSchema.introspection(nativeGroupEvents: configuration.nativeGroupEvents)))
         case "query-commands":
             // The mock's own table (QEMU lists its ~200); clients such as qmp-shell use it for completion.
             let names = MockCommands.known.sorted().map { JSONValue.object([JSONMember("name", .string($0))]) }
@@ -64,9 +67,10 @@ extension MockMachine {
         case "qom-get":
             return Dispatched(reply: qomGet(args["path"]!.stringValue!, args["property"]!.stringValue!))
         case "device_add":
-            if let error = deviceAdd(arguments: .object(arguments), hotplugged: true, client: client, actions: &actions)
-            {
-                return Dispatched(reply: .failure(error))
+            do {
+                try deviceAdd(arguments: .object(arguments), hotplugged: true, client: client, actions: &actions)
+            } catch {
+                return Dispatched(reply: error)
             }
             return Dispatched(reply: .success(.object([])))
         case "device_del":

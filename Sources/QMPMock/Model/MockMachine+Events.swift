@@ -7,6 +7,7 @@ extension MockMachine {
         if let id = device.id { data.append(JSONMember("device", .string(id))) }
         data.append(JSONMember("path", .string(device.path)))
         broadcast(event: "DEVICE_DELETED", data: .object(data), now: now, actions: &actions)
+        if let group = device.group { groupDeviceDeleted(device, group: group, now: now, actions: &actions) }
     }
 
     /// Sends an event to every negotiated client (never to one still negotiating, as QEMU).

@@ -1,4 +1,5 @@
 import QMPWire
+import VFIOTracking
 
 /// The QOM tree as `qom-list` and `qom-get` show it.
 extension MockMachine {
@@ -59,7 +60,7 @@ extension MockMachine {
         case ("type", _): return .success(.string(device.driver))
         case ("realized", _), ("hotpluggable", _): return .success(.bool(true))
         case ("hotplugged", _): return .success(.bool(device.hotplugged))
-        case ("host", "vfio-pci"): return .success(.string(device.bdf ?? "ffff:ff:ff.f"))
+        case ("host", "vfio-pci"): return .success(.string(device.host ?? PCIAddress.unset))
         case ("sysfsdev", "vfio-pci"): return .success(.string(device.sysfsdev ?? ""))
         case ("attached", "usb-kbd"): return .success(.bool(true))
         default: return .error("GenericError", "Property '\(device.driver).\(property)' not found")

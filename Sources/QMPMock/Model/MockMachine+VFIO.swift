@@ -1,147 +1,180 @@
 import Glibc
 import QMPWire
+import VFIOTracking
 
 /// The VFIO device lifecycle: realize (`device_add`), unplug (`device_del`) and finalize.
+///
+/// Devices resolve with the tracker's rules (``VFIOSysfs/devicePath(host:sysfsdev:)``, ``PCIAddress``), so
+/// the mock opens exactly the group the sidecar tracks; the steps and error texts follow QEMU 7.2's
+/// vfio-pci realize: the path, `stat`, the `iommu_group` link, the group (opened once), the
+/// already-attached check, then one descriptor per device.
 extension MockMachine {
-    /// Canonical `dddd:bb:ss.f` from QEMU's accepted `[dddd:]bb:ss.f`, or nil.
-    static func canonicalBDF(_ text: String) -> String? {
-        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
-        guard parts.count == 2 || parts.count == 3 else { return nil }
-        let domain = parts.count == 3 ? String(parts[0]) : "0000"
-        let bus = String(parts[parts.count - 2])
-        let slotFunction = parts[parts.count - 1].split(separator: ".", omittingEmptySubsequences: false)
-        guard slotFunction.count == 2, let d = UInt32(domain, radix: 16), let b = UInt32(bus, radix: 16),
-            let s = UInt32(slotFunction[0], radix: 16), let f = UInt32(slotFunction[1], radix: 10),
-            d <= 0xFFFF, b <= 0xFF, s <= 0x1F, f <= 7
-        else { return nil }
-        func hex(_ v: UInt32, _ width: Int) -> String {
-            let digits = String(v, radix: 16)
-            return String(repeating: "0", count: max(0, width - digits.count)) + digits
-        }
-        return "\(hex(d, 4)):\(hex(b, 2)):\(hex(s, 2)).\(f)"
-    }
+    /// The sysfs and dev roots as the tracker reads them.
+    var sysfs: VFIOSysfs { VFIOSysfs(sysfsRoot: configuration.sysfsRoot, devRoot: configuration.devRoot) }
 
     mutating func deviceAdd(
         arguments: JSONValue,
         hotplugged: Bool,
         client: Int?,
         actions: inout [MockAction]
-    ) -> JSONValue? {
-        func fail(_ desc: String) -> JSONValue? {
-            .object([JSONMember("class", .string("GenericError")), JSONMember("desc", .string(desc))])
-        }
-        guard let driverValue = arguments["driver"] else { return fail("Parameter 'driver' is missing") }
+    ) throws(MockReply) {
+        func fail(_ desc: String) -> MockReply { .error("GenericError", desc) }
+        guard let driverValue = arguments["driver"] else { throw fail("Parameter 'driver' is missing") }
         guard case .string(let driver) = driverValue else {
-            return fail("Invalid parameter type for 'driver', expected: string")
+            throw fail("Invalid parameter type for 'driver', expected: string")
         }
-        guard MockCommands.drivers.contains(driver) else { return fail("'\(driver)' is not a valid device model name") }
+        guard MockCommands.drivers.contains(driver) else { throw fail("'\(driver)' is not a valid device model name") }
         var id: String?
         // QEMU 7.2 reads the id with qdict_get_try_str: a non-string id makes an anonymous device.
         if case .string(let text)? = arguments["id"] {
-            guard Self.isIdentifier(text) else { return fail("Parameter 'id' expects an identifier") }
+            guard Self.isIdentifier(text) else { throw fail("Parameter 'id' expects an identifier") }
             guard !devices.contains(where: { $0.device.id == text }) else {
-                return fail("Duplicate device ID '\(text)'")
+                throw fail("Duplicate device ID '\(text)'")
             }
             id = text
-        }
-        func stringProperty(_ name: String) -> String? {
-            guard let value = arguments[name] else { return nil }
-            if case .string(let s) = value { return s }
-            return String(decoding: value.qemuBytes, as: UTF8.self)
         }
         let path = id.map { "/machine/peripheral/\($0)" } ?? "/machine/peripheral-anon/device[\(nextAnon)]"
         var device = Device(id: id, path: path, driver: driver, hotplugged: hotplugged)
         if driver == "vfio-pci" {
-            let sysfsDevices = configuration.sysfsRoot + "/bus/pci/devices/"
-            let devicePath: String
-            if let host = stringProperty("host") {
-                guard let bdf = Self.canonicalBDF(host) else {
-                    return fail("Property 'vfio-pci.host' doesn't take value '\(host)'")
-                }
-                device.bdf = bdf
-                device.sysfsdev = sysfsDevices + bdf
-                devicePath = sysfsDevices + bdf
-            } else if let sysfsdev = stringProperty("sysfsdev") {
-                // QEMU keeps the path as given; a PCI device's address is read from its last component,
-                // an mdev (UUID) has none. A path under /sys is looked up under the mock's sysfs root.
-                device.sysfsdev = sysfsdev
-                let last = sysfsdev.split(separator: "/").last.map(String.init) ?? sysfsdev
-                device.bdf = Self.canonicalBDF(last)
-                device.sysfsName = last
-                devicePath =
-                    sysfsdev.hasPrefix("/sys/") && configuration.sysfsRoot != "/sys"
-                    ? configuration.sysfsRoot + sysfsdev.dropFirst(4) : sysfsdev
-            } else {
-                return fail(
-                    "No provided host device - Use -device vfio-pci,host=DDDD:BB:DD.F or -device vfio-pci,sysfsdev=PATH_TO_DEVICE"
-                )
-            }
-            let bdf = device.bdf ?? device.sysfsName ?? ""
-            let name = device.sysfsdev!
-            if devices.contains(where: {
-                ($0.device.bdf ?? $0.device.sysfsName) == bdf && $0.device.driver == "vfio-pci"
-            }) {
-                return fail("vfio \(bdf): device is already attached")
-            }
-            let group: Int
-            let cdev: String?
-            switch host.lookup(devicePath: devicePath) {
-            case .noDevice: return fail("vfio \(name): no such host device: No such file or directory")
-            case .noGroup: return fail("vfio \(name): no iommu_group found: No such file or directory")
-            case .found(let g, let c):
-                group = g
-                cdev = c
-            }
-            device.group = group
-            if arguments["iommufd"] != nil {
-                // iommufd backend: one descriptor per device on its cdev, possibly passed in with getfd.
-                if let fdname = stringProperty("fd") {
-                    guard let client, let fd = clients[client]?.fdNames.removeValue(forKey: fdname) else {
-                        return fail("File descriptor named '\(fdname)' not found")
-                    }
-                    device.cdevFD = fd
-                } else {
-                    guard let cdev else {
-                        return fail("vfio \(name): no vfio-dev cdev found: No such file or directory")
-                    }
-                    let cdevPath = configuration.devRoot + "/vfio/devices/" + cdev
-                    switch host.open(cdevPath) {
-                    case .success(let fd): device.cdevFD = fd
-                    case .failure(let errno):
-                        return fail(
-                            "vfio \(name): failed to open \(cdevPath): \(String(cString: strerror(errno.value)))")
-                    }
-                }
-                actions.append(.note("opened cdev of \(bdf) (group \(group)) fd \(device.cdevFD!)"))
-                device.group = nil
-            } else if groups[group]?.fd == nil {
-                let groupPath = configuration.devRoot + "/vfio/\(group)"
-                switch host.open(groupPath) {
-                case .success(let fd):
-                    groups[group, default: Group()].fd = fd
-                    actions.append(.note("opened group \(group) (\(groupPath)) fd \(fd) for \(bdf)"))
-                    if containerFD == nil,
-                        case .success(let container) = host.open(configuration.devRoot + "/vfio/vfio")
-                    {
-                        // A dev root without the container node is fine: only group nodes matter here.
-                        containerFD = container
-                    }
-                    if configuration.faults.secondHolder[group] != nil {
-                        host.startHolder(group: group, fd: fd)
-                        actions.append(.note("fault: a second process holds group \(group)"))
-                    }
-                case .failure(let errno):
-                    return fail(
-                        "vfio \(bdf): group \(group) is not viable: failed to open \(groupPath): \(String(cString: strerror(errno.value)))"
-                    )
-                }
-            }
-            if let group = device.group { groups[group, default: Group()].members.insert(path) }
+            try realizeVFIO(&device, arguments: arguments, client: client, actions: &actions)
         }
         if id == nil { nextAnon += 1 }
         devices.append((path, device))
-        return nil
     }
+
+    /// A property as QEMU's string properties take it: strings as they are, other JSON as its text.
+    private static func stringProperty(_ name: String, of arguments: JSONValue) -> String? {
+        guard let value = arguments[name] else { return nil }
+        if case .string(let text) = value { return text }
+        return String(decoding: value.qemuBytes, as: UTF8.self)
+    }
+
+    private mutating func realizeVFIO(
+        _ device: inout Device, arguments: JSONValue, client: Int?, actions: inout [MockAction]
+    ) throws(MockReply) {
+        func fail(_ desc: String) -> MockReply { .error("GenericError", desc) }
+        // Setting the properties: a malformed host fails even when sysfsdev is given.
+        if let host = Self.stringProperty("host", of: arguments) {
+            guard let address = PCIAddress.normalized(host) else {
+                throw fail("Property 'vfio-pci.host' doesn't take value '\(host)'")
+            }
+            device.host = address
+        }
+        // Realize: sysfsdev wins over host; QEMU takes an empty sysfsdev as a path (that stat refuses).
+        let sysfsdev = Self.stringProperty("sysfsdev", of: arguments)
+        guard sysfsdev != nil || device.host != nil else { throw fail("No provided host device") }
+        let devicePath: String
+        if sysfsdev == "" {
+            devicePath = ""
+        } else {
+            do {
+                devicePath = try sysfs.devicePath(host: device.host, sysfsdev: sysfsdev)
+            } catch {
+                throw fail("No provided host device")
+            }
+        }
+        device.sysfsdev = sysfsdev ?? devicePath
+        let name = Self.basename(devicePath)
+        device.name = name
+        let group: Int
+        let cdevNode: String?
+        switch host.lookup(devicePath: devicePath) {
+        case .noDevice(let errno):
+            throw fail("vfio \(device.sysfsdev ?? ""): no such host device: \(Self.strerror(errno))")
+        case .noGroup(let errno): throw fail("vfio \(name): no iommu_group found: \(Self.strerror(errno))")
+        case .found(let number, let node):
+            group = number
+            cdevNode = node
+        }
+        if arguments["iommufd"] != nil {
+            // iommufd backend: the device's cdev is its descriptor (passed in with getfd, or opened).
+            device.deviceFD = try openCdev(cdevNode, fdname: Self.stringProperty("fd", of: arguments), client: client)
+            actions.append(.note("opened cdev of \(name) (group \(group)) fd \(device.deviceFD!)"))
+            return
+        }
+        let openedGroup = try attachGroup(group, for: name, actions: &actions)
+        if devices.contains(where: { $0.device.group == group && $0.device.name == name }) {
+            if openedGroup { detachGroupIfUnused(group, actions: &actions) }
+            throw fail("vfio \(name): device is already attached")
+        }
+        switch host.openDevice(named: name) {
+        case .success(let fd):
+            device.deviceFD = fd
+            device.group = group
+            groups[group, default: Group()].members.insert(device.path)
+            actions.append(.note("opened device fd \(fd) of \(name) (group \(group))"))
+        case .failure(let errno):
+            if openedGroup { detachGroupIfUnused(group, actions: &actions) }
+            throw fail("vfio \(name): error getting device from group \(group): \(Self.strerror(errno.value))")
+        }
+    }
+
+    /// The iommufd descriptor of a device: the `getfd` descriptor named `fdname`, or its cdev opened.
+    private mutating func openCdev(_ node: String?, fdname: String?, client: Int?) throws(MockReply) -> Int32 {
+        if let fdname {
+            guard let client, let fd = clients[client]?.fdNames.removeValue(forKey: fdname) else {
+                throw .error("GenericError", "File descriptor named '\(fdname)' not found")
+            }
+            return fd
+        }
+        guard let node else { throw .error("GenericError", "no vfio-dev cdev found: No such file or directory") }
+        switch host.open(node) {
+        case .success(let fd): return fd
+        case .failure(let errno):
+            throw .error("GenericError", "failed to open \(node): \(Self.strerror(errno.value))")
+        }
+    }
+
+    /// Opens the group node unless it is open already (QEMU opens a group once); true when it opened it now.
+    private mutating func attachGroup(_ group: Int, for name: String, actions: inout [MockAction]) throws(MockReply)
+        -> Bool
+    {
+        guard groups[group]?.fd == nil else { return false }
+        let groupPath = sysfs.groupNodePath(group)
+        switch host.open(groupPath) {
+        case .success(let fd):
+            groups[group, default: Group()].fd = fd
+            actions.append(.note("opened group \(group) (\(groupPath)) fd \(fd) for \(name)"))
+            if containerFD == nil, case .success(let container) = host.open(configuration.devRoot + "/vfio/vfio") {
+                // A dev root without the container node is fine: only group nodes matter here.
+                containerFD = container
+            }
+            if configuration.faults.secondHolder[group] != nil {
+                host.startHolder(group: group, fd: fd)
+                actions.append(.note("fault: a second process holds group \(group)"))
+            }
+            return true
+        case .failure(let errno):
+            throw .error("GenericError", "vfio \(name): failed to open \(groupPath): \(Self.strerror(errno.value))")
+        }
+    }
+
+    /// Closes a group's node once it has no device left (and the container with the last group).
+    private mutating func detachGroupIfUnused(_ group: Int, actions: inout [MockAction]) {
+        guard groups[group]?.members.isEmpty ?? true, let fd = groups[group]?.fd else { return }
+        if configuration.faults.leakGroups.contains(group) {
+            actions.append(.note("fault: group \(group) fd \(fd) leaked (never closed)"))
+            return
+        }
+        host.close(fd)
+        groups[group]?.fd = nil
+        // Native group events still need the deleted devices for GROUP_RELEASED.
+        if groups[group]?.deleted.isEmpty ?? true { groups[group] = nil }
+        actions.append(.note("closed group \(group) fd \(fd)"))
+        if let container = containerFD, !groups.values.contains(where: { $0.fd != nil }) {
+            host.close(container)
+            containerFD = nil
+        }
+        if let lingering = configuration.faults.secondHolder[group], let seconds = lingering {
+            schedule(.stopHolder(group: group), after: Int64(seconds * 1e9), actions: &actions)
+        }
+    }
+
+    private static func basename(_ path: String) -> String {
+        path.split(separator: "/").last.map(String.init) ?? path
+    }
+
+    private static func strerror(_ errno: Int32) -> String { String(cString: Glibc.strerror(errno)) }
 
     mutating func deviceDel(_ idOrPath: String, now: QMPTimestamp, actions: inout [MockAction]) -> Dispatched {
         let index =
@@ -169,34 +202,22 @@ extension MockMachine {
         return result
     }
 
+    /// Finalize, as QEMU's: the device's descriptor closes, then the group's when it was the last device,
+    /// then DEVICE_DELETED (unless it went at unparent time).
     mutating func finalize(path: String, now: QMPTimestamp, actions: inout [MockAction]) {
         guard let index = devices.firstIndex(where: { $0.path == path }) else { return }
         let device = devices.remove(at: index).device
-        if let fd = device.cdevFD {
+        if let fd = device.deviceFD {
             host.close(fd)
-            actions.append(.note("closed cdev fd \(fd) of \(device.bdf ?? path)"))
+            actions.append(.note("closed device fd \(fd) of \(device.name ?? path)"))
         }
         if let group = device.group {
             groups[group]?.members.remove(path)
-            if groups[group]?.members.isEmpty == true, let fd = groups[group]?.fd {
-                if configuration.faults.leakGroups.contains(group) {
-                    actions.append(.note("fault: group \(group) fd \(fd) leaked (never closed)"))
-                } else {
-                    host.close(fd)
-                    groups[group]?.fd = nil
-                    actions.append(.note("closed group \(group) fd \(fd)"))
-                    if let container = containerFD, !groups.values.contains(where: { $0.fd != nil }) {
-                        host.close(container)
-                        containerFD = nil
-                    }
-                    if let lingering = configuration.faults.secondHolder[group], let seconds = lingering {
-                        schedule(.stopHolder(group: group), after: Int64(seconds * 1e9), actions: &actions)
-                    }
-                }
-            }
+            detachGroupIfUnused(group, actions: &actions)
         }
         if device.state != .unparented {
             sendDeviceDeleted(device, now: now, actions: &actions)
         }
+        if let group = device.group { groupProgressed(group, now: now, actions: &actions) }
     }
 }

@@ -4,8 +4,8 @@ import QMPWire
 ///
 /// Inputs are ``clientConnected(now:)``, ``receive(_:fds:from:now:)``, ``timerFired(_:now:)`` and
 /// ``clientDisconnected(_:)``; each returns the ``MockAction``s the shell performs. The only side effects
-/// inside are through ``MockHost`` (open/close of VFIO nodes and received descriptors), which is what
-/// lets `device_add` fail exactly when QEMU's would.
+/// inside are through ``MockHost`` (sysfs lookups, opening and closing VFIO nodes, device descriptors and
+/// received descriptors), which is what lets `device_add` fail exactly when QEMU's would.
 public struct MockMachine {
     struct Client {
         var negotiated = false
@@ -28,18 +28,26 @@ public struct MockMachine {
         var path: String
         var driver: String
         var hotplugged: Bool
-        var bdf: String?
+        /// The `host` property, canonical; nil when unset.
+        var host: String?
+        /// The `sysfsdev` property as realize leaves it: as given, or built from `host`.
         var sysfsdev: String?
-        /// The last component of `sysfsdev` when it is no PCI address (an mdev UUID).
-        var sysfsName: String?
+        /// The last component of the device's sysfs path (QEMU's device name: a PCI address or mdev UUID).
+        var name: String?
+        /// The legacy group the device belongs to (nil with iommufd, which has no group descriptor).
         var group: Int?
-        var cdevFD: Int32?
+        /// The per-device descriptor: QEMU's `anon_inode:[vfio-device]` (legacy) or the cdev (iommufd).
+        var deviceFD: Int32?
         var state = DeviceState.attached
     }
 
     struct Group {
         var fd: Int32?
         var members: Set<String> = []
+        /// Native group events: devices deleted since the last release, and when the last went.
+        var deleted: [String] = []
+        var lastDeleted: QMPTimestamp?
+        var timeoutArmed = false
     }
 
     enum TimerTask {
@@ -47,6 +55,7 @@ public struct MockMachine {
         case resume(client: Int)
         case event(MockScriptEvent)
         case stopHolder(group: Int)
+        case groupReleaseTimeout(group: Int)
     }
 
     public let configuration: MockConfiguration
@@ -94,8 +103,11 @@ public struct MockMachine {
     public mutating func start() throws(MockError) -> [MockAction] {
         var actions: [MockAction] = []
         for spec in configuration.devices {
-            if let error = deviceAdd(arguments: spec.arguments, hotplugged: false, client: nil, actions: &actions) {
-                let desc = error["desc"]?.stringValue ?? "failed"
+            do {
+                try deviceAdd(arguments: spec.arguments, hotplugged: false, client: nil, actions: &actions)
+            } catch {
+                var desc = "failed"
+                if case .failure(let object) = error, let text = object["desc"]?.stringValue { desc = text }
                 throw MockError.usage("--device \(spec.driver): \(desc)")
             }
         }
@@ -157,6 +169,8 @@ public struct MockMachine {
         case .stopHolder(let group):
             host.stopHolder(group: group)
             actions.append(.note("second holder of group \(group) exited"))
+        case .groupReleaseTimeout(let group):
+            groupReleaseTimeoutFired(group, now: now, actions: &actions)
         }
         return actions
     }

@@ -3,6 +3,7 @@ import Glibc
 import Logging
 import QMPRuntime
 import VFIOFakeHost
+import VFIOTracking
 
 /// Everything `qmp-mock` takes on its command line, already parsed.
 public struct MockRunOptions: Sendable {
@@ -32,6 +33,12 @@ public enum MockRunner {
     public static func run(_ options: MockRunOptions, logger: Logger) throws -> Int32 {
         var configuration = options.configuration
         var fakeHost: FakeHost?
+        if !options.fakeHostSpecs.isEmpty, options.sysfsRoot != nil || options.devRoot != nil {
+            // The fake tree sets both roots; a root given beside it would point the mock elsewhere.
+            throw MockError.usage(
+                "--fake-host builds its own sysfs and dev trees: drop --sysfs-root/--dev-root, and give "
+                    + "--fake-host-root DIR to choose where the tree is built")
+        }
         if !options.fakeHostSpecs.isEmpty {
             let spec = options.fakeHostSpecs.joined(separator: ";")
             if let root = options.fakeHostRoot { mkdir(root, 0o755) }
@@ -74,7 +81,7 @@ public enum MockRunner {
         }
 
         let reactor = try Reactor(logger: logger)
-        let host = SystemMockHost(sysfsRoot: configuration.sysfsRoot)
+        let host = SystemMockHost(sysfs: VFIOSysfs(sysfsRoot: configuration.sysfsRoot, devRoot: configuration.devRoot))
         let machine = MockMachine(configuration: configuration, host: host, script: script)
         let server: MockServer
         do {

@@ -34,6 +34,11 @@ public enum NodeIdentity: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// Whether this is a character device (a real VFIO node, not a test's regular file).
+    public var isCharacterDevice: Bool {
+        if case .characterDevice = self { true } else { false }
+    }
+
     /// Whether an open file with this `stat` is this node.
     func matches(_ info: stat) -> Bool {
         switch self {

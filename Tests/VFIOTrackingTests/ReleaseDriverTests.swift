@@ -1,5 +1,6 @@
 import CQMPShims
 import QMPRuntime
+import QMPSidecar
 import QMPWire
 import Testing
 import VFIOFakeHost
@@ -9,22 +10,23 @@ import VFIOTracking
 import Glibc
 #endif
 
-/// The release monitor end to end below the proxy: fake sysfs/dev trees, a stand-in QEMU process that
+/// The release driver below the proxy, mostly on its fallback path (the stand-in opens the group before
+/// the watch, as for a device found attached): fake sysfs/dev trees, a stand-in QEMU process that
 /// really opens and closes the group file, inotify, pidfd, timers, and a fake commander.
-@Suite("Release monitor")
-struct ReleaseMonitorTests {
+@Suite("Release driver")
+struct ReleaseDriverTests {
     @Test func eventThenCloseReleasesAtTheCloseOnTheHotPath() throws {
         let h = try MonitorHarness(spec: "7=0000:01:00.0")
         let fd = try h.openGroup(7)
         try h.qemu.fill(toExtraFDs: 50)
         h.ready()
         h.added("hostdev0", host: "01:00.0")
-        #expect(h.monitor.trackedDevices.map(\.qomPath) == ["/machine/peripheral/hostdev0"])
-        #expect(h.monitor.view(ofGroup: 7)?.qemuHolds == true)
-        #expect(h.deleted("hostdev0") == .forward)
+        #expect(h.driver.trackedDevices.map(\.qomPath) == ["/machine/peripheral/hostdev0"])
+        #expect(h.driver.view(ofGroup: 7)?.qemuHolds == true)
+        #expect(h.deleted("hostdev0") == false)
         try h.run(for: .milliseconds(30))
         #expect(h.commander.lines.isEmpty, "released while QEMU still holds the group")
-        #expect(h.monitor.view(ofGroup: 7)?.phase == .detaching)
+        #expect(h.driver.view(ofGroup: 7)?.phase == .detaching)
 
         try h.qemu.close(fd)
         let data = try #require(try h.waitForEvent("GROUP_RELEASED"))
@@ -33,10 +35,10 @@ struct ReleaseMonitorTests {
         #expect(data["waited-ms"]?.int64Value.map { $0 >= 30 } == true)
         // Hot path: the learned fd was re-checked; QEMU's fds were fully scanned only once (at attach),
         // and no process scan was needed: the close event witnessed the last close.
-        #expect(h.monitor.statistics.qemuFullScans == 1)
-        #expect(h.monitor.statistics.allProcessScans == 0)
-        #expect(h.monitor.statistics.closeEvents >= 1)
-        #expect(h.monitor.armedTimers == 0)
+        #expect(h.driver.statistics.qemuFullScans == 1)
+        #expect(h.driver.statistics.allProcessScans == 0)
+        #expect(h.driver.statistics.closeEvents >= 1)
+        #expect(h.driver.armedTimers == 0)
         #expect(h.commander.eventNames == ["GROUP_RELEASED"])
     }
 
@@ -53,7 +55,7 @@ struct ReleaseMonitorTests {
         #expect(data["devices"]?.strings == ["hostdev0"])
         // Released at the event itself (0 ms unless this thread was descheduled; the close was 20 ms before).
         #expect(data["waited-ms"]?.int64Value.map { $0 < 15 } == true)
-        #expect(h.monitor.statistics.allProcessScans == 0)
+        #expect(h.driver.statistics.allProcessScans == 0)
     }
 
     @Test func bothOrdersWithinOneLoopRound() throws {
@@ -78,7 +80,7 @@ struct ReleaseMonitorTests {
         h.deleted("a")
         try h.run(for: .milliseconds(50))
         #expect(h.commander.lines.isEmpty, "released after the first device of two")
-        #expect(h.monitor.view(ofGroup: 7)?.phase == .attached)
+        #expect(h.driver.view(ofGroup: 7)?.phase == .attached)
         try h.qemu.close(fd)
         try h.run(for: .milliseconds(20))
         #expect(h.commander.lines.isEmpty, "released while b is still in the guest")
@@ -101,15 +103,15 @@ struct ReleaseMonitorTests {
         #expect(holders.map { $0["pid"] } == [.integer(Int64(holder))])
         #expect(holders.first?["comm"]?.stringValue?.hasPrefix("python") == true)
         #expect(timeout["devices"]?.strings == ["hostdev0"])
-        #expect(h.monitor.statistics.allProcessScans >= 1)
-        #expect(h.monitor.view(ofGroup: 7)?.timedOut == true)
+        #expect(h.driver.statistics.allProcessScans >= 1)
+        #expect(h.driver.view(ofGroup: 7)?.timedOut == true)
 
         // Still tracked: when the copy goes, GROUP_RELEASED follows.
         try h.qemu.releaseHolder(holder)
         let released = try #require(try h.waitForEvent("GROUP_RELEASED", timeout: .seconds(5)))
         #expect(released["waited-ms"]?.int64Value.map { $0 >= 300 } == true)
         #expect(h.commander.eventNames == ["GROUP_RELEASE_TIMEOUT", "GROUP_RELEASED"])
-        #expect(h.monitor.armedTimers == 0)
+        #expect(h.driver.armedTimers == 0)
     }
 
     @Test func copyTakenWithPidfdGetfdBlocksRelease() throws {
@@ -140,12 +142,12 @@ struct ReleaseMonitorTests {
         h.added("hostdev0", host: "01:00.0")
         h.deleted("hostdev0")
         try h.run(for: .milliseconds(10))
-        #expect(h.monitor.view(ofGroup: 7)?.phase == .detaching)
+        #expect(h.driver.view(ofGroup: 7)?.phase == .detaching)
         // QEMU reopens the group for the new device before device_add succeeds, then drops the old fd.
         let second = try h.openGroup(7)
         h.added("hostdev0", host: "01:00.0")
-        #expect(h.monitor.view(ofGroup: 7)?.phase == .attached)
-        #expect(h.monitor.armedTimers == 0)
+        #expect(h.driver.view(ofGroup: 7)?.phase == .attached)
+        #expect(h.driver.armedTimers == 0)
         try h.qemu.close(fd)
         try h.run(for: .milliseconds(30))
         #expect(h.commander.lines.isEmpty)
@@ -165,11 +167,11 @@ struct ReleaseMonitorTests {
         h.added("b", host: "01:00.1")
         let first = MonitorHarness.deletedEvent(id: "a", path: "/machine/peripheral/a")
         let second = MonitorHarness.deletedEvent(id: "b", path: "/machine/peripheral/b")
-        #expect(h.monitor.deviceDeleted(first) == .hold)
+        #expect(h.deleted(first) == true)
         try h.run(for: .milliseconds(20))
         #expect(h.commander.lines.isEmpty)
         try h.qemu.close(fd)
-        #expect(h.monitor.deviceDeleted(second) == .hold)
+        #expect(h.deleted(second) == true)
         #expect(try h.waitForEvent("__com.example_GROUP_RELEASED") != nil)
         // The held events come unchanged, in order, right before GROUP_RELEASED.
         #expect(h.commander.lines.count == 3)
@@ -178,7 +180,7 @@ struct ReleaseMonitorTests {
         #expect(h.commander.eventNames == ["DEVICE_DELETED", "DEVICE_DELETED", "__com.example_GROUP_RELEASED"])
         // A non-VFIO device's event is never held.
         #expect(
-            h.monitor.deviceDeleted(MonitorHarness.deletedEvent(id: "kbd", path: "/machine/peripheral/kbd")) == .forward
+            h.deleted(MonitorHarness.deletedEvent(id: "kbd", path: "/machine/peripheral/kbd")) == false
         )
     }
 
@@ -202,11 +204,11 @@ struct ReleaseMonitorTests {
         h.ready()
         h.added("hostdev0", host: "01:00.0")
         h.qemu.terminate()
-        let monitor = h.monitor
+        let monitor = h.driver
         #expect(try h.run(until: { monitor.view(ofGroup: 7) == nil }, timeout: .seconds(5)))
         #expect(h.commander.lines.isEmpty)
-        #expect(h.monitor.trackedDevices.isEmpty)
-        #expect(h.monitor.armedTimers == 0)
+        #expect(h.driver.trackedDevices.isEmpty)
+        #expect(h.driver.armedTimers == 0)
     }
 
     @Test func coldPluggedDevicesAreDiscovered() throws {
@@ -226,19 +228,19 @@ struct ReleaseMonitorTests {
         let fd7 = try h.openGroup(7)
         let fd8 = try h.openGroup(8)
         h.ready()
-        let monitor = h.monitor
+        let monitor = h.driver
         #expect(try h.run(until: { monitor.trackedDevices.count == 2 }, timeout: .seconds(5)))
         try h.settle()
-        let byPath = Dictionary(uniqueKeysWithValues: h.monitor.trackedDevices.map { ($0.qomPath, $0) })
+        let byPath = Dictionary(uniqueKeysWithValues: h.driver.trackedDevices.map { ($0.qomPath, $0) })
         #expect(byPath["/machine/peripheral/hostdev0"]?.id == "hostdev0")
         #expect(byPath["/machine/peripheral/hostdev0"]?.group == 7)
         #expect(byPath["/machine/peripheral-anon/device[0]"]?.id == nil)
         #expect(byPath["/machine/peripheral-anon/device[0]"]?.group == 8)
         #expect(h.commander.commands.allSatisfy { $0.0 == "qom-list" || $0.0 == "qom-get" })
-        #expect(h.monitor.view(ofGroup: 8)?.qemuHolds == true)
+        #expect(h.driver.view(ofGroup: 8)?.qemuHolds == true)
 
         // The anonymous device is reported by QOM path.
-        _ = h.monitor.deviceDeleted(
+        _ = h.deleted(
             MonitorHarness.deletedEvent(id: nil, path: "/machine/peripheral-anon/device[0]"))
         try h.qemu.close(fd8)
         let data = try #require(try h.waitForEvent("GROUP_RELEASED"))
@@ -257,7 +259,7 @@ struct ReleaseMonitorTests {
         h.ready()
         h.added("a", host: "01:00.0")
         h.added("b", host: "01:00.1")
-        #expect(h.monitor.view(ofGroup: 7)?.qemuHolds == true)
+        #expect(h.driver.view(ofGroup: 7)?.qemuHolds == true)
         try h.qemu.close(cdevA)
         h.deleted("a")
         try h.run(for: .milliseconds(30))
@@ -285,15 +287,15 @@ struct ReleaseMonitorTests {
         let fd = try h.qemu.open(privateCopy)
         h.ready()
         h.added("hostdev0", host: "01:00.0")
-        #expect(h.monitor.view(ofGroup: 7)?.qemuHolds == true)
+        #expect(h.driver.view(ofGroup: 7)?.qemuHolds == true)
         h.deleted("hostdev0")
         try h.run(for: .milliseconds(20))
         #expect(h.commander.lines.isEmpty, "released while QEMU holds its private copy")
         // The close is on an inode nobody watches: the detaching poll and a process scan decide.
         try h.qemu.close(fd)
         #expect(try h.waitForEvent("GROUP_RELEASED", timeout: .seconds(5)) != nil)
-        #expect(h.monitor.statistics.allProcessScans >= 1)
-        #expect(h.monitor.statistics.closeEvents == 0)
+        #expect(h.driver.statistics.allProcessScans >= 1)
+        #expect(h.driver.statistics.closeEvents == 0)
     }
 
     @Test func mdevGivenBySysfsdevIsTracked() throws {
@@ -301,14 +303,13 @@ struct ReleaseMonitorTests {
         let h = try MonitorHarness(spec: "12=\(uuid)")
         let fd = try h.openGroup(12)
         h.ready()
-        h.monitor.deviceAddSucceeded(
-            arguments: .object([
+        h.add(
+            .object([
                 JSONMember("driver", .string("vfio-pci")), JSONMember("id", .string("gpu0")),
                 JSONMember("sysfsdev", .string("/sys/bus/mdev/devices/\(uuid)")),
             ]))
-        try h.settle()
-        #expect(h.monitor.trackedDevices.first?.resolved.name == uuid)
-        #expect(h.monitor.view(ofGroup: 12)?.qemuHolds == true)
+        #expect(h.driver.trackedDevices.first?.resolved.name == uuid)
+        #expect(h.driver.view(ofGroup: 12)?.qemuHolds == true)
         h.deleted("gpu0")
         try h.qemu.close(fd)
         let data = try #require(try h.waitForEvent("GROUP_RELEASED"))
@@ -320,7 +321,7 @@ struct ReleaseMonitorTests {
         let h = try MonitorHarness(spec: "7=0000:01:00.0;8=0000:02:00.0")
         let fd7 = try h.openGroup(7)
         let fd8 = try h.openGroup(8)
-        h.monitor.upstreamReady(qemuPID: nil)
+        h.driver.upstreamReady(qemuPID: nil) {}
         h.added("a", host: "01:00.0")
         h.added("b", host: "02:00.0")
         h.deleted("a")
@@ -330,8 +331,8 @@ struct ReleaseMonitorTests {
         let data = try #require(try h.waitForEvent("GROUP_RELEASED"))
         #expect(data["group"] == .integer(7))
         // Upstream closes: with no pid to watch, QEMU counts as gone; attached group 8 is forgotten.
-        h.monitor.upstreamClosed()
-        #expect(h.monitor.view(ofGroup: 8) == nil)
+        h.driver.upstreamClosed()
+        #expect(h.driver.view(ofGroup: 8) == nil)
         try h.qemu.close(fd8)
     }
 
@@ -339,14 +340,15 @@ struct ReleaseMonitorTests {
         let h = try MonitorHarness(spec: "7=0000:01:00.0")
         try h.openGroup(7)
         h.ready()
-        // A failed device_add never reaches deviceAddSucceeded: its later DEVICE_DELETED is foreign.
-        #expect(h.deleted("hostdev0") == .forward)
+        // A failed device_add is not tracked: its later DEVICE_DELETED is foreign.
+        h.add(MonitorHarness.arguments("hostdev0", host: "01:00.0"), succeeded: false)
+        #expect(h.deleted("hostdev0") == false)
         // Not VFIO, unresolvable host, unset host: not tracked.
         h.added("kbd", host: "01:00.0", driver: "usb-kbd")
         h.added("ghost", host: "0000:09:00.0")
         h.added("unset", host: PCIAddress.unset)
-        #expect(h.monitor.trackedDevices.isEmpty)
-        #expect(h.monitor.view(ofGroup: 7) == nil)
+        #expect(h.driver.trackedDevices.isEmpty)
+        #expect(h.driver.view(ofGroup: 7) == nil)
         try h.run(for: .milliseconds(10))
         #expect(h.commander.lines.isEmpty)
     }
@@ -356,12 +358,8 @@ struct ReleaseMonitorTests {
         try h.openGroup(7)
         h.ready()
         h.added("hostdev0", host: "01:00.0")
-        #expect(h.monitor.localCommand("query-pci", arguments: nil) == nil)
-        let reply = try #require(h.monitor.localCommand(VFIOConfiguration.defaultQueryCommandName, arguments: nil))
-        guard case .success(let value) = reply, let group = value.arrayValue?.first else {
-            Issue.record("expected a list of groups, got \(reply)")
-            return
-        }
+        #expect(h.driver.localCommand("query-pci", arguments: nil) == nil)
+        let group = try #require(try h.query().arrayValue?.first)
         #expect(group["group"] == .integer(7))
         #expect(group["state"] == .string("attached"))
         #expect(group["members"]?.strings == ["0000:01:00.0", "0000:01:00.1"])
@@ -373,13 +371,15 @@ struct ReleaseMonitorTests {
         let h = try MonitorHarness(spec: "7=0000:01:00.0", hold: true)
         let fd = try h.openGroup(7)
         h.ready()
-        h.monitor.deviceAddSucceeded(
-            argumentsText: Array(#"{'driver': 'vfio-pci', 'id': 'hd0', 'host': '01:00.0'}"#.utf8))
-        #expect(h.monitor.trackedDevices.map(\.id) == ["hd0"])
-        #expect(h.monitor.localCommandNames == [VFIOConfiguration.defaultQueryCommandName])
+        let arguments = Array(#"{'driver': 'vfio-pci', 'id': 'hd0', 'host': '01:00.0'}"#.utf8)
+        h.driver.commandObserved("device_add", arguments: arguments)
+        h.driver.observedReply("device_add", arguments: arguments, succeeded: true)
+        #expect(h.driver.trackedDevices.map(\.id) == ["hd0"])
+        #expect(h.driver.localCommandNames == [VFIOConfiguration.defaultQueryCommandName])
+        #expect(h.driver.observedCommands == ["device_add"])
         let line = MonitorHarness.deletedEvent(id: "hd0", path: "/machine/peripheral/hd0").bytes + [0x0D, 0x0A]
         try h.qemu.close(fd)
-        #expect(h.monitor.deviceDeleted(line: line) == true)
+        #expect(h.deleted(MonitorHarness.deletedEvent(id: "hd0", path: "/machine/peripheral/hd0")) == true)
         #expect(try h.waitForEvent("GROUP_RELEASED") != nil)
         #expect(h.commander.lines.first == line)
     }
@@ -390,15 +390,11 @@ struct ReleaseMonitorTests {
         try h.qemu.fill(toExtraFDs: 100)
         h.ready()
         for (id, address) in [("a", "01:00.0"), ("b", "02:00.0"), ("c", "03:00.0")] {
-            h.monitor.deviceAddSucceeded(
-                arguments: .object([
-                    JSONMember("driver", .string("vfio-pci")), JSONMember("id", .string(id)),
-                    JSONMember("host", .string(address)),
-                ]))
+            h.add(MonitorHarness.arguments(id, host: address), settle: false)
         }
         try h.settle()
-        #expect(h.monitor.statistics.qemuFullScans == 1)
-        #expect([7, 8, 9].allSatisfy { h.monitor.view(ofGroup: $0)?.qemuHolds == true })
+        #expect(h.driver.statistics.qemuFullScans == 1)
+        #expect([7, 8, 9].allSatisfy { h.driver.view(ofGroup: $0)?.qemuHolds == true })
     }
 
     @Test func learningManyFDsIsSpreadOverLoopRounds() throws {
@@ -406,24 +402,20 @@ struct ReleaseMonitorTests {
         try h.qemu.fill(toExtraFDs: 3000)
         let fd = try h.openGroup(7)
         h.ready()
-        h.monitor.deviceAddSucceeded(
-            arguments: .object([
-                JSONMember("driver", .string("vfio-pci")), JSONMember("id", .string("hostdev0")),
-                JSONMember("host", .string("01:00.0")),
-            ]))
+        h.add(MonitorHarness.arguments("hostdev0", host: "01:00.0"), settle: false)
         // One round does at most one step of 1024 fds: not done yet.
         try h.settle()
-        #expect(h.monitor.view(ofGroup: 7)?.qemuHolds == false)
-        #expect(h.monitor.armedTimers == 1)
-        let monitor = h.monitor
+        #expect(h.driver.view(ofGroup: 7)?.qemuHolds == false)
+        #expect(h.driver.armedTimers == 1)
+        let monitor = h.driver
         #expect(try h.run(until: { monitor.view(ofGroup: 7)?.qemuHolds == true }, timeout: .seconds(5)))
-        #expect(h.monitor.statistics.qemuFullScans == 1)
-        #expect(h.monitor.armedTimers == 0)
+        #expect(h.driver.statistics.qemuFullScans == 1)
+        #expect(h.driver.armedTimers == 0)
         h.deleted("hostdev0")
         try h.qemu.close(fd)
         #expect(try h.waitForEvent("GROUP_RELEASED") != nil)
-        #expect(h.monitor.statistics.qemuFullScans == 1)
-        #expect(h.monitor.statistics.allProcessScans == 0)
+        #expect(h.driver.statistics.qemuFullScans == 1)
+        #expect(h.driver.statistics.allProcessScans == 0)
     }
 
     @Test func nothingDetachingMeansNoTimers() throws {
@@ -432,7 +424,7 @@ struct ReleaseMonitorTests {
         h.ready()
         h.added("hostdev0", host: "01:00.0")
         try h.run(for: .milliseconds(5))
-        #expect(h.monitor.armedTimers == 0)
+        #expect(h.driver.armedTimers == 0)
         #expect(h.reactor.armedTimerCount == 0)
     }
 }
