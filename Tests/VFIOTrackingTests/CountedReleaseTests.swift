@@ -122,13 +122,7 @@ struct CountedReleaseTests {
         let fd = try h.plugged("hostdev0", host: "01:00.0")
         // Flood the queue while the driver does not read it: every open and close of the node is an
         // event, and the kernel keeps at most max_queued_events of them.
-        let limit = Self.maxQueuedEvents()
-        let node = h.host.groupNodePath(7)
-        for _ in 0..<limit {
-            let copy = open(node, O_RDONLY | O_CLOEXEC)
-            try #require(copy >= 0)
-            close(copy)
-        }
+        Self.flood(h.host.groupNodePath(7))
         try h.settle()
         #expect(h.driver.statistics.overflows == 1)
         let driver = h.driver
@@ -141,6 +135,33 @@ struct CountedReleaseTests {
         let data = try #require(try h.waitForEvent("GROUP_RELEASED"))
         #expect(data["devices"]?.strings == ["hostdev0"])
         #expect(h.driver.statistics.fallbackScans >= 1)
+    }
+
+    @Test func anOverflowWhileDetachingIsDecidedByABoundedScan() throws {
+        let h = try MonitorHarness(spec: "7=0000:01:00.0")
+        try h.qemu.fill(toExtraFDs: 3000)
+        h.ready()
+        let fd = try h.plugged("hostdev0", host: "01:00.0")
+        h.deleted("hostdev0")
+        try h.settle()
+        Self.flood(h.host.groupNodePath(7))
+        // One loop round reads the overflow and starts a scan of QEMU's 3000 fds: 1024 per round.
+        try h.settle()
+        #expect(h.driver.statistics.overflows == 1)
+        #expect(h.driver.armedTimers >= 2, "the release timeout and the next scan step")
+        try h.run(for: .milliseconds(30))
+        #expect(h.commander.lines.isEmpty, "released while QEMU holds the group after an overflow")
+        try h.qemu.close(fd)
+        #expect(try h.waitForEvent("GROUP_RELEASED") != nil)
+        #expect(h.driver.statistics.qemuFullScans == 1)
+    }
+
+    /// More opens and closes of `node` than the inotify queue keeps.
+    static func flood(_ node: String) {
+        for _ in 0..<maxQueuedEvents() {
+            let copy = open(node, O_RDONLY | O_CLOEXEC)
+            if copy >= 0 { close(copy) }
+        }
     }
 
     @Test func aSidecarStartedWhileAGroupIsDetachingRediscoversItAndReleases() throws {

@@ -15,7 +15,8 @@ extension VFIOReleaseDriver {
         learnTimer = reactor.schedule(after: .zero) { [weak self] in self?.learnPending() }
     }
 
-    /// One full scan of QEMU's fds for every group waiting to learn, then the results to the machine.
+    /// One full scan of QEMU's fds for every group waiting to learn (or to be checked), then the results
+    /// to the machine.
     ///
     /// The scan runs in steps of ``learnStep`` fds, one step per loop round, so a QEMU holding 10k fds
     /// (30–45 ms of `stat`s) does not stall client traffic; groups added meanwhile wait for the next.
@@ -57,9 +58,18 @@ extension VFIOReleaseDriver {
 
     private func deliverLearned(_ groups: [Int], found: [Int32: NodeIdentity]) {
         var actions: [VFIOGroupStateMachine.Action] = []
-        for group in groups where watches.groups[group] != nil {
+        for group in groups {
+            guard watches.groups[group] != nil else {
+                checkAfterLearning.remove(group)
+                continue
+            }
             let identities = watches.groups[group]?.identities ?? []
             let mine = found.filter { identities.contains($0.value) }
+            if checkAfterLearning.remove(group) != nil {
+                watches.scanned(group: group, qemuFDs: mine)
+                actions += machine.qemuChecked(group: group, holds: !mine.isEmpty, now: Self.monotonicNow())
+                continue
+            }
             // Nothing found while learning: no fd numbers to re-check later, a scan decides then.
             if mine.isEmpty {
                 watches.setQEMUFDs(nil, group: group)
@@ -71,25 +81,19 @@ extension VFIOReleaseDriver {
         run(actions)
     }
 
-    /// Does QEMU hold `group`? `stat` of the learned fd numbers; a full scan only when they are unknown.
-    func qemuHolds(_ group: Int) -> Bool {
+    /// Does QEMU hold `group`, from the learned fd numbers (one `stat` each)? Nil when they are unknown
+    /// or stale (a known number now names another file): then only a full scan can tell.
+    func qemuHoldsByKnownFDs(_ group: Int) -> Bool? {
         guard let pid = livePID, watches.groups[group] != nil else { return false }
-        if let known = watches.groups[group]?.qemuFDs {
-            statistics.knownFDChecks += known.count
-            let (still, stale) = scanner.recheck(pid: pid, fds: known)
-            if !still.isEmpty || !stale {
-                watches.setQEMUFDs(still, group: group)
-                return !still.isEmpty
-            }
-            // Every known fd is gone and one number was reused: QEMU may have reopened the node
-            // elsewhere. Fall through to a full scan.
+        guard let known = watches.groups[group]?.qemuFDs else { return nil }
+        statistics.knownFDChecks += known.count
+        let (still, stale) = scanner.recheck(pid: pid, fds: known)
+        guard !still.isEmpty || !stale else {
+            watches.setQEMUFDs(nil, group: group)
+            return nil
         }
-        statistics.qemuFullScans += 1
-        guard let found = scanner.fds(of: pid, matching: watches.groups[group]?.identities ?? []) else {
-            return false
-        }
-        watches.scanned(group: group, qemuFDs: found)
-        return !found.isEmpty
+        watches.setQEMUFDs(still, group: group)
+        return !still.isEmpty
     }
 
     /// Does any process hold `group`? From the counts when they are exact, else a scan of every process.

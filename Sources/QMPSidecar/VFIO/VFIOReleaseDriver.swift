@@ -52,6 +52,8 @@ public final class VFIOReleaseDriver: SidecarVFIOHooks {
     var pendingLearn: Set<Int> = []
     var learnTimer: Reactor.TimerID?
     var learnScan: (scan: FDScan, groups: [Int])?
+    /// Groups whose `checkQEMU` waits for the running or next learning scan.
+    var checkAfterLearning: Set<Int> = []
     var discovery: ColdPlugDiscovery?
     /// `device_add`s forwarded and not answered yet, in order: their arguments' text and what they name.
     var pendingAdds: [(arguments: [UInt8], device: PendingDevice?)] = []
@@ -186,6 +188,9 @@ public final class VFIOReleaseDriver: SidecarVFIOHooks {
     /// one, QEMU is taken as gone now.
     public func upstreamClosed() {
         discovery = nil
+        for group in Set(pendingAdds.compactMap { $0.device?.resolved.group }) where machine.view(of: group) == nil {
+            watches.remove(group: group)
+        }
         pendingAdds = []
         if exitWatcher == nil || exitWatcher?.hasExited == true {
             qemuExited()
@@ -316,8 +321,13 @@ public final class VFIOReleaseDriver: SidecarVFIOHooks {
         case .checkQEMU(let group):
             if let held = watches.certainlyHeld(group: group) {
                 queue += machine.qemuChecked(group: group, holds: held, certain: true, now: Self.monotonicNow())
+            } else if let held = qemuHoldsByKnownFDs(group) {
+                queue += machine.qemuChecked(group: group, holds: held, now: Self.monotonicNow())
             } else {
-                queue += machine.qemuChecked(group: group, holds: qemuHolds(group), now: Self.monotonicNow())
+                // Nothing known: a full scan of QEMU's fds, in bounded steps; the answer comes with it.
+                checkAfterLearning.insert(group)
+                pendingLearn.insert(group)
+                scheduleLearn()
             }
         case .scanAllProcesses(let group):
             queue += machine.processesScanned(group: group, anyHolder: anyHolder(group), now: Self.monotonicNow())
