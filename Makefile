@@ -84,5 +84,5 @@ fuzz: deps
 	fuzz/run.sh 60
 
 # The proof on the real vfio-pci driver in a nested VM (installs a kernel; ~2 min after that).
-vfio-lab: release
+vfio-lab: release static
 	lab/run.sh

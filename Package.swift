@@ -82,7 +82,7 @@ let package = Package(
         .executableTarget(
             name: "qmp-bench",
             dependencies: [
-                "QMPWire", "QMPRuntime", "QMPTestKit", "VFIOTracking", "VFIOFakeHost",
+                "QMPWire", "QMPProxy", "QMPRuntime", "QMPTestKit", "VFIOTracking", "VFIOFakeHost",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

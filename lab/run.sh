@@ -9,7 +9,9 @@
 # non-zero on any failure, and when L1 cannot boot or the runner never reports.
 #   --direct     the client talks to the L2 QEMU directly (proves the lab itself, no sidecar)
 #   --guest      add scenario C (a real L2 guest kernel does the ACPI eject; L2 on kvm in L1)
-#   --scenarios  which scenarios to run (default "A B D E F", plus C with --guest)
+#   --scenarios  which scenarios to run (default "A B D E F L", plus C with --guest); L is libvirt
+#                managing the NICs without the sidecar (the control) and, in sidecar mode, L-hold
+#                with the installed contrib/libvirt wrapper (make install into lab-out/libvirt)
 #   --sidecar    the qmp-sidecar binary (default .build/release/qmp-sidecar, else .build/debug/...)
 #   LAB_KERNEL=/boot/vmlinuz-X (and LAB_KERNEL_VERSION) pick another L1/L2 kernel than the newest
 #   -- ARGS      passed to the runner in L1 (lab/scenarios.py): --repeat N, --release-timeout S,
@@ -32,7 +34,7 @@ while (($#)); do
     esac
     shift
 done
-[[ -n $scenarios ]] || { scenarios="A B D E F"; ((guest)) && scenarios="A B C D E F"; }
+[[ -n $scenarios ]] || { scenarios="A B D E F L"; ((guest)) && scenarios="A B C D E F L"; }
 say() { echo "lab: $*"; }
 die() { echo "lab: FAIL: $*" >&2; exit 1; }
 [[ $(id -u) == 0 ]] || die "run as root (apt-get, and QEMU reading the whole host root over 9p)"
@@ -42,7 +44,7 @@ elapsed() { awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }
 # 1. Packages (only what is missing). busybox-static first: installing it re-triggers the kernel's
 #    initramfs build, so it must not come after linux-image-amd64.
 need=()
-for p in busybox-static linux-image-amd64 pciutils inotify-tools qemu-system-x86 python3 cpio gzip; do
+for p in busybox-static linux-image-amd64 pciutils inotify-tools qemu-system-x86 python3 cpio gzip libvirt-daemon-system libvirt-clients; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if ((${#need[@]})); then
@@ -69,9 +71,18 @@ if [[ $mode == sidecar ]]; then
     swiftlib=$(dirname "$(readlink -f "$(command -v swift 2>/dev/null || echo /opt/swift/usr/bin/swift)")")/../lib/swift/linux
     [[ -d $swiftlib ]] || swiftlib=/opt/swift/usr/lib/swift/linux
     swiftlib=$(readlink -f "$swiftlib")
-    LD_LIBRARY_PATH=$swiftlib "$sidecar" --help >/dev/null 2>&1 || die "$sidecar --help failed: not a working qmp-sidecar"
-    LD_LIBRARY_PATH=$swiftlib "$sidecar" --help 2>&1 | grep -q -- --upstream || die "$sidecar has no --upstream option: not the real qmp-sidecar yet (pass --direct to prove the lab alone)"
+    help=$(LD_LIBRARY_PATH=$swiftlib "$sidecar" --help 2>&1) || die "$sidecar --help failed: not a working qmp-sidecar"
+    [[ $help == *--upstream* ]] || die "$sidecar has no --upstream option: not the real qmp-sidecar yet (pass --direct to prove the lab alone)"
     runner_args+=(--sidecar "$sidecar" --swift-lib "$swiftlib")
+    # L-hold: libvirt runs the product as installed (static qmp-sidecar, wrapper, config); L1 sees
+    # lab-out/ at the same path through the checkout's share.
+    if [[ " $scenarios " == *" L "* ]]; then
+        mkdir -p "$out"
+        make -C "$repo" --no-print-directory install PREFIX="$out/libvirt" SYSCONFDIR="$out/libvirt/etc" > "$out/libvirt-install.log" 2>&1 \
+            || die "make install PREFIX=$out/libvirt failed ($out/libvirt-install.log)"
+        printf '# written by lab/run.sh\ntrace_dir = /tmp/lab-logs\n' > "$out/libvirt/etc/qmp-sidecar/libvirt.conf"
+        runner_args+=(--libvirt-emulator "$out/libvirt/libexec/qmp-sidecar/qmp-sidecar-qemu")
+    fi
 fi
 
 # 3. L1 initramfs.

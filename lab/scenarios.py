@@ -29,6 +29,8 @@ import sys
 import time
 import traceback
 
+import libvirt_scenarios
+
 QEMU = "/usr/bin/qemu-system-x86_64"
 SCAN_INTERVAL = 0.002  # s between /proc/<pid>/fd scans of the tracked processes
 IN_OPEN, IN_CLOSE_WRITE, IN_CLOSE_NOWRITE = 0x20, 0x08, 0x10
@@ -307,6 +309,9 @@ class Lab:
         self.t0 = mono()
         self.devices = self.find_devices()
         self.obs = Observer(self, sorted({d["group"] for d in self.devices.values()}))
+        self.pollers = []  # more witnesses, called at every turn of the loop (libvirt scenarios: sysfs)
+        self.kit = sys.modules[__name__]
+        self.libvirt = None  # libvirtd in L1, started by the first libvirt scenario (why not, if it failed)
 
     # -- topology ---------------------------------------------------------------------------------
     def find_devices(self):
@@ -351,6 +356,8 @@ class Lab:
             if c.sock in r:
                 c.on_readable()
         self.obs.scan()
+        for poll in self.pollers:
+            poll()
 
     def wait(self, pred, timeout, what=None):
         deadline = mono() + timeout
@@ -756,6 +763,7 @@ SCENARIOS = {
     "D": (scenario_D, "cold-plugged device discovered, then unplugged"),
     "E": (scenario_E, "quit with a device attached"),
     "F": (scenario_F, "second process holds a pidfd_getfd copy of the group fd"),
+    **libvirt_scenarios.scenarios(sys.modules[__name__]),
 }
 
 
@@ -774,12 +782,15 @@ def main():
     ap.add_argument("--repeat", type=int, default=1, help="run each scenario N times; figures are medians")
     ap.add_argument("--kernel", help="L2 guest kernel (scenario C)")
     ap.add_argument("--l2-initrd", help="L2 guest initramfs (scenario C)")
+    ap.add_argument("--libvirt-emulator", help="the installed qmp-sidecar-qemu wrapper (scenario L-hold)")
     args = ap.parse_args()
     global SCAN_INTERVAL
     SCAN_INTERVAL = args.scan_interval_ms / 1000
     names = [s for s in args.scenarios.split(",") if s]
     if args.sidecar and "B" in names and "B-hold" not in names:
         names.insert(names.index("B") + 1, "B-hold")
+    if args.libvirt_emulator and "L" in names and "L-hold" not in names:
+        names.insert(names.index("L") + 1, "L-hold")
     lab = Lab(args)
     mode = "sidecar" if args.sidecar else "direct"
     results = {"mode": mode, "sidecar": args.sidecar, "kernel": os.uname().release,
@@ -849,6 +860,8 @@ def main():
             "figures": fig, "runs": runs}
         with open(f"{args.out}/results.json", "w") as f:
             json.dump(results, f, indent=1)
+    if isinstance(lab.libvirt, libvirt_scenarios.Libvirt):
+        lab.libvirt.stop()
     with open(f"{args.out}/summary.txt", "w") as f:
         f.write("\n".join(summary) + "\n")
     return 1 if failed else 0

@@ -58,14 +58,22 @@ struct ClientSession: Sendable {
         return false
     }
 
-    /// Removes and returns the ready lines at the head of the queue, in order.
-    mutating func takeReady() -> [[UInt8]] {
-        var lines: [[UInt8]] = []
+    /// Removes the ready lines at the head of the queue and returns them as one write (a single
+    /// line is returned as it is, without a copy), with their number; nil when none is ready.
+    mutating func takeReady() -> (bytes: [UInt8], lines: Int)? {
+        var bytes: [UInt8] = []
+        var lines = 0
         while head < slots.count, case .ready(let line) = slots[head] {
-            lines.append(line)
+            if lines == 0 { bytes = line } else { bytes += line }
+            lines += 1
             slots[head] = .waiting(0)
             head += 1
         }
+        defer { compact() }
+        return lines == 0 ? nil : (bytes, lines)
+    }
+
+    private mutating func compact() {
         if head == slots.count {
             slots.removeAll(keepingCapacity: true)
             head = 0
@@ -73,6 +81,5 @@ struct ClientSession: Sendable {
             slots.removeFirst(head)
             head = 0
         }
-        return lines
     }
 }

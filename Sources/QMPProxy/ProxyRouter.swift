@@ -233,6 +233,7 @@ public struct ProxyRouter: Sendable {
     /// Bytes read from QEMU.
     public mutating func upstreamReceived(_ bytes: [UInt8]) -> [Action] {
         var actions: [Action] = []
+        actions.reserveCapacity(4)  // a reply, the next commands: no regrowth
         // QEMU's output is not bound by its input rules (size, token and nesting limits; `inf`/`nan`):
         // split it by brace depth and parse it with the output grammar.
         for bytes in upstreamFramer.append(bytes) {
@@ -311,7 +312,7 @@ public struct ProxyRouter: Sendable {
                     .observedReply(name: observed.name, arguments: observed.arguments, succeeded: message.isSuccess))
             }
             guard var session = clients.removeValue(forKey: clientID) else { return }  // gone: drop quietly
-            var line = message.message.replacingID(with: originalID.map(Self.echo))
+            var line = message.message.replacingID(with: originalID.map(Self.echo), spare: 2)
             line.append(contentsOf: QEMUReply.crlf)
             if kind == nil {
                 traffic.toClients += 1
@@ -387,6 +388,7 @@ public struct ProxyRouter: Sendable {
         -> [Action]
     {
         var actions: [Action] = []
+        actions.reserveCapacity(4)  // the command, its trace or reply: no regrowth
         guard var session = clients.removeValue(forKey: clientID) else {
             if !fds.isEmpty { actions.append(.closeFDs(fds)) }
             return actions
@@ -434,6 +436,7 @@ public struct ProxyRouter: Sendable {
     /// - Parameter synthesized: true for the sidecar's own events (only changes the trace direction).
     public mutating func broadcastEvent(_ line: [UInt8], synthesized: Bool = false) -> [Action] {
         var actions: [Action] = []
+        actions.reserveCapacity(clients.count + 1)
         if synthesized {
             trace(.sidecarToClient, client: 0, fds: 0, Self.trimmed(line), into: &actions)
         }
@@ -540,7 +543,7 @@ public struct ProxyRouter: Sendable {
             fds = held.fds
             session.heldFDs = nil
         }
-        var bytes = message.message.replacingID(with: Array(String(id).utf8))
+        var bytes = message.message.replacingID(with: Self.decimal(id), spare: 2)
         bytes.append(contentsOf: QEMUReply.crlf)
         let item = UpstreamItem(bytes: bytes, fds: fds, id: id)
         let kind: FairScheduler<ClientItem>.Kind? = oob ? nil : (fds.isEmpty ? .command : .fdCommand)
@@ -608,10 +611,22 @@ public struct ProxyRouter: Sendable {
     private mutating func flushClient(
         _ clientID: ClientID, _ session: inout ClientSession, into actions: inout [Action]
     ) {
-        let lines = session.takeReady()
-        guard !lines.isEmpty else { return }
-        traffic.toClients += lines.count
-        actions.append(.sendToClient(clientID, lines.count == 1 ? lines[0] : Array(lines.joined())))
+        guard let ready = session.takeReady() else { return }
+        traffic.toClients += ready.lines
+        actions.append(.sendToClient(clientID, ready.bytes))
+    }
+
+    /// The decimal digits of a sidecar id (without going through `String`).
+    static func decimal(_ value: UInt64) -> [UInt8] {
+        var digits: [UInt8] = []
+        digits.reserveCapacity(20)
+        var rest = value
+        repeat {
+            digits.append(UInt8(truncatingIfNeeded: rest % 10) + 0x30)
+            rest /= 10
+        } while rest > 0
+        digits.reverse()
+        return digits
     }
 
     /// Sends a command that never waits for a turn (the sidecar's own, OOB), or holds it until the

@@ -301,34 +301,41 @@ final class SidecarCore: QMPUpstreamCommander {
         upstreamBatch = []
     }
 
-    private func flushClientBatches(only id: Int? = nil) {
-        guard !clientBatches.isEmpty else { return }
-        var kept: [(id: Int, bytes: [UInt8])] = []
-        for batch in clientBatches {
-            if let id, batch.id != id {
-                kept.append(batch)
-            } else {
-                clients[batch.id]?.send(batch.bytes)
-            }
+    /// Writes every collected client batch. A send may re-enter ``perform(_:)`` (a client over its
+    /// output bound is closed); output that produces joins this flush instead of starting another.
+    private func flushAllBatches() {
+        performDepth += 1
+        var index = 0
+        while true {
+            flushUpstreamBatch()
+            guard index < clientBatches.count else { break }
+            let batch = clientBatches[index]
+            index += 1
+            clients[batch.id]?.send(batch.bytes)
         }
-        clientBatches = kept
+        clientBatches.removeAll(keepingCapacity: true)
+        performDepth -= 1
+    }
+
+    /// Writes the batch collected for one client now (before it is disconnected).
+    private func flushClientBatch(_ id: Int) {
+        guard let index = clientBatches.firstIndex(where: { $0.id == id }) else { return }
+        let batch = clientBatches.remove(at: index)
+        clients[id]?.send(batch.bytes)
     }
 
     private func perform(_ actions: [ProxyRouter.Action]) {
         performDepth += 1
         defer {
             performDepth -= 1
-            if performDepth == 0 {
-                flushUpstreamBatch()
-                flushClientBatches()
-            }
+            if performDepth == 0 { flushAllBatches() }
         }
         for action in actions {
             switch action {
             case .sendToClient(let id, let bytes):
                 instruments?.sentToClient(bytes.count)
                 if let index = clientBatches.firstIndex(where: { $0.id == id }) {
-                    clientBatches[index].bytes.append(contentsOf: bytes)
+                    clientBatches[index].bytes.append(contentsOf: bytes)  // one send for a read's replies
                 } else {
                     clientBatches.append((id, bytes))
                 }
@@ -336,7 +343,7 @@ final class SidecarCore: QMPUpstreamCommander {
                 instruments?.sentToQEMU(bytes.count, fds: fds.count)
                 if let upstream {
                     if fds.isEmpty {
-                        upstreamBatch.append(contentsOf: bytes)
+                        if upstreamBatch.isEmpty { upstreamBatch = bytes } else { upstreamBatch += bytes }
                     } else {
                         // fds travel with the first bytes of their own sendmsg.
                         flushUpstreamBatch()
@@ -348,7 +355,7 @@ final class SidecarCore: QMPUpstreamCommander {
             case .closeFDs(let fds):
                 for fd in fds { Glibc.close(fd) }
             case .disconnectClient(let id):
-                flushClientBatches(only: id)
+                flushClientBatch(id)
                 clients[id]?.close()
             case .setClientReading(let id, let enabled):
                 if enabled { fullClients.remove(id) } else { fullClients.insert(id) }

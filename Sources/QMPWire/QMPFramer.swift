@@ -174,8 +174,16 @@ public struct QMPFramer: Sendable {
             case .continuing:
                 break
             case .complete:
-                flushCopy(&framer, upTo: endIndex)
-                frames.append(.message(bytes: framer.pending, end: end))
+                if framer.pending.isEmpty {
+                    // The whole unit is in this chunk: one exact copy, the pending buffer stays.
+                    frames.append(
+                        .message(bytes: Array(UnsafeBufferPointer(rebasing: bytes[copyFrom..<endIndex])), end: end))
+                    copyFrom = endIndex
+                } else {
+                    flushCopy(&framer, upTo: endIndex)
+                    frames.append(.message(bytes: framer.pending, end: end))
+                    framer.pending = []  // handed over: no copy-on-write of a shared buffer
+                }
                 framer.resetUnit()
             case .failed(let error):
                 frames.append(.invalid(error, end: end))

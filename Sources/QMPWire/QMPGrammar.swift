@@ -19,7 +19,7 @@ struct QMPGrammar {
 
     /// What the scan learned about the top-level object.
     struct TopLevel {
-        var ranges = [Range<Int>?](repeating: nil, count: QMPMessage.Member.allCases.count)
+        var ranges = [Range<Int>?](repeating: nil, count: QMPMessage.Member.count)
         var isObject = false
         /// `id` member: start of its key.
         var idKeyStart: Int?
@@ -44,13 +44,14 @@ struct QMPGrammar {
     var top = TopLevel()
     private var scratch: [UInt8] = []
     /// Keys of the objects being parsed, innermost last (one stack: no allocation per object).
-    private var keyStack: [KeyBytes] = []
-    private var hashStack: [UInt64] = []
+    private var keyStack: [(key: KeyBytes, hash: UInt64)] = []
 
     init(bytes: UnsafeBufferPointer<UInt8>, build: Bool, maxDepth: Int = QMPFramer.Limits.qemu.nesting) {
         self.bytes = bytes
         self.build = build
         self.maxDepth = maxDepth
+        // Room for the keys of a typical command or reply: one allocation each, no regrowth.
+        keyStack.reserveCapacity(8)
     }
 
     // MARK: - Entry points
@@ -147,7 +148,7 @@ struct QMPGrammar {
                     var j = i
                     while j < n, bytes[j] >= UInt8(ascii: "a"), bytes[j] <= UInt8(ascii: "z") { j += 1 }
                     let word = UnsafeBufferPointer(rebasing: bytes[i..<j])
-                    if word.elementsEqual("inf".utf8) || word.elementsEqual("nan".utf8) {
+                    if word.equals("inf") || word.equals("nan") {
                         position = j
                         return Token(kind: .float, start: start, end: j)
                     }
@@ -204,12 +205,12 @@ struct QMPGrammar {
         case .keyword:
             _ = try pop()
             let word = UnsafeBufferPointer(rebasing: bytes[token.start..<token.end])
-            if acceptNonFinite && (word.elementsEqual("inf".utf8) || word.elementsEqual("nan".utf8)) {
+            if acceptNonFinite && (word.equals("inf") || word.equals("nan")) {
                 return try literal(Token(kind: .float, start: token.start, end: token.end))
             }
-            if word.elementsEqual("true".utf8) { return build ? .bool(true) : nil }
-            if word.elementsEqual("false".utf8) { return build ? .bool(false) : nil }
-            if word.elementsEqual("null".utf8) { return build ? .null : nil }
+            if word.equals("true") { return build ? .bool(true) : nil }
+            if word.equals("false") { return build ? .bool(false) : nil }
+            if word.equals("null") { return build ? .null : nil }
             throw .parse(Array("invalid keyword '".utf8) + word + [0x27])
         default:
             throw .parse("expecting value")
@@ -249,8 +250,7 @@ struct QMPGrammar {
         var members: [JSONMember] = []
         let keyBase = keyStack.count
         defer {
-            keyStack.removeSubrange(keyBase...)
-            hashStack.removeSubrange(keyBase...)
+            keyStack.removeLast(keyStack.count - keyBase)
         }
         let isTop = depth == 1
         if isTop { top.isObject = true }
@@ -344,16 +344,15 @@ struct QMPGrammar {
     private mutating func insertKey(_ key: KeyBytes, from base: Int) -> Bool {
         let h = key.hash(in: bytes)
         var index = base
-        while index < hashStack.count {
-            if hashStack[index] == h {
-                let other = keyStack[index]
+        while index < keyStack.count {
+            if keyStack[index].hash == h {
+                let other = keyStack[index].key
                 let equal = key.withBytes(in: bytes) { a in other.withBytes(in: bytes) { b in a.elementsEqual(b) } }
                 if equal { return false }
             }
             index += 1
         }
-        keyStack.append(key)
-        hashStack.append(h)
+        keyStack.append((key, h))
         return true
     }
 
@@ -465,5 +464,13 @@ struct KeyBytes {
             for b in bytes { h = (h ^ UInt64(b)) &* 0x100_0000_01B3 }
             return h
         }
+    }
+}
+
+extension UnsafeBufferPointer<UInt8> {
+    /// Whether the bytes are exactly `text` (memcmp: comparing with a `String.UTF8View` costs more
+    /// than scanning the message).
+    func equals(_ text: StaticString) -> Bool {
+        count == text.utf8CodeUnitCount && (count == 0 || memcmp(baseAddress!, text.utf8Start, count) == 0)
     }
 }

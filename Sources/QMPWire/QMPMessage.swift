@@ -15,6 +15,9 @@ public struct QMPMessage: Hashable, Sendable {
         case error
         case qmp = "QMP"
 
+        /// Number of cases (``CaseIterable/allCases`` builds an array on every use).
+        static let count = 9
+
         var index: Int {
             switch self {
             case .execute: 0
@@ -31,15 +34,15 @@ public struct QMPMessage: Hashable, Sendable {
 
         init?(key: UnsafeBufferPointer<UInt8>) {
             switch key.count {
-            case 2 where key.elementsEqual("id".utf8): self = .id
-            case 3 where key.elementsEqual("QMP".utf8): self = .qmp
-            case 4 where key.elementsEqual("data".utf8): self = .data
-            case 5 where key.elementsEqual("event".utf8): self = .event
-            case 5 where key.elementsEqual("error".utf8): self = .error
-            case 6 where key.elementsEqual("return".utf8): self = .returnValue
-            case 7 where key.elementsEqual("execute".utf8): self = .execute
-            case 8 where key.elementsEqual("exec-oob".utf8): self = .execOOB
-            case 9 where key.elementsEqual("arguments".utf8): self = .arguments
+            case 2 where key.equals("id"): self = .id
+            case 3 where key.equals("QMP"): self = .qmp
+            case 4 where key.equals("data"): self = .data
+            case 5 where key.equals("event"): self = .event
+            case 5 where key.equals("error"): self = .error
+            case 6 where key.equals("return"): self = .returnValue
+            case 7 where key.equals("execute"): self = .execute
+            case 8 where key.equals("exec-oob"): self = .execOOB
+            case 9 where key.equals("arguments"): self = .arguments
             default: return nil
             }
         }
@@ -159,25 +162,36 @@ public struct QMPMessage: Hashable, Sendable {
     /// level: every other byte is unchanged.
     ///
     /// - Parameter newID: the bytes of the new id value (inserted verbatim), or `nil` to remove it.
-    public func replacingID(with newID: [UInt8]?) -> [UInt8] {
+    ///   - spare: extra capacity to reserve (e.g. for a CRLF the caller appends), so the result is one
+    ///     allocation.
+    public func replacingID(with newID: [UInt8]?, spare: Int = 0) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count + (newID?.count ?? 0) + 8 + spare)
         if let range = top.ranges[Member.id.index] {
             if let newID {
-                return Array(bytes[..<range.lowerBound]) + newID + bytes[range.upperBound...]
+                out += bytes[..<range.lowerBound]
+                out += newID
+                out += bytes[range.upperBound...]
+            } else if let before = top.valueEndBeforeID {
+                out += bytes[..<before]
+                out += bytes[range.upperBound...]
+            } else {
+                let keyStart = top.idKeyStart ?? range.lowerBound
+                out += bytes[..<keyStart]
+                out += bytes[(top.keyStartAfterID ?? range.upperBound)...]
             }
-            if let before = top.valueEndBeforeID {
-                return Array(bytes[..<before]) + bytes[range.upperBound...]
-            }
-            let keyStart = top.idKeyStart ?? range.lowerBound
-            if let after = top.keyStartAfterID {
-                return Array(bytes[..<keyStart]) + bytes[after...]
-            }
-            return Array(bytes[..<keyStart]) + bytes[range.upperBound...]
+            return out
         }
-        guard let newID else { return bytes }
-        let member = Array("\"id\": ".utf8) + newID
-        if let last = top.lastValueEnd {
-            return Array(bytes[..<last]) + Array(", ".utf8) + member + bytes[last...]
+        guard let newID else {
+            out += bytes
+            return out
         }
-        return Array(bytes[..<top.closingBrace]) + member + bytes[top.closingBrace...]
+        let insertAt = top.lastValueEnd ?? top.closingBrace
+        out += bytes[..<insertAt]
+        if top.lastValueEnd != nil { out += ", ".utf8 }
+        out += "\"id\": ".utf8
+        out += newID
+        out += bytes[insertAt...]
+        return out
     }
 }

@@ -49,9 +49,13 @@ public struct QMPOutputFramer: Sendable {
             } else if (b == UInt8(ascii: "}") || b == UInt8(ascii: "]")) && depth > 0 {
                 depth -= 1
                 if depth == 0 {
-                    pending.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[max(start, 0)...i]))
-                    messages.append(pending)
-                    pending.removeAll(keepingCapacity: pending.capacity <= 1 << 16)
+                    if pending.isEmpty {
+                        messages.append(Array(UnsafeBufferPointer(rebasing: bytes[max(start, 0)...i])))
+                    } else {
+                        pending.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[max(start, 0)...i]))
+                        messages.append(pending)
+                        pending = []  // handed over: no copy-on-write of a shared buffer
+                    }
                     start = -1
                 }
             }

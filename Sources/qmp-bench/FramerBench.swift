@@ -5,12 +5,14 @@ import QMPWire
 import Glibc
 #endif
 
-/// `qmp-bench framer`: QMPFramer (and the top-level scanner) throughput against a plain newline
-/// split (`memchr`) of the same bytes, fed in the same chunks.
+/// `qmp-bench framer`: the two framers every byte goes through, against a plain newline split
+/// (`memchr`) of the same bytes fed in the same chunks: QMPFramer (client input, with the top-level
+/// scanner) and QMPOutputFramer (QEMU's output: every reply and event the sidecar forwards).
 struct FramerBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "framer",
-        abstract: "QMPFramer throughput on one ~64 MiB reply and on 100k small messages, vs a memchr newline split."
+        abstract:
+            "QMPFramer and QMPOutputFramer throughput on one ~64 MiB reply and on 100k small messages, vs a memchr newline split."
     )
 
     @Option(help: "Bytes per append, as one recv() would deliver them.")
@@ -24,36 +26,52 @@ struct FramerBench: ParsableCommand {
 
     func run() throws {
         let big = Self.bigReply()
-        let small = Self.smallMessages(messages)
         print("qmp-bench framer: chunk \(chunk) B, best of \(repetitions)")
-
         print("\n1 reply of \(Self.fixed(Double(big.bytes.count) / 1_048_576, 1)) MiB (\(big.elements) array elements)")
-        let baseBig = best { Self.newlineSplit(big.bytes, chunk: chunk) }
-        let frameBig = best { Self.frame(big.bytes, chunk: chunk, parse: false) }
-        let parseBig = best { Self.frame(big.bytes, chunk: chunk, parse: true) }
-        Self.report("memchr newline split (baseline)", baseBig, bytes: big.bytes.count)
-        Self.report("QMPFramer", frameBig, bytes: big.bytes.count)
-        Self.report("QMPFramer + QMPMessage.parse", parseBig, bytes: big.bytes.count)
-        print(
-            "  ratio framer/baseline throughput: \(Self.fixed(baseBig.seconds / frameBig.seconds, 3)); "
-                + "framer+parse/baseline: \(Self.fixed(baseBig.seconds / parseBig.seconds, 3))")
+        try compare(big.bytes, units: 1, unit: "throughput")
 
+        let input = Self.smallMessages(messages, output: false)
         print(
-            "\n\(messages) small messages (\(Self.fixed(Double(small.count) / 1_048_576, 1)) MiB: commands, replies, events)"
+            "\n\(messages) small client-side messages (\(Self.fixed(Double(input.count) / 1_048_576, 1)) MiB: commands, replies, events)"
         )
-        let baseSmall = best { Self.newlineSplit(small, chunk: chunk) }
-        let frameSmall = best { Self.frame(small, chunk: chunk, parse: false) }
-        let parseSmall = best { Self.frame(small, chunk: chunk, parse: true) }
-        Self.report("memchr newline split (baseline)", baseSmall, bytes: small.count)
-        Self.report("QMPFramer", frameSmall, bytes: small.count)
-        Self.report("QMPFramer + QMPMessage.parse", parseSmall, bytes: small.count)
+        try compare(input, units: messages, unit: "msgs/s", output: false)
+
+        let output = Self.smallMessages(messages, output: true)
         print(
-            "  ratio framer/baseline msgs/s: \(Self.fixed(baseSmall.seconds / frameSmall.seconds, 3)); "
-                + "framer+parse/baseline: \(Self.fixed(baseSmall.seconds / parseSmall.seconds, 3))")
-        guard frameSmall.units == messages, parseSmall.units == messages, baseSmall.units == messages,
-            frameBig.units == 1, parseBig.units == 1
-        else {
-            throw ValidationError("unit counts disagree: framer \(frameSmall.units), baseline \(baseSmall.units)")
+            "\n\(messages) small QEMU output messages (\(Self.fixed(Double(output.count) / 1_048_576, 1)) MiB: replies, events)"
+        )
+        try compare(output, units: messages, unit: "msgs/s", input: false)
+    }
+
+    /// Times the baseline and each framer (alone and with parsing) on `bytes`; prints rows and ratios.
+    func compare(_ bytes: [UInt8], units: Int, unit: String, input: Bool = true, output: Bool = true) throws {
+        var rows: [(name: String, run: ([UInt8], Int) -> Int)] = []
+        if input {
+            rows += [
+                ("QMPFramer", { Self.frame($0, chunk: $1, parse: false) }),
+                ("QMPFramer + QMPMessage.parse", { Self.frame($0, chunk: $1, parse: true) }),
+            ]
+        }
+        if output {
+            rows += [
+                ("QMPOutputFramer", { Self.frameOutput($0, chunk: $1, parse: false) }),
+                ("QMPOutputFramer + parseOutput", { Self.frameOutput($0, chunk: $1, parse: true) }),
+            ]
+        }
+        let baseline = best { Self.newlineSplit(bytes, chunk: chunk) }
+        Self.report("memchr newline split (baseline)", baseline, bytes: bytes.count)
+        var ratios: [String] = []
+        for row in rows {
+            let measured = best { row.run(bytes, chunk) }
+            Self.report(row.name, measured, bytes: bytes.count)
+            ratios.append("\(row.name) \(Self.fixed(baseline.seconds / measured.seconds, 3))")
+            guard measured.units == units else {
+                throw ValidationError("\(row.name) found \(measured.units) units, expected \(units)")
+            }
+        }
+        print("  ratio \(unit) vs baseline: " + ratios.joined(separator: "; "))
+        guard baseline.units == units || units == 1 else {
+            throw ValidationError("baseline found \(baseline.units) lines, expected \(units)")
         }
     }
 
@@ -93,54 +111,62 @@ struct FramerBench: ParsableCommand {
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 
+    /// Feeds `bytes` to `body` in pieces of `chunk` bytes, as successive `recv()`s would.
+    static func inChunks(_ bytes: [UInt8], chunk: Int, _ body: (UnsafeRawBufferPointer) -> Void) {
+        bytes.withUnsafeBytes { all in
+            var offset = 0
+            while offset < all.count {
+                body(UnsafeRawBufferPointer(rebasing: all[offset..<min(all.count, offset + chunk)]))
+                offset += chunk
+            }
+        }
+    }
+
     /// Baseline: split on `\n` with memchr and copy each line out, as a line-based proxy would.
     static func newlineSplit(_ bytes: [UInt8], chunk: Int) -> Int {
         var lines = 0
         var pending: [UInt8] = []
         var checksum = 0
-        bytes.withUnsafeBytes { all in
-            var offset = 0
-            while offset < all.count {
-                let piece = UnsafeRawBufferPointer(rebasing: all[offset..<min(all.count, offset + chunk)])
-                var start = 0
-                while start < piece.count {
-                    let base = piece.baseAddress! + start
-                    if let hit = memchr(base, 0x0A, piece.count - start) {
-                        let end = base.distance(to: hit) + start + 1
-                        pending.append(contentsOf: piece[start..<end])
-                        let line = pending
-                        checksum &+= line.count
-                        pending.removeAll(keepingCapacity: true)
-                        lines += 1
-                        start = end
-                    } else {
-                        pending.append(contentsOf: piece[start...])
-                        start = piece.count
-                    }
+        inChunks(bytes, chunk: chunk) { piece in
+            var start = 0
+            while start < piece.count {
+                let base = piece.baseAddress! + start
+                if let hit = memchr(base, 0x0A, piece.count - start) {
+                    let end = base.distance(to: hit) + start + 1
+                    pending.append(contentsOf: piece[start..<end])
+                    let line = pending
+                    checksum &+= line.count
+                    pending.removeAll(keepingCapacity: true)
+                    lines += 1
+                    start = end
+                } else {
+                    pending.append(contentsOf: piece[start...])
+                    start = piece.count
                 }
-                offset += chunk
             }
         }
         return checksum > 0 ? lines : 0
     }
 
+    /// Client input through QMPFramer (optionally parsed): the number of messages.
     static func frame(_ bytes: [UInt8], chunk: Int, parse: Bool) -> Int {
         var framer = QMPFramer()
         var units = 0
-        bytes.withUnsafeBytes { all in
-            var offset = 0
-            while offset < all.count {
-                let piece = UnsafeRawBufferPointer(rebasing: all[offset..<min(all.count, offset + chunk)])
-                for frame in framer.append(piece) {
-                    if case .message(let message, _) = frame {
-                        if parse {
-                            if case .success = QMPMessage.parse(message) { units += 1 }
-                        } else {
-                            units += 1
-                        }
-                    }
-                }
-                offset += chunk
+        inChunks(bytes, chunk: chunk) { piece in
+            for case .message(let message, _) in framer.append(piece) {
+                if !parse || QMPMessage.parse(message).isSuccess { units += 1 }
+            }
+        }
+        return units
+    }
+
+    /// QEMU output through QMPOutputFramer (optionally parsed): the number of messages.
+    static func frameOutput(_ bytes: [UInt8], chunk: Int, parse: Bool) -> Int {
+        var framer = QMPOutputFramer()
+        var units = 0
+        inChunks(bytes, chunk: chunk) { piece in
+            for message in framer.append(piece) where !parse || QMPMessage.parseOutput(message).isSuccess {
+                units += 1
             }
         }
         return units
@@ -164,11 +190,12 @@ struct FramerBench: ParsableCommand {
         return (out, n)
     }
 
-    /// Commands, replies and events as a busy monitor carries them, one per line.
-    static func smallMessages(_ count: Int) -> [UInt8] {
+    /// Commands, replies and events as a busy monitor carries them, one per line; with `output`, only
+    /// what QEMU writes (replies and events).
+    static func smallMessages(_ count: Int, output: Bool) -> [UInt8] {
         var out: [UInt8] = []
         for i in 0..<count {
-            switch i % 4 {
+            switch output ? 1 + i % 2 : i % 4 {
             case 0: out += Array(#"{"execute": "query-status", "id": \#(i)}"#.utf8)
             case 1:
                 out += Array(
@@ -184,5 +211,12 @@ struct FramerBench: ParsableCommand {
             out += [0x0D, 0x0A]
         }
         return out
+    }
+}
+
+extension Result {
+    fileprivate var isSuccess: Bool {
+        if case .success = self { return true }
+        return false
     }
 }

@@ -9,6 +9,8 @@ struct QMPBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "qmp-bench",
         abstract: "Benchmarks for qmp-sidecar (figures with a same-run baseline and ratio).",
-        subcommands: [FramerBench.self, ProxyBenchmark.self, ReleaseBenchmark.self, ReleaseFloor.self]
+        subcommands: [
+            FramerBench.self, ProxyBenchmark.self, RouterBench.self, ReleaseBenchmark.self, ReleaseFloor.self,
+        ]
     )
 }

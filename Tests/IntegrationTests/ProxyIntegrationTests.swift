@@ -2,7 +2,7 @@ import Foundation
 import QMPTestKit
 import Testing
 
-/// qmp-sidecar in front of a real QEMU 7.2 (issue 3, item 4). Each test starts its own QEMU with two
+/// qmp-sidecar in front of a real QEMU 7.2. Each test starts its own QEMU with two
 /// monitors: one behind the sidecar, one direct for byte comparisons.
 @Suite(.enabled(if: Requirements.qemuUsable, "needs /usr/bin/qemu-system-x86_64"))
 struct ProxyIntegrationTests {

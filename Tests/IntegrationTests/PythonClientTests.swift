@@ -2,7 +2,7 @@ import Foundation
 import QMPTestKit
 import Testing
 
-/// The reference client through the sidecar (issue 3, item 5): python `qemu.qmp` running the same
+/// The reference client through the sidecar: python `qemu.qmp` running the same
 /// scenario as the Swift tests, including `send_fd_scm`, and a `qmp-shell` session.
 @Suite(.enabled(if: Requirements.pythonQMPUsable, "needs python3 with qemu.qmp and QEMU"))
 struct PythonClientTests {

@@ -133,7 +133,8 @@ public struct MockConfiguration: Sendable {
     /// Seconds between `device_del` and finalize (the group fd close).
     public var finalizeDelay: Double = 0
     public var eventOrder: MockEventOrder = .afterClose
-    /// The sysfs root the mock reports in `sysfsdev` and error texts (`/sys` on a real host).
+    /// The sysfs root devices are read under (`/sys` on a real host); `sysfsdev` values and error texts
+    /// of devices given by `host` name paths under it.
     public var sysfsRoot = "/sys"
     /// The dev root where group nodes (`vfio/<N>`) and cdevs (`vfio/devices/vfio<X>`) are opened.
     public var devRoot = "/dev"

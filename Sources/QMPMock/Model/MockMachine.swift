@@ -4,8 +4,8 @@ import QMPWire
 ///
 /// Inputs are ``clientConnected(now:)``, ``receive(_:fds:from:now:)``, ``timerFired(_:now:)`` and
 /// ``clientDisconnected(_:)``; each returns the ``MockAction``s the shell performs. The only side effects
-/// inside are through ``MockHost`` (open/close of VFIO nodes and received descriptors), which is what
-/// lets `device_add` fail exactly when QEMU's would.
+/// inside are through ``MockHost`` (sysfs lookups, opening and closing VFIO nodes, device descriptors and
+/// received descriptors), which is what lets `device_add` fail exactly when QEMU's would.
 public struct MockMachine {
     struct Client {
         var negotiated = false
