@@ -16,39 +16,9 @@ public final class QMPTestClient: @unchecked Sendable {
     ///
     /// - Parameter timeout: seconds any single read may block before ``readLine()`` throws.
     public init(path: String, timeout: Double = 10) throws {
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let pathBytes = Array(path.utf8)
-        guard pathBytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
-            throw QMPTestKitError("socket path too long for sun_path (\(pathBytes.count) bytes): \(path)")
-        }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            raw.copyBytes(from: pathBytes)
-        }
         // QEMU's monitor serves one client at a time and may refuse a connection for a moment
-        // while it tears the previous one down: retry (with a fresh socket) until the timeout.
-        let deadline = QEMULauncher.monotonicSeconds() + timeout
-        var connected: Int32 = -1
-        while connected < 0 {
-            let candidate = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-            guard candidate >= 0 else { throw QMPTestKitError("socket(AF_UNIX) failed: errno \(errno)") }
-            let rc = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    connect(candidate, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-                }
-            }
-            if rc == 0 {
-                connected = candidate
-                break
-            }
-            let e = errno
-            close(candidate)
-            guard (e == ECONNREFUSED || e == EAGAIN || e == EINTR) && QEMULauncher.monotonicSeconds() < deadline else {
-                throw QMPTestKitError("connect(\(path)) failed: errno \(e): is QEMU listening there?")
-            }
-            usleep(2000)
-        }
-        fd = connected
+        // while it tears the previous one down: retried until the timeout.
+        fd = try connectUnixStream(path, timeout: timeout)
         var tv = timeval(tv_sec: Int(timeout), tv_usec: Int((timeout - Double(Int(timeout))) * 1e6))
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         greeting = try readLine()

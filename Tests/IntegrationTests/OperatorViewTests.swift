@@ -60,6 +60,14 @@ import Testing
             try SpawnedProcess.run([productsDirectory + "/qmp-sidecar", "status", socket]).output
         }
 
+        /// The sidecar's voluntary context switches (its only thread: the reactor).
+        var contextSwitches: Int? {
+            let status =
+                (try? String(contentsOfFile: "/proc/\(sidecar.processIdentifier)/status", encoding: .utf8)) ?? ""
+            return status.split(separator: "\n").first { $0.hasPrefix("voluntary_ctxt_switches:") }
+                .flatMap { Int($0.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) }
+        }
+
         /// The file's identity: a rename gives a new inode.
         var fileIdentity: ino_t? {
             var info = stat()
@@ -120,11 +128,23 @@ import Testing
         let session = try Session()
         let client = try TestClient.connecting(to: session.socket)
         _ = try client.negotiate()
-        #expect(waitFor { session.samples.contains("qmp_sidecar_clients 1.0") }, "\(session.metrics)")
+        #expect(
+            waitFor { session.samples.contains(#"qmp_sidecar_messages_total{direction="from-clients"} 1"#) },
+            "\(session.metrics)")
         // Settled: nothing happens, so the file stays the same file (no rename, no timer).
         let settled = session.fileIdentity
+        // The write is followed by the reactor going back to sleep in poll (one more switch): let it.
+        var switches = session.contextSwitches
+        for _ in 0..<20 {
+            usleep(20_000)
+            let now = session.contextSwitches
+            if now == switches { break }
+            switches = now
+        }
         usleep(400_000)  // 8 × --metrics-delay: a periodic writer would have replaced it by now.
         #expect(session.fileIdentity == settled)
+        // And the sidecar slept through it: no timer, no wake-up (each return from poll counts one).
+        #expect(session.contextSwitches == switches, "the idle sidecar woke up")
         _ = try client.command(#"{"execute": "query-status"}"#)
         #expect(waitFor { session.fileIdentity != settled }, "a command changed the counters: the file is replaced")
         #expect(session.samples.contains(#"qmp_sidecar_messages_total{direction="from-clients"} 2"#))

@@ -148,39 +148,16 @@ final class TestClient {
     /// Lines skipped by ``command(_:)`` because they were events.
     var events: [String] = []
 
-    init(path: String) throws {
-        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            let bytes = Array(path.utf8)
-            raw.copyBytes(from: bytes)
-            raw[bytes.count] = 0
-        }
-        let rc = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-            }
-        }
-        guard rc == 0 else {
-            close(fd)
-            throw TestFailure("connect \(path): \(String(cString: strerror(errno)))")
-        }
+    /// Connects to `path`; with a `timeout`, retries while nobody listens there yet.
+    init(path: String, timeout: Double = 0) throws {
+        fd = try connectUnixStream(path, timeout: timeout)
     }
 
     deinit { close(fd) }
 
     /// Connects, retrying while the socket file exists but nobody listens yet (bind before listen).
     static func connecting(to path: String, within seconds: Double = 10) throws -> TestClient {
-        let deadline = Date().addingTimeInterval(seconds)
-        while true {
-            do {
-                return try TestClient(path: path)
-            } catch {
-                if Date() > deadline { throw error }
-                usleep(5000)
-            }
-        }
+        try TestClient(path: path, timeout: seconds)
     }
 
     func send(_ text: String) {

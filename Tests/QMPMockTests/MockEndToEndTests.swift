@@ -40,6 +40,19 @@ final class SidecarInstance: @unchecked Sendable {
     }
 }
 
+/// The lines up to one containing `text`; nil, with an issue carrying the logs of `processes`, when
+/// it does not come within `timeout`.
+func awaitLines(
+    until text: String, from client: MockTestClient, timeout: Double = 10, logs processes: [ChildProcess]
+) -> [String]? {
+    do {
+        return try client.readUntil(text, timeout: timeout)
+    } catch {
+        Issue.record("no \(text): \(error); logs: \(processes.map(\.log).joined(separator: "\n---\n"))")
+        return nil
+    }
+}
+
 @Suite("qmp-mock process: scenarios, record and replay, through qmp-sidecar")
 struct MockEndToEndTests {
     static let group7 = "7=0000:01:00.0,0000:01:00.1"
@@ -69,8 +82,7 @@ struct MockEndToEndTests {
             """#, to: path)
         for complete in [false, true] {
             let mock = try MockInstance(["--scenario", path])
-            let client = try mock.connect()
-            _ = try client.execute(#"{"execute":"qmp_capabilities"}"#)
+            let client = try mock.connect().negotiated()
             #expect(
                 try client.execute(#"{"execute":"query-status","id":1}"#) == [
                     #"{"return": {"status": "running", "singlestep": false, "running": true}, "id": 1}"#
@@ -146,25 +158,15 @@ struct MockEndToEndTests {
         let watcher = try CloseWatcher(node)
 
         _ = try client.execute(#"{"execute":"device_del","arguments":{"id":"hostdev0"}}"#)
-        let first: [String]
-        do {
-            first = try client.readUntil("DEVICE_DELETED", timeout: 10)
-        } catch {
-            Issue.record(
-                "no DEVICE_DELETED: \(error); mock log: \(mock.process.log); sidecar log: \(sidecar.process.log)")
-            return
-        }
+        guard
+            let first = awaitLines(
+                until: "DEVICE_DELETED", from: client, timeout: 10, logs: [mock.process, sidecar.process])
+        else { return }
         #expect(!first.contains { $0.contains("GROUP_RELEASED") }, "a device of the group is still in the guest")
         #expect(descriptorsOn(node, pid: mock.process.pid) == 1)
 
         _ = try client.execute(#"{"execute":"device_del","arguments":{"id":"hostdev1"}}"#)
-        let rest: [String]
-        do {
-            rest = try client.readUntil("GROUP_RELEASED", timeout: 10)
-        } catch {
-            Issue.record(
-                "no GROUP_RELEASED from qmp-sidecar within 10 s (\(error)); group node closed: \(watcher.hasPendingClose); sidecar log: \(sidecar.process.log)"
-            )
+        guard let rest = awaitLines(until: "GROUP_RELEASED", from: client, timeout: 10, logs: [sidecar.process]) else {
             return
         }
         #expect(rest.contains { $0.contains(#""device": "hostdev1""#) })
@@ -183,19 +185,14 @@ struct MockEndToEndTests {
         let mock = try MockInstance(
             Self.coldPlugged + ["--finalize-delay", "0.02", "--slow-reply", "qom-get=0.05"], fakeHost: [Self.group7])
         let sidecar = try SidecarInstance(upstream: mock, extra: ["--release-timeout", "5"])
-        let client = try sidecar.connect()
-        _ = try client.execute(#"{"execute":"qmp_capabilities"}"#)
+        let client = try sidecar.connect().negotiated()
         #expect(
             try client.execute(#"{"execute":"device_del","arguments":{"id":"hostdev0"},"id":0}"#).last
                 == #"{"return": {}, "id": 0}"#)
         #expect(
             try client.execute(#"{"execute":"device_del","arguments":{"id":"hostdev1"},"id":1}"#).last
                 == #"{"return": {}, "id": 1}"#)
-        let lines: [String]
-        do {
-            lines = try client.readUntil("GROUP_RELEASED", timeout: 10)
-        } catch {
-            Issue.record("no GROUP_RELEASED: \(error); sidecar log: \(sidecar.process.log)")
+        guard let lines = awaitLines(until: "GROUP_RELEASED", from: client, timeout: 10, logs: [sidecar.process]) else {
             return
         }
         let released = try JSONValue(parsing: Array(try #require(lines.last).utf8))
@@ -208,8 +205,7 @@ struct MockEndToEndTests {
     @Test func heldDeviceDeletedIsFlushedOnSIGTERM() throws {
         let mock = try MockInstance(Self.coldPlugged + ["--finalize-delay", "0.02"], fakeHost: [Self.group7])
         let sidecar = try SidecarInstance(upstream: mock, extra: ["--hold-device-deleted"])
-        let client = try sidecar.connect()
-        _ = try client.execute(#"{"execute":"qmp_capabilities"}"#)
+        let client = try sidecar.connect().negotiated()
         _ = try client.execute(#"{"execute":"device_del","arguments":{"id":"hostdev0"}}"#)
         // Held: hostdev1 keeps group 7 in the guest. Wait until the sidecar has seen the event.
         let deadline = monotonicSeconds() + 10
@@ -238,8 +234,7 @@ struct MockEndToEndTests {
     @Test func stalledDiscoveryOpensTheGateAfterItsTimeout() throws {
         let mock = try MockInstance(Self.coldPlugged + ["--slow-reply", "qom-list=0.7"], fakeHost: [Self.group7])
         let sidecar = try SidecarInstance(upstream: mock, extra: ["--discovery-timeout", "0.2"])
-        let client = try sidecar.connect()
-        _ = try client.execute(#"{"execute":"qmp_capabilities"}"#)
+        let client = try sidecar.connect().negotiated()
         try client.send(#"{"execute":"query-version","id":"v"}"#)
         let deadline = monotonicSeconds() + 1.2
         var warned = false
@@ -253,41 +248,32 @@ struct MockEndToEndTests {
         #expect(reply.last?.contains(#""return""#) == true, "\(reply)")
     }
 
-    /// Faults seen through the sidecar: a leaked group fd gives GROUP_RELEASE_TIMEOUT naming the mock;
-    /// a second holder delays GROUP_RELEASED until it lets go.
-    @Test func faultsThroughTheSidecar() throws {
-        let cold = ["--device", "vfio-pci,host=0000:02:00.0,id=nic0"]
-        let leak = try MockInstance(cold + ["--leak-group", "8"], fakeHost: ["8=0000:02:00.0"])
-        let leakSidecar = try SidecarInstance(upstream: leak, extra: ["--release-timeout", "0.3"])
-        let client = try leakSidecar.connect()
-        _ = try client.execute(#"{"execute":"qmp_capabilities"}"#)
+    /// nic0 (cold-plugged, group 8) unplugged through a sidecar with `fault` injected into the mock:
+    /// the mock and the lines up to `text` (nil, with an issue, when it never came).
+    static func unplugNic0(fault: [String], releaseTimeout: String, until text: String) throws -> (
+        mock: MockInstance, lines: [String]?
+    ) {
+        let mock = try MockInstance(
+            ["--device", "vfio-pci,host=0000:02:00.0,id=nic0"] + fault, fakeHost: ["8=0000:02:00.0"])
+        let sidecar = try SidecarInstance(upstream: mock, extra: ["--release-timeout", releaseTimeout])
+        let client = try sidecar.connect().negotiated()
         _ = try client.execute(#"{"execute":"device_del","arguments":{"id":"nic0"}}"#)
-        let timeoutLines: [String]
-        do {
-            timeoutLines = try client.readUntil("GROUP_RELEASE_TIMEOUT", timeout: 10)
-        } catch {
-            Issue.record(
-                "no GROUP_RELEASE_TIMEOUT: \(error); sidecar log: \(leakSidecar.process.log); mock log: \(leak.process.log)"
-            )
-            return
-        }
-        let timeout = try #require(timeoutLines.last)
-        #expect(timeout.contains(#""pid": \#(leak.process.pid)"#), "names the mock as holder: \(timeout)")
+        return (mock, awaitLines(until: text, from: client, logs: [sidecar.process, mock.process]))
+    }
 
-        let held = try MockInstance(cold + ["--second-holder", "8:0.3"], fakeHost: ["8=0000:02:00.0"])
-        let heldSidecar = try SidecarInstance(upstream: held, extra: ["--release-timeout", "10"])
-        let second = try heldSidecar.connect()
-        _ = try second.execute(#"{"execute":"qmp_capabilities"}"#)
-        _ = try second.execute(#"{"execute":"device_del","arguments":{"id":"nic0"}}"#)
-        let lines: [String]
-        do {
-            lines = try second.readUntil("GROUP_RELEASED", timeout: 10)
-        } catch {
-            Issue.record(
-                "no GROUP_RELEASED: \(error); sidecar log: \(heldSidecar.process.log); mock log: \(held.process.log)")
-            return
-        }
-        let released = try JSONValue(parsing: Array(try #require(lines.last).utf8))
+    /// A leaked group fd gives GROUP_RELEASE_TIMEOUT through the sidecar, naming the mock as holder.
+    @Test func leakedGroupTimesOutNamingTheMock() throws {
+        let (mock, lines) = try Self.unplugNic0(
+            fault: ["--leak-group", "8"], releaseTimeout: "0.3", until: "GROUP_RELEASE_TIMEOUT")
+        let timeout = try #require(lines?.last)
+        #expect(timeout.contains(#""pid": \#(mock.process.pid)"#), "names the mock as holder: \(timeout)")
+    }
+
+    /// A second holder delays GROUP_RELEASED until it lets go.
+    @Test func secondHolderDelaysTheRelease() throws {
+        let (_, lines) = try Self.unplugNic0(
+            fault: ["--second-holder", "8:0.3"], releaseTimeout: "10", until: "GROUP_RELEASED")
+        let released = try JSONValue(parsing: Array(try #require(lines?.last).utf8))
         let waited = try #require(released["data"]?["waited-ms"]?.int64Value)
         #expect(waited >= 250, "released only after the second holder let go (\(waited) ms)")
     }
@@ -296,8 +282,7 @@ struct MockEndToEndTests {
     @Test func iommufdDevicesThroughTheSidecar() throws {
         let mock = try MockInstance(["--finalize-delay", "0.02"], fakeHost: [Self.group7])
         let sidecar = try SidecarInstance(upstream: mock, extra: ["--release-timeout", "5"])
-        let client = try sidecar.connect()
-        _ = try client.execute(#"{"execute":"qmp_capabilities"}"#)
+        let client = try sidecar.connect().negotiated()
         for (id, bdf) in [("hostdev0", "0000:01:00.0"), ("hostdev1", "0000:01:00.1")] {
             let add =
                 #"{"execute":"device_add","arguments":{"driver":"vfio-pci","host":"\#(bdf)","id":"\#(id)","iommufd":"iommufd0"}}"#
@@ -308,11 +293,7 @@ struct MockEndToEndTests {
         let first = try client.readUntil("DEVICE_DELETED")
         #expect(!first.contains { $0.contains("GROUP_RELEASED") })
         _ = try client.execute(#"{"execute":"device_del","arguments":{"id":"hostdev1"}}"#)
-        let rest: [String]
-        do {
-            rest = try client.readUntil("GROUP_RELEASED", timeout: 10)
-        } catch {
-            Issue.record("no GROUP_RELEASED for iommufd devices: \(error); sidecar log: \(sidecar.process.log)")
+        guard let rest = awaitLines(until: "GROUP_RELEASED", from: client, timeout: 10, logs: [sidecar.process]) else {
             return
         }
         #expect(rest.last?.contains(#""group": 7"#) == true)
@@ -367,18 +348,13 @@ struct MockEndToEndTests {
         let uuid = "c0ffee00-0000-4000-8000-000000000001"
         let mock = try MockInstance([], fakeHost: ["9=\(uuid)"])
         let sidecar = try SidecarInstance(upstream: mock, extra: ["--release-timeout", "5"])
-        let client = try sidecar.connect()
-        _ = try client.execute(#"{"execute":"qmp_capabilities"}"#)
+        let client = try sidecar.connect().negotiated()
         let add =
             #"{"execute":"device_add","arguments":{"driver":"vfio-pci","sysfsdev":"/sys/bus/mdev/devices/\#(uuid)","id":"vgpu0"}}"#
         #expect(try client.execute(add) == [#"{"return": {}}"#])
         #expect(descriptorsOn(mock.fakeRoot + "/dev/vfio/9", pid: mock.process.pid) == 1)
         _ = try client.execute(#"{"execute":"device_del","arguments":{"id":"vgpu0"}}"#)
-        let lines: [String]
-        do {
-            lines = try client.readUntil("GROUP_RELEASED", timeout: 10)
-        } catch {
-            Issue.record("no GROUP_RELEASED for the mdev: \(error); sidecar log: \(sidecar.process.log)")
+        guard let lines = awaitLines(until: "GROUP_RELEASED", from: client, timeout: 10, logs: [sidecar.process]) else {
             return
         }
         #expect(lines.last?.contains(#""group": 9"#) == true)

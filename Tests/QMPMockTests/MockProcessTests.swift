@@ -48,8 +48,7 @@ struct MockProcessTests {
     @Test func twoDeviceGroupHotUnplugClosesTheNodeBeforeTheLastEvent() throws {
         let mock = try MockInstance(["--finalize-delay", "0.05"], fakeHost: [Self.group7])
         let node = mock.fakeRoot + "/dev/vfio/7"
-        let client = try mock.connect()
-        _ = try client.execute(#"{"execute":"qmp_capabilities"}"#)
+        let client = try mock.connect().negotiated()
         for (id, bdf) in [("hostdev0", "0000:01:00.0"), ("hostdev1", "0000:01:00.1")] {
             #expect(
                 try client.execute(
@@ -99,8 +98,7 @@ struct MockProcessTests {
         let node = mock.fakeRoot + "/dev/vfio/8"
         #expect(descriptorsOn(node, pid: mock.process.pid) == 1, "cold-plugged device opened its group at start")
         let watcher = try CloseWatcher(node)
-        let client = try mock.connect()
-        _ = try client.execute(#"{"execute":"qmp_capabilities"}"#)
+        let client = try mock.connect().negotiated()
         _ = try client.execute(#"{"execute":"device_del","arguments":{"id":"nic0"}}"#)
         _ = try client.readUntil("DEVICE_DELETED")
         #expect(descriptorsOn(node, pid: mock.process.pid) == 1, "pre-2.11: event at unparent, close later")
@@ -110,8 +108,7 @@ struct MockProcessTests {
 
     @Test func iommufdOpensOneCdevPerDevice() throws {
         let mock = try MockInstance([], fakeHost: [Self.group7])
-        let client = try mock.connect()
-        _ = try client.execute(#"{"execute":"qmp_capabilities"}"#)
+        let client = try mock.connect().negotiated()
         for (id, bdf) in [("a", "0000:01:00.0"), ("b", "0000:01:00.1")] {
             _ = try client.execute(
                 #"{"execute":"device_add","arguments":{"driver":"vfio-pci","host":"\#(bdf)","id":"\#(id)","iommufd":"iommufd0"}}"#
@@ -131,8 +128,7 @@ struct MockProcessTests {
         let path = mock.directory + "/passed-file"
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         defer { close(fd) }
-        let client = try mock.connect()
-        _ = try client.execute(#"{"execute":"qmp_capabilities"}"#)
+        let client = try mock.connect().negotiated()
         #expect(
             try client.execute(#"{"execute":"getfd","arguments":{"fdname":"disk"}}"#, fds: [fd]) == [#"{"return": {}}"#]
         )
@@ -151,8 +147,7 @@ struct MockFaultProcessTests {
     @Test func leakedGroupStaysOpenAfterTheEvent() throws {
         let mock = try MockInstance(
             ["--leak-group", "8", "--device", "vfio-pci,host=0000:02:00.0,id=nic0"], fakeHost: ["8=0000:02:00.0"])
-        let client = try mock.connect()
-        _ = try client.execute(#"{"execute":"qmp_capabilities"}"#)
+        let client = try mock.connect().negotiated()
         _ = try client.execute(#"{"execute":"device_del","arguments":{"id":"nic0"}}"#)
         _ = try client.readUntil("DEVICE_DELETED")
         #expect(descriptorsOn(mock.fakeRoot + "/dev/vfio/8", pid: mock.process.pid) == 1)
@@ -168,8 +163,7 @@ struct MockFaultProcessTests {
         let holder = try #require(children.first)
         #expect(descriptorsOn(node, pid: holder) == 1, "the holder has its own copy")
         let watcher = try CloseWatcher(node)
-        let client = try mock.connect()
-        _ = try client.execute(#"{"execute":"qmp_capabilities"}"#)
+        let client = try mock.connect().negotiated()
         _ = try client.execute(#"{"execute":"device_del","arguments":{"id":"nic0"}}"#)
         _ = try client.readUntil("DEVICE_DELETED")
         #expect(descriptorsOn(node, pid: mock.process.pid) == 0)
@@ -189,8 +183,7 @@ struct MockFaultProcessTests {
 
     @Test func dropMidReplyCutsTheLine() throws {
         let mock = try MockInstance(["--drop-mid-reply", "query-version"])
-        let client = try mock.connect()
-        _ = try client.execute(#"{"execute":"qmp_capabilities"}"#)
+        let client = try mock.connect().negotiated()
         try client.send(#"{"execute":"query-version","id":1}"#)
         let partial = try #require(try client.readLine())
         #expect(partial.hasPrefix(#"{"return": {"qemu": "#) && !partial.hasSuffix("}"))
@@ -201,8 +194,7 @@ struct MockFaultProcessTests {
         let mock = try MockInstance(
             ["--exit-on", "device_del", "--device", "vfio-pci,host=0000:02:00.0,id=nic0"], fakeHost: ["8=0000:02:00.0"])
         let watcher = try CloseWatcher(mock.fakeRoot + "/dev/vfio/8")
-        let client = try mock.connect()
-        _ = try client.execute(#"{"execute":"qmp_capabilities"}"#)
+        let client = try mock.connect().negotiated()
         try client.send(#"{"execute":"device_del","arguments":{"id":"nic0"}}"#)
         #expect(try client.readLine() == nil, "no reply: the process died")
         #expect(mock.process.waitForExit() == 3)
@@ -211,8 +203,7 @@ struct MockFaultProcessTests {
 
     @Test func slowReplyKeepsOrder() throws {
         let mock = try MockInstance(["--slow-reply", "query-version=0.2"])
-        let client = try mock.connect()
-        _ = try client.execute(#"{"execute":"qmp_capabilities"}"#)
+        let client = try mock.connect().negotiated()
         try client.send(#"{"execute":"query-version","id":1}{"execute":"query-status","id":2}"#)
         #expect(try client.readLine()?.hasSuffix(#""id": 1}"#) == true)
         #expect(try client.readLine()?.hasSuffix(#""id": 2}"#) == true)

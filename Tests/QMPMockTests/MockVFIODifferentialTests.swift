@@ -76,8 +76,7 @@ struct MockVFIODifferentialTests {
     @Test func mockOpensExactlyWhatTheSidecarTracks() throws {
         let mock = try MockInstance(["--finalize-delay", "0.02"], fakeHost: Self.fakeHost)
         let sidecar = try SidecarInstance(upstream: mock, extra: ["--release-timeout", "5"])
-        let client = try sidecar.connect()
-        _ = try client.execute(#"{"execute":"qmp_capabilities"}"#)
+        let client = try sidecar.connect().negotiated()
         let expected: [(groups: Set<Int>, devices: Set<String>)] = [
             ([7], ["0000:01:00.0"]),
             ([7, 8], ["0000:01:00.0", "0000:02:00.0"]),

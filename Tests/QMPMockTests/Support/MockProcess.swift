@@ -166,32 +166,8 @@ final class MockTestClient: @unchecked Sendable {
     private(set) var greeting = ""
 
     init(path: String, timeout: Double = 10) throws {
-        // A server may have bound its socket file before listen(): retry ECONNREFUSED/ENOENT briefly.
-        let deadline = monotonicSeconds() + timeout
-        var connected: Int32 = -1
-        while connected < 0 {
-            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-            var address = sockaddr_un()
-            address.sun_family = sa_family_t(AF_UNIX)
-            withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
-            let rc = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-                }
-            }
-            if rc == 0 {
-                connected = fd
-                break
-            }
-            let e = errno
-            Glibc.close(fd)
-            guard (e == ECONNREFUSED || e == ENOENT) && monotonicSeconds() < deadline else {
-                throw QMPTestKitError("connect(\(path)): errno \(e)")
-            }
-            var pfd = pollfd(fd: -1, events: 0, revents: 0)
-            _ = poll(&pfd, 0, 10)
-        }
-        fd = connected
+        // A server may have bound its socket file before listen(): retried briefly.
+        fd = try connectUnixStream(path, timeout: timeout)
         greeting = try readLine(timeout: timeout) ?? ""
     }
 
@@ -239,6 +215,12 @@ final class MockTestClient: @unchecked Sendable {
             }
             if n > 0 { buffer += chunk[0..<n] }
         }
+    }
+
+    /// Negotiates capabilities; returns the client, for `try x.connect().negotiated()`.
+    func negotiated() throws -> MockTestClient {
+        _ = try execute(#"{"execute":"qmp_capabilities"}"#)
+        return self
     }
 
     /// Sends a command and returns the lines up to its reply (events first, reply last).
