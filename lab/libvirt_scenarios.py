@@ -26,8 +26,10 @@ SLOTS = (5, 6, 7)
 
 
 def sysfs_driver(bdf):
-    link = f"/sys/bus/pci/devices/{bdf}/driver"
-    return os.path.basename(os.readlink(link)) if os.path.islink(link) else None
+    try:
+        return os.path.basename(os.readlink(f"/sys/bus/pci/devices/{bdf}/driver"))
+    except FileNotFoundError:  # no driver (or unbound while we looked)
+        return None
 
 
 def write(path, text):
@@ -39,8 +41,11 @@ def bind(bdf, driver):
     """Bind to vfio-pci (driver="vfio-pci") or back to whatever the kernel picks (driver=None)."""
     d = f"/sys/bus/pci/devices/{bdf}"
     write(f"{d}/driver_override", (driver or "") + "\n")
-    if os.path.islink(f"{d}/driver"):
-        write(f"{d}/driver/unbind", bdf)
+    if sysfs_driver(bdf):
+        try:
+            write(f"{d}/driver/unbind", bdf)
+        except FileNotFoundError:  # unbound meanwhile
+            pass
     write("/sys/bus/pci/drivers_probe", bdf)
 
 
@@ -58,9 +63,18 @@ def group_fd_links(pid, group):
     return links
 
 
+# What a premature rebind can make the kernel say (vfio, the IOMMU, PCI, the NICs' drivers). Timing
+# noise of a TCG guest on a loaded host ("hrtimer: interrupt took ...") is recorded, not judged.
+DEVICE_WORDS = ("vfio", "iommu", "dmar", "pci", "e1000", "group", "bug", "warning", "oops", "call trace")
+
+
 def kernel_warnings():
     out = subprocess.run(["dmesg", "--level=emerg,alert,crit,err,warn"], capture_output=True, text=True)
     return out.stdout.splitlines()
+
+
+def about_devices(line):
+    return any(w in line.lower() for w in DEVICE_WORDS)
 
 
 class DriverWatch:
@@ -278,9 +292,10 @@ def scenario(lab, hold):
         lab.settle(1.0)
         result = check(lab, watch, order, host, detach_start, hold, fig)
         new_warnings = [w for w in kernel_warnings() if w not in warnings_before]
-        fig["kernel-warnings"] = new_warnings
-        if hold and new_warnings:
-            raise kit.ScenarioFailed(f"kernel warnings: {new_warnings[:3]}")
+        fig["kernel-warnings"] = [w for w in new_warnings if about_devices(w)]
+        fig["other-kernel-warnings"] = [w for w in new_warnings if not about_devices(w)]
+        if hold and fig["kernel-warnings"]:
+            raise kit.ScenarioFailed(f"kernel warnings: {fig['kernel-warnings'][:3]}")
         lv.virsh("destroy", name)
         lab.wait(lambda: not os.path.exists(f"/proc/{qemu_pid}"), 15, "QEMU to exit after virsh destroy")
         lab.wait(lambda: not any(os.path.exists(f"/proc/{s}") for s in sidecars), 10,
