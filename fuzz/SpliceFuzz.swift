@@ -46,8 +46,8 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
                 case .success(let restored) = QMPMessage.parseOutput(r.replacingID(with: echoed)),
                 restored[.id].map(Array.init) == echoed
             else { fuzzFail("restored id is not the echo") }
-            // QEMU echoes an out-of-range number as `inf`, which it cannot parse back: no fixed point then.
-            if let again = QMPJSON.echoed(echoed), again != echoed { fuzzFail("echo is not a fixed point") }
+            // No fixed-point check: QEMU's echo is not one (an out-of-range number becomes `inf`, which it
+            // cannot parse back; members colliding in a QDict bucket come back in reversed order).
         }
     }
     return 0
