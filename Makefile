@@ -77,6 +77,7 @@ format:
 bench: release
 	cc -O2 -Wall -o .build/release/floor-proxy bench/floor-proxy.c
 	.build/release/qmp-bench framer
+	.build/release/qmp-bench router
 	.build/release/qmp-bench proxy
 	.build/release/qmp-bench release
 

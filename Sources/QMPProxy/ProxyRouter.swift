@@ -47,8 +47,9 @@ public struct ProxyRouter: Sendable {
         /// suspends a monitor with `QMP_REQ_QUEUE_LEN_MAX`, 8, requests queued).
         public var maxClientQueue: Int
         /// Per client: in-band commands at QEMU unanswered. Another client's command waits behind at
-        /// most this many of one client's in QEMU's queue; QEMU itself runs one at a time, and a
-        /// second keeps it busy while a reply crosses the sidecar.
+        /// most this many of one client's in QEMU's queue. With 1, exactly what QEMU's dispatcher
+        /// does with monitors of their own (it lets the running command finish); 2 keeps QEMU busy
+        /// for a lone client pipelining while a reply crosses the sidecar, at the others' expense.
         public var maxClientInFlight: Int
         /// Emit ``Action/commandForwarded(sidecarID:)`` and ``Action/replyRouted(sidecarID:)`` so the
         /// performer can time each client command's round trip (off: no cost).
@@ -56,7 +57,7 @@ public struct ProxyRouter: Sendable {
 
         public init(
             localCommands: Set<String> = [], observedCommands: Set<String> = [], tracing: Bool = false,
-            gateClientCommands: Bool = false, maxClientQueue: Int = 8, maxClientInFlight: Int = 2,
+            gateClientCommands: Bool = false, maxClientQueue: Int = 8, maxClientInFlight: Int = 1,
             reportsRoundTrips: Bool = false
         ) {
             self.localCommands = localCommands

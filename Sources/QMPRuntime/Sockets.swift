@@ -74,8 +74,7 @@ public enum Sockets {
 
     /// The pid of the process at the other end of a connected unix socket (SO_PEERCRED), or nil.
     public static func peerPID(_ fd: Int32) -> pid_t? {
-        guard let pid = peerCredentials(fd)?.pid, pid > 0 else { return nil }
-        return pid
+        peerCredentials(fd)?.pid
     }
 
     /// Who is at the other end of a connected unix socket (SO_PEERCRED: the credentials the peer had
@@ -84,7 +83,8 @@ public enum Sockets {
         var pid: pid_t = 0
         var uid: uid_t = 0
         var gid: gid_t = 0
-        guard cqmp_peer_credentials(fd, &pid, &uid, &gid) == 0 else { return nil }
+        // A socket without credentials (TCP) reports pid 0 and the overflow uid (nobody's): none.
+        guard cqmp_peer_credentials(fd, &pid, &uid, &gid) == 0, pid > 0 else { return nil }
         return PeerCredentials(pid: pid, uid: uid, gid: gid)
     }
 

@@ -64,7 +64,7 @@ public struct SidecarConfiguration: Sendable {
         upstream: SocketAddress? = nil, connectTimeout: Duration = .seconds(30), listeners: [ListenSpec] = [],
         takeOver: String? = nil, socketMode: mode_t = 0o600, qemuPID: pid_t? = nil, reconnect: Bool = false,
         tracePath: String? = nil, clientOutputLimit: Int = 16 << 20, vfio: VFIOConfiguration? = VFIOConfiguration(),
-        discoveryGateTimeout: Duration = .seconds(10), maxClientQueue: Int = 8, maxClientInFlight: Int = 2,
+        discoveryGateTimeout: Duration = .seconds(10), maxClientQueue: Int = 8, maxClientInFlight: Int = 1,
         socketGroup: gid_t? = nil, admission: ClientAdmission = ClientAdmission(),
         allowUnauthenticatedTCP: Bool = false,
         metricsFile: String? = nil, metricsDelay: Duration = .seconds(1)

@@ -370,9 +370,11 @@ final class SidecarCore: QMPUpstreamCommander {
                 instruments?.qemuEvent(name)
                 ending.eventReceived(name: name, line: message.bytes)
                 if let hooks, hooks.event(name, message) {
+                    hooks.eventDelivered(name)
                     continue
                 }
                 perform(router.broadcastEvent(message.bytes + [0x0D, 0x0A]))
+                hooks?.eventDelivered(name)
             case .commandObserved(let name, let arguments):
                 hooks?.commandObserved(name, arguments: arguments)
             case .observedReply(let name, let arguments, let succeeded):

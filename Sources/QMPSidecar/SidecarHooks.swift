@@ -29,6 +29,9 @@ public protocol SidecarVFIOHooks: AnyObject {
     /// An event from QEMU as the router parsed it; true holds it back (hold mode: the hooks broadcast
     /// it later themselves).
     func event(_ name: String, _ message: QMPMessage) -> Bool
+    /// The event just passed to ``event(_:_:)`` is queued to the clients (or held): what must follow
+    /// it (a `GROUP_RELEASED` after the last `DEVICE_DELETED`) goes now, into the same write.
+    func eventDelivered(_ name: String)
     /// Answers a local command; nil means "not mine" (the client then gets CommandNotFound).
     func localCommand(_ name: String, arguments: [UInt8]?) -> ProxyRouter.LocalReply?
     /// QEMU went away.
@@ -43,6 +46,7 @@ public protocol SidecarVFIOHooks: AnyObject {
 }
 
 extension SidecarVFIOHooks {
+    public func eventDelivered(_ name: String) {}
     public func metricsSnapshot() -> VFIOMetricsSnapshot { VFIOMetricsSnapshot() }
     public func releaseLatency() -> UInt64? { nil }
 }

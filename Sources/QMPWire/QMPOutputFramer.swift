@@ -16,6 +16,15 @@ public struct QMPOutputFramer: Sendable {
     public init() {}
 
     /// Feeds bytes read from QEMU; returns the complete messages, in order.
+    public mutating func append(_ bytes: [UInt8]) -> [[UInt8]] {
+        // Not through the generic version: across modules it runs unspecialized (metadata lookups
+        // on every read).
+        var messages: [[UInt8]] = []
+        bytes.withUnsafeBytes { feed($0, into: &messages) }
+        return messages
+    }
+
+    /// Feeds bytes read from QEMU; returns the complete messages, in order.
     public mutating func append(_ bytes: some Collection<UInt8>) -> [[UInt8]] {
         var messages: [[UInt8]] = []
         let handled: Void? = bytes.withContiguousStorageIfAvailable { buffer in

@@ -64,10 +64,17 @@ public struct TrackedVFIODevice: Sendable, Hashable {
     public var displayName: String { id ?? qomPath }
 }
 
-/// The devices the guest holds, keyed by QOM path. Pure: no I/O.
+/// The devices the guest holds, keyed by QOM path, indexed by group. Pure: no I/O.
+///
+/// Lookups by group cost the group's size, not the registry's: with hundreds of groups attached, every
+/// `DEVICE_DELETED` and `device_add` asks for one group's devices.
 public struct VFIODeviceRegistry: Sendable {
     private var devices: [String: TrackedVFIODevice] = [:]
-    private var order: [String] = []
+    /// QOM paths by group, in tracking order.
+    private var byGroup: [Int: [String]] = [:]
+    /// Tracking order of each QOM path (for ``all``).
+    private var sequence: [String: Int] = [:]
+    private var nextSequence = 0
 
     public init() {}
 
@@ -85,14 +92,25 @@ public struct VFIODeviceRegistry: Sendable {
     @discardableResult
     public mutating func track(_ device: TrackedVFIODevice) -> TrackedVFIODevice? {
         let previous = devices.updateValue(device, forKey: device.qomPath)
-        if previous == nil { order.append(device.qomPath) }
+        if let previous {
+            if previous.group != device.group {
+                byGroup[previous.group]?.removeAll { $0 == device.qomPath }
+                byGroup[device.group, default: []].append(device.qomPath)
+            }
+        } else {
+            sequence[device.qomPath] = nextSequence
+            nextSequence += 1
+            byGroup[device.group, default: []].append(device.qomPath)
+        }
         return previous
     }
 
     /// Stops tracking the device at `qomPath`; returns it, or nil when it was not tracked.
     public mutating func untrack(qomPath: String) -> TrackedVFIODevice? {
         guard let device = devices.removeValue(forKey: qomPath) else { return nil }
-        order.removeAll { $0 == qomPath }
+        sequence[qomPath] = nil
+        byGroup[device.group]?.removeAll { $0 == qomPath }
+        if byGroup[device.group]?.isEmpty == true { byGroup[device.group] = nil }
         return device
     }
 
@@ -104,11 +122,13 @@ public struct VFIODeviceRegistry: Sendable {
 
     /// The devices of `group`, in tracking order.
     public func devices(inGroup group: Int) -> [TrackedVFIODevice] {
-        order.compactMap { devices[$0] }.filter { $0.group == group }
+        (byGroup[group] ?? []).compactMap { devices[$0] }
     }
 
     /// All devices, in tracking order.
-    public var all: [TrackedVFIODevice] { order.compactMap { devices[$0] } }
+    public var all: [TrackedVFIODevice] {
+        devices.values.sorted { (sequence[$0.qomPath] ?? 0) < (sequence[$1.qomPath] ?? 0) }
+    }
 
     /// Number of tracked devices.
     public var count: Int { devices.count }

@@ -57,6 +57,11 @@ struct ProxyBenchmark: ParsableCommand {
     @Option(help: "The floor proxy executable (default: floor-proxy next to qmp-bench).")
     var floor: String?
 
+    @Option(
+        parsing: .unconditionalSingleValue,
+        help: "An extra qmp-sidecar argument (repeatable), e.g. --sidecar-argument --max-client-in-flight=1.")
+    var sidecarArgument: [String] = []
+
     func run() throws {
         let sidecarPath = sidecar ?? (Self.executableDirectory + "/qmp-sidecar")
         let floorPath = floor ?? (Self.executableDirectory + "/floor-proxy")
@@ -92,7 +97,7 @@ struct ProxyBenchmark: ParsableCommand {
             [
                 "--upstream", "unix:\(qemu.socketPaths[1])", "--listen", "unix:\(sidecarSocket)", "--log-level",
                 "warning",
-            ])
+            ] + sidecarArgument)
         children.append(sidecarProcess)
         let socatSocket = qemu.directory + "/socat.sock"
         children.append(

@@ -96,9 +96,9 @@ struct QMPSidecarCommand: ParsableCommand {
 
     @Option(
         help: ArgumentHelp(
-            "Commands of one client at QEMU unanswered at once. Clients share QEMU's monitor round robin, as QEMU serves monitors of their own: another client's command waits behind at most N of one client's.",
+            "Commands of one client at QEMU unanswered at once. Clients share QEMU's monitor round robin, as QEMU serves monitors of their own: another client's command waits behind at most N of one client's (1: as with a monitor of its own; 2 helps a lone client that pipelines).",
             valueName: "n"))
-    var maxClientInFlight: Int = 2
+    var maxClientInFlight: Int = 1
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
@@ -150,7 +150,7 @@ struct QMPSidecarCommand: ParsableCommand {
             throw ValidationError("--max-client-queue \(maxClientQueue): give at least 1 (QEMU's own is 8)")
         }
         guard maxClientInFlight >= 1 else {
-            throw ValidationError("--max-client-in-flight \(maxClientInFlight): give at least 1 (the default is 2)")
+            throw ValidationError("--max-client-in-flight \(maxClientInFlight): give at least 1 (the default is 1)")
         }
         guard metricsDelay >= 0 else {
             throw ValidationError("--metrics-delay \(metricsDelay): give 0 or more seconds")

@@ -6,7 +6,8 @@ import Testing
 /// The client gate: clients' commands wait until the sidecar's start-up work (cold-plug discovery)
 /// is done, so QEMU never sees a client's `device_del` before the sidecar knows the device.
 @Suite struct ClientGateTests {
-    static let gated = ProxyRouter.Configuration(localCommands: ["x-query"], gateClientCommands: true)
+    static let gated = ProxyRouter.Configuration(
+        localCommands: ["x-query"], gateClientCommands: true, maxClientInFlight: 8)
 
     @Test func clientCommandsWaitForTheGateWhileInternalCommandsPass() throws {
         var h = RouterHarness(configuration: Self.gated)

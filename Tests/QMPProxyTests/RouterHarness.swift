@@ -19,7 +19,12 @@ struct RouterHarness {
     var events: [(name: String, line: String)] = []
     var other: [ProxyRouter.Action] = []
 
-    init(configuration: ProxyRouter.Configuration = .init(), greeting: String? = qemuGreeting, ready: Bool = true) {
+    /// The default configuration lets one client have several commands at QEMU, so routing tests
+    /// do not depend on the scheduler's bound (``FairSchedulingTests`` sets it explicitly).
+    init(
+        configuration: ProxyRouter.Configuration = .init(maxClientInFlight: 8), greeting: String? = qemuGreeting,
+        ready: Bool = true
+    ) {
         router = ProxyRouter(configuration: configuration)
         if let greeting {
             feedUpstream(greeting)

@@ -261,4 +261,24 @@ struct DeviceRegistryTests {
         #expect(registry.untrack(qomPath: "/machine/peripheral/hostdev0") == nil)
         #expect(registry.count == 1)
     }
+
+    @Test func theGroupIndexFollowsRetrackingAndUntracking() {
+        var registry = VFIODeviceRegistry()
+        func device(_ id: String, group: Int) -> TrackedVFIODevice {
+            var resolved = resolved
+            resolved.group = group
+            return TrackedVFIODevice(
+                qomPath: "/machine/peripheral/\(id)", id: id, driver: "vfio-pci", resolved: resolved)
+        }
+        registry.track(device("a", group: 7))
+        registry.track(device("b", group: 8))
+        registry.track(device("c", group: 8))
+        // The QOM path reused for a device of another group moves to that group.
+        #expect(registry.track(device("a", group: 8))?.group == 7)
+        #expect(registry.devices(inGroup: 7).isEmpty)
+        #expect(registry.devices(inGroup: 8).map(\.displayName) == ["b", "c", "a"])
+        _ = registry.untrack(qomPath: "/machine/peripheral/c")
+        #expect(registry.devices(inGroup: 8).map(\.displayName) == ["b", "a"])
+        #expect(registry.all.map(\.displayName) == ["a", "b"], "all keeps first-tracking order")
+    }
 }

@@ -155,8 +155,13 @@ final class MonitorHarness {
         deleted(Self.deletedEvent(id: id, path: "/machine/peripheral/\(id)"))
     }
 
+    /// As the sidecar does: the event, then (once it is queued to the clients) what must follow it.
     @discardableResult
-    func deleted(_ event: QMPMessage) -> Bool { driver.event("DEVICE_DELETED", event) }
+    func deleted(_ event: QMPMessage) -> Bool {
+        let held = driver.event("DEVICE_DELETED", event)
+        driver.eventDelivered("DEVICE_DELETED")
+        return held
+    }
 
     /// The query command's answer, parsed.
     func query() throws -> JSONValue {

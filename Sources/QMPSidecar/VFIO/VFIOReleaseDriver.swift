@@ -55,6 +55,8 @@ public final class VFIOReleaseDriver: SidecarVFIOHooks {
     /// Groups whose `checkQEMU` waits for the running or next learning scan.
     var checkAfterLearning: Set<Int> = []
     var discovery: ColdPlugDiscovery?
+    /// What waits for the current event to be queued to the clients (``eventDelivered(_:)``).
+    var afterEvent: [() -> Void] = []
     /// `device_add`s forwarded and not answered yet, in order: their arguments' text and what they name.
     var pendingAdds: [(arguments: [UInt8], device: PendingDevice?)] = []
     /// `CLOCK_MONOTONIC` ns of each group's last close event (for the release latency).
@@ -170,13 +172,20 @@ public final class VFIOReleaseDriver: SidecarVFIOHooks {
             heldEvents[device.group, default: []].append(message.bytes + [0x0D, 0x0A])
             held = true
         }
-        // Fed to the machine after the proxy has forwarded this event: a release must not overtake it.
-        reactor.schedule(after: .zero) { [weak self] in
+        // Fed to the machine once the proxy has queued this event: a release must not overtake it, and
+        // goes out in the same write.
+        afterEvent.append { [weak self] in
             guard let self else { return }
             self.run(
                 self.machine.deviceDeleted(path, displayName: device.displayName, group: device.group, now: now))
         }
         return held
+    }
+
+    public func eventDelivered(_ name: String) {
+        let work = afterEvent
+        afterEvent = []
+        for item in work { item() }
     }
 
     public func localCommand(_ name: String, arguments: [UInt8]?) -> ProxyRouter.LocalReply? {
