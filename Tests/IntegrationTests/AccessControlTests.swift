@@ -132,6 +132,26 @@ import Testing
         }
     }
 
+    /// TCP carries no peer credentials: with --allow-uid, a TCP peer is refused before the greeting —
+    /// even with 65534 allowed, the overflow uid SO_PEERCRED reports on a socket without credentials.
+    @Test func tcpPeersAreRefusedWhenUIDsAreRestricted() throws {
+        let dir = makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let mock = try SpawnedProcess(productsDirectory + "/qmp-mock", ["--listen", "unix:\(dir)/vm.qmp"])
+        defer { mock.signal(SIGKILL) }
+        let listening = try Sockets.listenTCP(host: "127.0.0.1", port: 0)
+        defer { close(listening) }
+        let port = try #require(Sockets.localPort(listening))
+        let sidecar = try SpawnedProcess(
+            productsDirectory + "/qmp-sidecar",
+            ["--upstream", "unix:\(dir)/vm.qmp", "--listen-fd", "3", "--allow-uid", "65534"],
+            fileActions: SpawnedProcess.stderr(to: "\(dir)/log") + [.dup2(from: listening, to: 3)])
+        defer { sidecar.signal(SIGKILL) }
+        let log = { (try? String(contentsOfFile: "\(dir)/log", encoding: .utf8)) ?? "" }
+        #expect(try TCPTestClient(port: port).firstLine() == nil)
+        #expect(waitFor { log().contains("peer credentials unknown") }, "\(log())")
+    }
+
     @Test func admissionRules() {
         let open = ClientAdmission()
         let root = PeerCredentials(pid: 1, uid: 0, gid: 0)

@@ -231,3 +231,48 @@ import Testing
         #expect(sidecar.isRunning, "\(log())")
     }
 }
+
+/// An event storm (10k events/s, from a fake QEMU: qmp-mock has no event generator at that rate)
+/// while commands flow: every client gets every event, in order, and every reply.
+@Suite struct EventStormTests {
+    @Test func eventStormWhileCommandsFlow() throws {
+        let dir = makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let count = 20_000
+        let qemu = try SpawnedProcess(
+            "/usr/bin/python3", ["\(pythonDirectory)/storm_qemu.py", "\(dir)/vm.qmp", "\(count)", "10000"],
+            fileActions: SpawnedProcess.stderr(to: "\(dir)/qemu.log"))
+        defer { qemu.signal(SIGKILL) }
+        guard waitFor({ FileManager.default.fileExists(atPath: "\(dir)/vm.qmp") }) else {
+            throw TestFailure("the fake QEMU did not listen")
+        }
+        let sidecar = try SidecarInstance(dir: dir, upstream: "\(dir)/vm.qmp")
+        let commander = try TestClient.connecting(to: sidecar.listenPath)
+        let listener = try TestClient(path: sidecar.listenPath)
+        try commander.negotiate()
+        try listener.negotiate()
+        // Both negotiated (events go only to negotiated clients): start the storm.
+        #expect(try commander.command(#"{"execute": "x-start-storm", "id": "go"}"#) == #"{"return": {}, "id": "go"}"#)
+        // Commands while the storm runs: replies in order, events kept aside by the client.
+        var index = 0
+        while commander.events.last?.contains("STORM_END") != true && index < 100_000 {
+            let reply = try commander.command(#"{"execute": "query-status", "id": \#(index)}"#)
+            #expect(reply == #"{"return": {}, "id": \#(index)}"#)
+            index += 1
+        }
+        #expect(index > 10, "commands flowed during the storm")
+        var listened: [String] = []
+        while listened.last?.contains("STORM_END") != true, let line = listener.readLine(timeout: 30) {
+            listened.append(line)
+        }
+        for (name, events) in [("commander", commander.events), ("listener", listened)] {
+            let storm = events.filter { $0.contains(#""event": "STORM""#) }
+            #expect(storm.count == count, "\(name) got \(storm.count) of \(count) events")
+            #expect(
+                storm.enumerated().allSatisfy { $0.element.hasSuffix(#""data": {"n": \#($0.offset + 1)}}"#) },
+                "\(name): events out of order")
+        }
+        let rss = ProcessProbe.residentKiB(of: sidecar.pid) ?? .max
+        #expect(rss < 64 << 10, "sidecar RSS \(rss) KiB")
+    }
+}
