@@ -223,9 +223,10 @@ struct ProxyBenchmark: ParsableCommand {
 
 /// Every figure with its target, printed together at the end.
 struct TargetReport {
-    private var rows: [(name: String, value: String, target: String, met: Bool)] = []
+    /// `met` is nil for a figure without a numeric target (shown as "info").
+    private var rows: [(name: String, value: String, target: String, met: Bool?)] = []
 
-    mutating func add(_ name: String, _ value: String, target: String, met: Bool) {
+    mutating func add(_ name: String, _ value: String, target: String, met: Bool?) {
         rows.append((name, value, target, met))
     }
 
@@ -233,7 +234,8 @@ struct TargetReport {
         Swift.print("\ntargets (load \(load)):")
         for row in rows {
             Swift.print(
-                "  " + (row.met ? "met     " : "NOT MET ") + row.name + ": " + row.value + "  (target " + row.target
+                "  " + (row.met.map { $0 ? "met     " : "NOT MET " } ?? "info    ") + row.name + ": " + row.value
+                    + "  (target " + row.target
                     + ")")
         }
     }
