@@ -1,4 +1,4 @@
-/// How many open file descriptions a watched node has, learned from inotify alone (DESIGN §5).
+/// How many open file descriptions a watched node has, learned from inotify alone.
 ///
 /// `IN_OPEN` fires once per `open(2)` of the inode (a new open file description); `IN_CLOSE_*` fires
 /// once per description, when its *last* reference goes — copies made with `dup`, `fork`, SCM_RIGHTS or

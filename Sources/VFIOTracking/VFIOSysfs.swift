@@ -26,7 +26,7 @@ public struct ResolvedVFIODevice: Sendable, Hashable {
 }
 
 /// Reads device → group → members → nodes through injected sysfs and dev roots, as the kernel lays
-/// them out (DESIGN §5).
+/// them out.
 ///
 /// - Important: never opens a group node; it only reads links and directories.
 public struct VFIOSysfs: Sendable {

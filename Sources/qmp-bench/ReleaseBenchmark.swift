@@ -23,7 +23,7 @@ struct ReleaseBenchmark: ParsableCommand {
             right before close(2) to the client's read of GROUP_RELEASED, and to the floor's line (a \
             process blocked in read on inotify, release-floor). Sidecar CPU per plug/unplug cycle from \
             /proc/PID/schedstat. Then the same cycles seen by a peer-style poll of /proc/<qemu>/fd every 100 ms \
-            and 1 s. Targets (DESIGN §7): at 10k fds, p50 within 0.1 ms of the floor, p99 <= 2 ms, CPU <= 2 \
+            and 1 s. Targets (BENCHMARKS.md): at 10k fds, p50 within 0.1 ms of the floor, p99 <= 2 ms, CPU <= 2 \
             ms per cycle; 256 groups p99 <= 5 ms. Exits 1 when a target is missed.
             """)
 
@@ -81,7 +81,7 @@ struct ReleaseBenchmark: ParsableCommand {
         if missed { throw ExitCode(1) }
     }
 
-    /// The acceptance of issue 10 for one row ("-" where no target applies).
+    /// The release targets (BENCHMARKS.md) for one row ("-" where no target applies).
     static func verdict(_ result: ReleaseRun.Result, fds: Int, groups: Int) -> String {
         let sidecar = Percentiles(result.sidecar)
         let floor = Percentiles(result.floor)

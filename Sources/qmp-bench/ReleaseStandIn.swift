@@ -15,7 +15,7 @@ final class ReleaseStandIn {
     enum Order: String, CaseIterable {
         /// `DEVICE_DELETED`, then the close 1–2 ms later (pre-2.11 QEMU, or a slow finalize).
         case eventFirst = "event-first"
-        /// The close, then `DEVICE_DELETED` at once (QEMU 7.2 on vfio-pci, VFIO-LAB.md, where the gap is a
+        /// The close, then `DEVICE_DELETED` at once (QEMU 7.2 on vfio-pci, docs/vfio-lab.md, where the gap is a
         /// few ms; here only the event's write follows the close, so the sidecar's reaction is measured).
         case closeFirst = "close-first"
     }

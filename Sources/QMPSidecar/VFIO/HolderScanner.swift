@@ -6,7 +6,9 @@ import Glibc
 import Musl
 #endif
 
-/// How a node is recognised among a process's open files (DESIGN §5).
+/// How a node is recognised among a process's open files: by `st_rdev` for character devices (a private
+/// `mknod` copy in QEMU's mount namespace has another inode, the same device number), by
+/// (`st_dev`, `st_ino`) for regular files.
 ///
 /// Character devices compare by `st_rdev`: libvirt mknods a private copy of `/dev/vfio/N` inside QEMU's
 /// mount namespace, a different inode with the same device number. Regular files (tests, the mock)
