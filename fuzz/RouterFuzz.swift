@@ -104,12 +104,15 @@ private struct Harness {
             case .disconnectClient: break
             case .setClientReading(let id, let enabled):
                 if enabled { reading.insert(id) } else { reading.remove(id) }
-            case .event(_, let line): perform(router.broadcastEvent(line))
+            // As the sidecar does: the parsed message without its line end, broadcast as one line.
+            case .event(_, let message): perform(router.broadcastEvent(message.bytes + [0x0D, 0x0A]))
             case .localCommand(_, let token, _, let arguments):
                 localTokens.append((token, arguments ?? Array("{}".utf8)))
             case .internalReply(let token, _):
                 guard internalTokens.remove(token) != nil else { fuzzFail("internal reply for an unknown token") }
-            case .upstreamReady, .upstreamFailed, .deviceAddSucceeded, .warning, .trace: break
+            case .upstreamReady, .upstreamFailed, .commandObserved, .observedReply, .warning, .trace,
+                .commandForwarded, .replyRouted, .clientNegotiated:
+                break
             }
         }
     }
