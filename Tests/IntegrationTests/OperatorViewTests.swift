@@ -133,21 +133,9 @@ import Testing
             "\(session.metrics)")
         // Settled: cold-plug discovery and its bounded learning scans may still be changing counters
         // on a loaded machine; wait until the file has stayed the same file for 6 × --metrics-delay.
-        var settled = session.fileIdentity
-        for _ in 0..<100 {
-            usleep(300_000)
-            let now = session.fileIdentity
-            if now == settled { break }
-            settled = now
-        }
+        let settled = steady(every: 300_000, tries: 100) { session.fileIdentity }
         // The write is followed by the reactor going back to sleep in poll (one more switch): let it.
-        var switches = session.contextSwitches
-        for _ in 0..<20 {
-            usleep(20_000)
-            let now = session.contextSwitches
-            if now == switches { break }
-            switches = now
-        }
+        let switches = steady(every: 20_000, tries: 20) { session.contextSwitches }
         usleep(400_000)  // 8 × --metrics-delay: a periodic writer would have replaced it by now.
         #expect(session.fileIdentity == settled)
         // And the sidecar slept through it: no timer, no wake-up (each return from poll counts one).
@@ -219,4 +207,16 @@ import Testing
                 "client disconnected 1",
             ], "\(session.log)")
     }
+}
+
+/// The value `read` gives once two readings `every` microseconds apart agree (or after `tries` readings).
+private func steady<Value: Equatable>(every microseconds: UInt32, tries: Int, _ read: () -> Value) -> Value {
+    var last = read()
+    for _ in 0..<tries {
+        usleep(microseconds)
+        let now = read()
+        if now == last { break }
+        last = now
+    }
+    return last
 }
