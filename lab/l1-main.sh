@@ -23,7 +23,10 @@ mount -t tmpfs tmpfs /dev/shm 2>/dev/null
 ip link set lo up 2>/dev/null
 [ -d /sys/kernel/iommu_groups ] && [ -n "$(ls /sys/kernel/iommu_groups)" ] || fail "no IOMMU groups: intel_iommu did not come up"
 modprobe vfio-pci || fail "modprobe vfio-pci"
-modprobe kvm_amd 2>/dev/null || modprobe kvm_intel 2>/dev/null || log "no kvm module loaded (scenario C needs it)"
+# kvm only for scenario C (L2 on kvm): see run.sh for why it stays out otherwise.
+if [ "${LAB_KVM:-0}" = 1 ]; then
+    modprobe kvm_amd 2>/dev/null || modprobe kvm_intel 2>/dev/null || log "no kvm module loaded (scenario C needs it)"
+fi
 # Lab devices: e1000e (8086:10d3) = single-device group; e1000 (8086:100e) behind the pcie-pci-bridge =
 # the two-device group.
 devices=

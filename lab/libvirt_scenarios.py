@@ -37,16 +37,45 @@ def write(path, text):
         f.write(text)
 
 
-def bind(bdf, driver):
-    """Bind to vfio-pci (driver="vfio-pci") or back to whatever the kernel picks (driver=None)."""
-    d = f"/sys/bus/pci/devices/{bdf}"
-    write(f"{d}/driver_override", (driver or "") + "\n")
-    if sysfs_driver(bdf):
+def sysfs_write(path, text, what, timeout=20):
+    """Writes `text` to a sysfs file from a child process: an `unbind` of a device that someone still
+    holds sleeps in the kernel until it is released (vfio-pci asks the user to give it back and waits),
+    and the runner must not sleep with it."""
+    p = subprocess.Popen(["/bin/sh", "-c", 'printf "%s" "$1" > "$2"', "sh", text, path], stderr=subprocess.PIPE)
+    try:
+        _, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{what}: writing {path} still blocks after {timeout} s (the device is in use; "
+                           f"VFIO fds held now: {vfio_holders()})") from None
+    if p.returncode != 0:
+        raise OSError(f"{what}: {path}: {err.decode(errors='replace').strip()}")
+
+
+def vfio_holders():
+    """pid -> the /dev/vfio and vfio-device fds it holds (for the message of a blocked unbind)."""
+    held = {}
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
         try:
-            write(f"{d}/driver/unbind", bdf)
-        except FileNotFoundError:  # unbound meanwhile
-            pass
-    write("/sys/bus/pci/drivers_probe", bdf)
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        mine = [link for link in links if link.startswith("/dev/vfio/") or "vfio-device" in link]
+        if mine:
+            held[int(pid)] = mine
+    return held
+
+
+def bind(bdf, driver):
+    """Bind to vfio-pci (driver="vfio-pci") or back to whatever the kernel picks (driver=None). A NIC
+    already on the wanted driver is left alone (its unbind could block while it is in use)."""
+    d = f"/sys/bus/pci/devices/{bdf}"
+    current = sysfs_driver(bdf)
+    if driver is not None and current == driver:
+        return
+    write(f"{d}/driver_override", (driver or "") + "\n")
+    if current and os.path.exists(f"{d}/driver/unbind"):  # (or unbound meanwhile)
+        sysfs_write(f"{d}/driver/unbind", bdf, f"unbind {bdf} from {current}")
+    sysfs_write("/sys/bus/pci/drivers_probe", bdf, f"probe {bdf}")
 
 
 def group_fd_links(pid, group):
@@ -152,7 +181,10 @@ class Libvirt:
                 p.wait(15)
             except subprocess.TimeoutExpired:
                 p.kill()
-                p.wait()
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:  # asleep in the kernel (a sysfs write): left behind
+                    print(f"lab-runner: {p.args[0]} (pid {p.pid}) does not exit after SIGKILL", flush=True)
         if os.path.exists(f"{STATE}/libvirtd.log"):
             subprocess.run(["cp", f"{STATE}/libvirtd.log", f"{self.lab.out}/libvirtd.log"])
 
@@ -311,7 +343,11 @@ def scenario(lab, hold):
             with open(log, "rb") as src, open(f"{lab.out}/{name}-domain.log", "wb") as dst:
                 dst.write(src.read())
         for bdf in order:  # the other scenarios want the NICs on vfio-pci
-            bind(bdf, "vfio-pci")
+            try:
+                bind(bdf, "vfio-pci")
+            except (OSError, RuntimeError) as e:  # noted; the scenario's own verdict stands
+                lab.note(f"rebinding {bdf} to vfio-pci failed: {e}")
+                print(f"lab-runner: rebinding {bdf} to vfio-pci failed: {e}", flush=True)
 
 
 def check(lab, watch, order, host, detach_start, hold, fig):

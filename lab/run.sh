@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The VFIO lab: proves GROUP_RELEASED on the real vfio-pci driver in a nested VM (docs/vfio-lab.md).
 #
-#   lab/run.sh [--direct] [--guest] [--scenarios "A B D E F"] [--sidecar PATH] [--timeout S]
+#   lab/run.sh [--direct] [--guest] [--scenarios "A B D E F"] [--sidecar PATH] [--timeout S (default 1500)]
 #
 # On a Debian 12 machine (root): installs what it needs, builds the L1 initramfs, boots L1 (TCG,
 # -cpu max, emulated Intel IOMMU, the host's / read-only over 9p), binds the lab NICs to vfio-pci and
@@ -15,12 +15,13 @@
 #   --sidecar    the qmp-sidecar binary (default .build/release/qmp-sidecar, else .build/debug/...)
 #   LAB_KERNEL=/boot/vmlinuz-X (and LAB_KERNEL_VERSION) pick another L1/L2 kernel than the newest
 #   -- ARGS      passed to the runner in L1 (lab/scenarios.py): --repeat N, --release-timeout S,
-#                --sidecar-arg OPT, --event-prefix P, --strace-sidecar, --scan-interval-ms MS
+#                --sidecar-arg OPT, --event-prefix P, --strace-sidecar, --scan-interval-ms MS,
+#                --scenario-timeout S (default 240: the watchdog prints diagnostics and fails it)
 # Results: lab-out/results.json (figures per scenario), lab-out/*.log.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=$repo/lab-out
-mode=sidecar guest=0 scenarios="" sidecar="${QMP_SIDECAR:-}" timeout=900 runner_args=()
+mode=sidecar guest=0 scenarios="" sidecar="${QMP_SIDECAR:-}" timeout=1500 runner_args=()
 while (($#)); do
     case $1 in
     --direct) mode=direct ;;
@@ -91,7 +92,12 @@ rm -f "$out"/{results.json,summary.txt,runner-rc,l1-failed,l1-timing.json,*.log}
 "$repo/lab/mkinitramfs.sh" l1 "$kver" "$out/l1-initramfs.cpio.gz"
 [[ " $scenarios " == *" C "* ]] && { "$repo/lab/mkinitramfs.sh" l2 "$kver" "$out/l2-initramfs.cpio.gz"; runner_args+=(--kernel "$kernel" --l2-initrd /run/lab-out/l2-initramfs.cpio.gz); }
 runner_args=(--scenarios "${scenarios// /,}" "${runner_args[@]}")
-printf 'LAB_ARGS=%q\n' "$(printf '%q ' "${runner_args[@]}")" > "$out/lab.env"
+# kvm is loaded in L1 only for C: with /dev/kvm present libvirtd's capability probe starts KVM guests
+# in L1, and KVM nested under TCG soft-locked both of L1's CPUs in some runs (libvirtd and the
+# kvm-nx-lpage-recovery thread stuck for good, so scenario L never started).
+lab_kvm=0
+[[ " $scenarios " == *" C "* ]] && lab_kvm=1
+{ printf 'LAB_ARGS=%q\n' "$(printf '%q ' "${runner_args[@]}")"; echo "LAB_KVM=$lab_kvm"; } > "$out/lab.env"
 
 # 4. Boot L1 and wait for the runner (the results share is lab-out/).
 say "booting L1 ($kver, TCG -cpu max, intel-iommu); scenarios: $scenarios; mode: $mode"
@@ -129,11 +135,18 @@ qemu-system-x86_64 -machine q35 -accel tcg -cpu max -smp 2 -m 2G -nodefaults -no
     2> "$out/l1-qemu.log" &
 qemu_pid=$!
 echo "$qemu_pid" > "$out/l1.pid"
-tail --pid="$qemu_pid" -n +1 -F "$out/l1-console.log" 2>/dev/null | grep --line-buffered -E '^(LAB-|PASS|FAIL|SKIP|lab-runner)' &
+tail --pid="$qemu_pid" -n +1 -F "$out/l1-console.log" 2>/dev/null | grep --line-buffered -E '^(LAB-|PASS|FAIL|SKIP|lab-runner|lab-watchdog)' &
 tail_pid=$!
 deadline=$(($(date +%s) + timeout))
 while kill -0 "$qemu_pid" 2>/dev/null; do
-    (($(date +%s) < deadline)) || { kill "$tail_pid" 2>/dev/null; die "L1 still running after ${timeout}s (console: $out/l1-console.log)"; }
+    if (($(date +%s) >= deadline)); then
+        kill "$tail_pid" 2>/dev/null
+        echo "--- last runner lines of $out/l1-console.log" >&2
+        grep -v '^\[' "$out/l1-console.log" | tail -n 60 >&2 || true
+        grep -m 5 -E 'soft lockup|blocked for more than|rcu_preempt detected stalls' "$out/l1-console.log" >&2 \
+            && echo "--- (the L1 kernel itself was stuck: see those lines)" >&2
+        die "L1 still running after ${timeout}s (console: $out/l1-console.log)"
+    fi
     sleep 1
 done
 wait "$qemu_pid" 2>/dev/null || true

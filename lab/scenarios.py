@@ -30,6 +30,7 @@ import time
 import traceback
 
 import libvirt_scenarios
+from watchdog import Watchdog
 
 QEMU = "/usr/bin/qemu-system-x86_64"
 SCAN_INTERVAL = 0.002  # s between /proc/<pid>/fd scans of the tracked processes
@@ -779,6 +780,8 @@ def main():
                     help="period of the observer's /proc/<pid>/fd scans (inotify is event-driven regardless)")
     ap.add_argument("--strace-sidecar", action="store_true", help="run the sidecar under strace -f -ttt (diagnosis)")
     ap.add_argument("--release-timeout", type=int, default=2)
+    ap.add_argument("--scenario-timeout", type=float, default=240,
+                    help="s a scenario may take before the watchdog prints diagnostics and fails it")
     ap.add_argument("--repeat", type=int, default=1, help="run each scenario N times; figures are medians")
     ap.add_argument("--kernel", help="L2 guest kernel (scenario C)")
     ap.add_argument("--l2-initrd", help="L2 guest initramfs (scenario C)")
@@ -816,7 +819,8 @@ def main():
             start = mono()
             status, reason, fig = "PASS", "", {}
             try:
-                fig = fn(lab)
+                with Watchdog(args.scenario_timeout, f"scenario {lab.scenario}", ScenarioFailed, lab, start):
+                    fig = fn(lab)
                 if lab.protocol_errors:
                     raise ScenarioFailed("; ".join(lab.protocol_errors))
             except ScenarioFailed as e:
@@ -826,7 +830,8 @@ def main():
                 traceback.print_exc(file=sys.stdout)
             finally:
                 try:
-                    lab.teardown()
+                    with Watchdog(60, f"teardown of {lab.scenario}", ScenarioFailed, lab, start):
+                        lab.teardown()
                 except ScenarioFailed as e:
                     if status == "PASS":
                         status, reason = "FAIL", str(e)
