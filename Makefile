@@ -29,8 +29,14 @@ STATIC_BUILD ?= .build-static
 SUBST = sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@LIBEXECDIR@|$(LIBEXECDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
 	-e 's|/usr/local/bin/qmp-sidecar|$(BINDIR)/qmp-sidecar|g'
 
+# The Swift runtime's own C++ parts need libstdc++: the driver links it with a plain `-lstdc++`, so a
+# linker script named libstdc++.so, searched first, points that at the static archive (and
+# -static-libgcc takes the unwinder from libgcc_eh.a): no libstdc++.so or libgcc_s.so at run time.
 static: deps
-	$(SWIFT) build -c release --static-swift-stdlib --scratch-path $(STATIC_BUILD) --product qmp-sidecar
+	@mkdir -p $(STATIC_BUILD)/cxx
+	@echo "INPUT($$(clang -print-file-name=libstdc++.a))" > $(STATIC_BUILD)/cxx/libstdc++.so
+	$(SWIFT) build -c release --static-swift-stdlib --scratch-path $(STATIC_BUILD) --product qmp-sidecar \
+		-Xlinker -L$(CURDIR)/$(STATIC_BUILD)/cxx -Xswiftc -Xclang-linker -Xswiftc -static-libgcc
 
 install: static
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(SYSCONFDIR)/qmp-sidecar \
