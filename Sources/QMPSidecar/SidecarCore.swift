@@ -14,31 +14,38 @@ import Glibc
 /// - Important: Created and used on the reactor thread only. The reactor's registrations (listeners,
 ///   connections, timers) keep it alive while it runs.
 final class SidecarCore: QMPUpstreamCommander {
-    private let reactor: Reactor
-    private let configuration: SidecarConfiguration
-    private let upstreamAddress: SocketAddress
-    private let logger: Logger
-    private let trace: TraceWriter?
-    private let outcome: SidecarOutcome
-    private var router: ProxyRouter
-    private var hooks: (any SidecarVFIOHooks)?
-    private var upstream: Connection?
-    private var qemuPID: pid_t?
-    private var retry: ConnectRetry?
-    private var listeners: [Listener] = []
-    private var clients: [Int: Connection] = [:]
-    private var nextClient = 1
-    private var internalReplies: [UInt64: ([UInt8]) -> Void] = [:]
+    let reactor: Reactor
+    let configuration: SidecarConfiguration
+    let upstreamAddress: SocketAddress
+    let logger: Logger
+    let trace: TraceWriter?
+    let outcome: SidecarOutcome
+    var router: ProxyRouter
+    var hooks: (any SidecarVFIOHooks)?
+    var upstream: Connection?
+    var qemuPID: pid_t?
+    var retry: ConnectRetry?
+    var listeners: [Listener] = []
+    var clients: [Int: Connection] = [:]
+    var nextClient = 1
+    var internalReplies: [UInt64: ([UInt8]) -> Void] = [:]
     /// Bumped on every upstream session: a late discovery completion or gate timer of an old session
     /// does nothing.
-    private var gateGeneration = 0
-    private var gateTimer: Reactor.TimerID?
+    var gateGeneration = 0
+    var gateTimer: Reactor.TimerID?
     /// `--metrics-file`: nil without it (then metrics cost nothing).
-    private var instruments: SidecarInstruments?
+    var instruments: SidecarInstruments?
     /// Who emits the group events in this QMP session (``GroupEventSource``).
-    private var groupEvents = GroupEventSource.sidecar
+    var groupEvents = GroupEventSource.sidecar
     /// Whether the current QMP session ended with QEMU shutting down normally (exit status 0).
-    private var ending = QEMUEnding()
+    var ending = QEMUEnding()
+    /// Watches a child QEMU's exit (pidfd) while the sidecar ends with it.
+    var childExitWatcher: ProcessExitWatcher?
+    /// Upstream output beyond which clients are not read (QEMU is slower than they are).
+    static let upstreamBacklogLimit = 4 << 20
+    var clientsPaused = false
+    /// Clients not read because their queue in the router is full.
+    var fullClients: Set<Int> = []
 
     init(
         reactor: Reactor, configuration: SidecarConfiguration, upstreamAddress: SocketAddress, trace: TraceWriter?,
@@ -90,153 +97,9 @@ final class SidecarCore: QMPUpstreamCommander {
         instruments?.flush()
     }
 
-    // MARK: Upstream
-
-    private func connectUpstream(deadline: ContinuousClock.Instant, interval: Duration = .milliseconds(20)) {
-        retry = ConnectRetry(address: upstreamAddress, reactor: reactor, deadline: deadline, interval: interval) {
-            result in
-            self.retry = nil
-            switch result {
-            case .success(let fd): self.upstreamConnected(fd)
-            case .failure(let error): self.fail(SidecarError(.upstream, error.message))
-            }
-        }
-    }
-
-    private func upstreamConnected(_ fd: Int32) {
-        var connectionLogger = logger
-        connectionLogger[metadataKey: "upstream"] = "\(upstreamAddress)"
-        let connection = Connection(fd: fd, reactor: reactor, maxPendingBytes: .max, logger: connectionLogger)
-        if case .unix = upstreamAddress {
-            qemuPID = configuration.qemuPID ?? connection.peerPID
-        } else {
-            qemuPID = configuration.qemuPID
-        }
-        connection.onRead = { bytes, fds in
-            for fd in fds { Glibc.close(fd) }
-            self.instruments?.readFromQEMU(bytes.count)
-            self.perform(self.router.upstreamReceived(bytes))
-            self.updateClientReading()
-            self.instruments?.changed()
-        }
-        connection.onClose = { reason in self.upstreamLost(reason.description) }
-        upstream = connection
-        ending.sessionStarted()
-        connection.start()
-        logger.info(
-            "connected to QEMU",
-            metadata: ["upstream": "\(upstreamAddress)", "qemu-pid": "\(qemuPID.map(String.init) ?? "unknown")"])
-    }
-
-    private func upstreamLost(_ reason: String) {
-        upstream = nil
-        internalReplies = [:]
-        gateGeneration += 1
-        if let gateTimer { reactor.cancel(gateTimer) }
-        gateTimer = nil
-        hooks?.upstreamClosed()
-        instruments?.upstreamClosed()
-        instruments?.changed()
-        let clientCount = clients.count
-        perform(router.upstreamClosed())
-        if configuration.reconnect {
-            logger.warning(
-                "QEMU closed the QMP connection; waiting for a new QEMU (--reconnect)",
-                metadata: ["reason": "\(reason)", "clients-disconnected": "\(clientCount)"])
-            connectUpstream(deadline: .now + .seconds(100 * 365 * 24 * 3600), interval: .milliseconds(100))
-        } else {
-            endWithQEMU(reason: reason, clientCount: clientCount)
-        }
-    }
-
-    /// Without `--reconnect` the run ends with QEMU's connection: cleanly (status 0) when QEMU shut
-    /// down normally (``QEMUEnding``), as a failure otherwise.
-    private func endWithQEMU(reason: String, clientCount: Int) {
-        var exitStatus: Int32?
-        if ending.verdict() == .unexpected, let pid = qemuPID {
-            switch ChildExitStatus.of(pid) {
-            case .running:
-                // QEMU is our child and closed its monitor just before exiting: wait for its status.
-                awaitChildExit(pid) { self.endWithQEMU(reason: reason, clientCount: clientCount) }
-                return
-            case .exited(let status): exitStatus = status
-            case .notAChild: break
-            }
-        }
-        switch ending.verdict(exitStatus: exitStatus) {
-        case .normal(let shutdown):
-            logger.info(
-                "QEMU shut down; exiting",
-                metadata: ["reason": "\(shutdown)", "clients-disconnected": "\(clientCount)"])
-            stop()
-        case .unexpected:
-            let status = exitStatus.map { " (exit status \($0))" } ?? ""
-            fail(
-                SidecarError(
-                    .upstreamClosed,
-                    "QEMU closed the QMP connection (\(reason))\(status) without shutting down; \(clientCount) client(s) disconnected. Use --reconnect to wait for a new QEMU instead of exiting."
-                ))
-        }
-    }
-
-    private var childExitWatcher: ProcessExitWatcher?
-
-    /// Calls `then` once the child `pid` exited, or after two seconds.
-    private func awaitChildExit(_ pid: pid_t, then: @escaping () -> Void) {
-        var done = false
-        func finish() {
-            guard !done else { return }
-            done = true
-            childExitWatcher?.cancel()
-            childExitWatcher = nil
-            then()
-        }
-        let timer = reactor.schedule(after: .seconds(2)) { finish() }
-        childExitWatcher = try? ProcessExitWatcher(pid: pid, reactor: reactor) {
-            self.reactor.cancel(timer)
-            finish()
-        }
-        if childExitWatcher == nil {
-            reactor.cancel(timer)
-            finish()
-        }
-    }
-
-    /// Upstream output beyond which clients are not read (QEMU is slower than they are).
-    private static let upstreamBacklogLimit = 4 << 20
-    private var clientsPaused = false
-
-    /// Backpressure: while QEMU lets more than ``upstreamBacklogLimit`` bytes of commands pile up,
-    /// stop reading clients (their commands wait in their own socket buffers, as with QEMU directly);
-    /// resume once QEMU has caught up to half of it.
-    private func updateClientReading() {
-        let backlog = upstream?.pendingBytes ?? 0
-        let pause = clientsPaused ? backlog > Self.upstreamBacklogLimit / 2 : backlog > Self.upstreamBacklogLimit
-        guard pause != clientsPaused else { return }
-        clientsPaused = pause
-        logger.debug("client reading \(pause ? "paused" : "resumed")", metadata: ["upstream-backlog": "\(backlog)"])
-        for (id, client) in clients { client.isReadingEnabled = !pause && !fullClients.contains(id) }
-    }
-
-    /// Clients not read because their queue in the router is full.
-    private var fullClients: Set<Int> = []
-
-    private func fail(_ error: SidecarError) {
-        logger.error("\(error.message)")
-        outcome.fail(error)
-        stop()
-    }
-
-    /// Ends the run: clients and listeners closed, the reactor stopped.
-    private func stop() {
-        for client in clients.values { client.close() }
-        for listener in listeners { listener.close() }
-        reactor.stop()
-    }
-
     // MARK: Clients
 
-    private func accept(_ fd: Int32) {
+    func accept(_ fd: Int32) {
         let peer = Sockets.peerCredentials(fd)
         if case .refuse(let reason) = configuration.admission.decide(peer: peer, connectedClients: clients.count) {
             // Closed before anything is sent: a refused peer never sees the greeting.
@@ -291,11 +154,11 @@ final class SidecarCore: QMPUpstreamCommander {
 
     /// Output collected while performing one batch of actions, written with one `send` per peer:
     /// a read carrying many pipelined commands (or replies) costs one `sendmsg`, not one per message.
-    private var upstreamBatch: [UInt8] = []
-    private var clientBatches: [(id: Int, bytes: [UInt8])] = []
-    private var performDepth = 0
+    var upstreamBatch: [UInt8] = []
+    var clientBatches: [(id: Int, bytes: [UInt8])] = []
+    var performDepth = 0
 
-    private func flushUpstreamBatch() {
+    func flushUpstreamBatch() {
         guard !upstreamBatch.isEmpty else { return }
         upstream?.send(upstreamBatch)
         upstreamBatch = []
@@ -303,7 +166,7 @@ final class SidecarCore: QMPUpstreamCommander {
 
     /// Writes every collected client batch. A send may re-enter ``perform(_:)`` (a client over its
     /// output bound is closed); output that produces joins this flush instead of starting another.
-    private func flushAllBatches() {
+    func flushAllBatches() {
         performDepth += 1
         var index = 0
         while true {
@@ -318,13 +181,13 @@ final class SidecarCore: QMPUpstreamCommander {
     }
 
     /// Writes the batch collected for one client now (before it is disconnected).
-    private func flushClientBatch(_ id: Int) {
+    func flushClientBatch(_ id: Int) {
         guard let index = clientBatches.firstIndex(where: { $0.id == id }) else { return }
         let batch = clientBatches.remove(at: index)
         clients[id]?.send(batch.bytes)
     }
 
-    private func perform(_ actions: [ProxyRouter.Action]) {
+    func perform(_ actions: [ProxyRouter.Action]) {
         performDepth += 1
         defer {
             performDepth -= 1
@@ -402,81 +265,6 @@ final class SidecarCore: QMPUpstreamCommander {
         }
     }
 
-    // MARK: Shutdown
-
-    /// Graceful shutdown (SIGTERM/SIGINT): no new clients; the hooks broadcast what they hold (hold
-    /// mode's withheld `DEVICE_DELETED` events), clients get their queued output (bounded by
-    /// `drainTimeout`), then the loop stops.
-    func shutdown(drainTimeout: Duration = .seconds(2)) {
-        logger.info("shutting down", metadata: ["clients": "\(clients.count)"])
-        for listener in listeners { listener.close() }
-        listeners = []
-        hooks?.shutdown()
-        drainThenStop(deadline: .now + drainTimeout)
-    }
-
-    private func drainThenStop(deadline: ContinuousClock.Instant) {
-        let pending = clients.values.reduce(0) { $0 + $1.pendingBytes }
-        guard pending > 0, ContinuousClock.now < deadline else {
-            if pending > 0 {
-                logger.warning(
-                    "clients did not read their last output before shutdown", metadata: ["bytes": "\(pending)"])
-            }
-            for client in clients.values { client.close() }
-            instruments?.flush()
-            reactor.stop()
-            return
-        }
-        reactor.schedule(after: .milliseconds(5)) { self.drainThenStop(deadline: deadline) }
-    }
-
-    // MARK: Client gate
-
-    /// Clients' commands wait (in the router) until the hooks' cold-plug discovery is complete: a
-    /// client's `device_del` forwarded earlier could bring a `DEVICE_DELETED` for a device not yet
-    /// tracked, whose group would then never be released.
-    private func startDiscoveryGate(_ hooks: any SidecarVFIOHooks) {
-        gateGeneration += 1
-        let generation = gateGeneration
-        let timeout = configuration.discoveryGateTimeout
-        gateTimer = reactor.schedule(after: timeout) {
-            guard self.gateGeneration == generation else { return }
-            self.gateTimer = nil
-            self.logger.warning(
-                "cold-plug discovery not finished in time: forwarding client commands anyway (devices not yet discovered are not tracked)",
-                metadata: ["timeout": "\(timeout)", "held-commands": "\(self.router.gatedCommands)"])
-            self.openClientGate()
-        }
-        // Two start-up answers open the gate: who emits the group events, and cold-plug discovery.
-        var outstanding = 2
-        let answered = {
-            guard self.gateGeneration == generation else { return }
-            outstanding -= 1
-            guard outstanding == 0 else { return }
-            self.logger.debug("cold-plug discovery done; forwarding client commands")
-            self.openClientGate()
-        }
-        groupEvents = .sidecar
-        sendInternalCommand("query-qmp-schema", arguments: nil) { reply in
-            guard self.gateGeneration == generation else { return }
-            self.groupEvents = reply.jsonValue(.returnValue).map(GroupEventSource.detect) ?? .sidecar
-            if self.groupEvents == .qemu {
-                self.logger.info(
-                    "QEMU emits GROUP_RELEASED and GROUP_RELEASE_TIMEOUT itself: forwarding its events, synthesizing none",
-                    metadata: ["group-events": "qemu"])
-            }
-            answered()
-        }
-        hooks.upstreamReady(qemuPID: qemuPID) { answered() }
-    }
-
-    private func openClientGate() {
-        if let gateTimer { reactor.cancel(gateTimer) }
-        gateTimer = nil
-        perform(router.openClientGate())
-        updateClientReading()
-    }
-
     // MARK: QMPUpstreamCommander
 
     func sendInternalCommand(_ name: String, arguments: JSONValue?, reply: @escaping (QMPMessage) -> Void) {
@@ -504,7 +292,7 @@ final class SidecarCore: QMPUpstreamCommander {
 
 /// How the sidecar ended, written on the reactor thread and read after it stopped.
 final class SidecarOutcome: Sendable {
-    private let failure = Mutex<SidecarError?>(nil)
+    let failure = Mutex<SidecarError?>(nil)
 
     func fail(_ error: SidecarError) {
         failure.withLock { if $0 == nil { $0 = error } }
