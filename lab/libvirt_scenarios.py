@@ -46,23 +46,9 @@ def sysfs_write(path, text, what, timeout=20):
         _, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"{what}: writing {path} still blocks after {timeout} s (the device is in use; "
-                           f"VFIO fds held now: {vfio_holders()})") from None
+                           "the teardown's holder check names who holds its group)") from None
     if p.returncode != 0:
         raise OSError(f"{what}: {path}: {err.decode(errors='replace').strip()}")
-
-
-def vfio_holders():
-    """pid -> the /dev/vfio and vfio-device fds it holds (for the message of a blocked unbind)."""
-    held = {}
-    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
-        try:
-            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
-        except OSError:
-            continue
-        mine = [link for link in links if link.startswith("/dev/vfio/") or "vfio-device" in link]
-        if mine:
-            held[int(pid)] = mine
-    return held
 
 
 def bind(bdf, driver):

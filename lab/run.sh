@@ -90,13 +90,12 @@ fi
 mkdir -p "$out"
 rm -f "$out"/{results.json,summary.txt,runner-rc,l1-failed,l1-timing.json,*.log}
 "$repo/lab/mkinitramfs.sh" l1 "$kver" "$out/l1-initramfs.cpio.gz"
-[[ " $scenarios " == *" C "* ]] && { "$repo/lab/mkinitramfs.sh" l2 "$kver" "$out/l2-initramfs.cpio.gz"; runner_args+=(--kernel "$kernel" --l2-initrd /run/lab-out/l2-initramfs.cpio.gz); }
-runner_args=(--scenarios "${scenarios// /,}" "${runner_args[@]}")
 # kvm is loaded in L1 only for C: with /dev/kvm present libvirtd's capability probe starts KVM guests
 # in L1, and KVM nested under TCG soft-locked both of L1's CPUs in some runs (libvirtd and the
 # kvm-nx-lpage-recovery thread stuck for good, so scenario L never started).
 lab_kvm=0
-[[ " $scenarios " == *" C "* ]] && lab_kvm=1
+[[ " $scenarios " == *" C "* ]] && { lab_kvm=1; "$repo/lab/mkinitramfs.sh" l2 "$kver" "$out/l2-initramfs.cpio.gz"; runner_args+=(--kernel "$kernel" --l2-initrd /run/lab-out/l2-initramfs.cpio.gz); }
+runner_args=(--scenarios "${scenarios// /,}" "${runner_args[@]}")
 { printf 'LAB_ARGS=%q\n' "$(printf '%q ' "${runner_args[@]}")"; echo "LAB_KVM=$lab_kvm"; } > "$out/lab.env"
 
 # 4. Boot L1 and wait for the runner (the results share is lab-out/).

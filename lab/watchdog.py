@@ -51,7 +51,7 @@ def dump(what, timeline_start, timeline, main_thread_id):
     for t, note in timeline[-40:]:
         say(f"  timeline {(t - timeline_start) * 1000:9.1f} ms  {note}")
     for pid, comm, state, wchan, cmd in _tasks():
-        if state == "D" or not cmd.startswith("[") and pid > 1 and comm not in ("sh", "tail"):
+        if state == "D" or cmd and pid > 1 and comm not in ("sh", "tail"):  # kernel threads: no cmdline
             say(f"  task {pid} {state} {comm} wchan={wchan or '-'} {cmd[:160]}")
         if state == "D":
             for line in _read(f"/proc/{pid}/stack").splitlines()[:12]:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make install DESTDIR=...` gives a self-contained qmp-sidecar: ldd lists no libswift* (the Swift
-# standard library is linked statically, libstdc++ and libgcc's unwinder too), nothing beyond glibc and libjansson, and it runs with an
-# empty environment (no LD_LIBRARY_PATH at a toolchain). Also checks the paths the installed wrapper,
-# config and units point at. Run by `make test` (target test-install).
+# standard library is linked statically, libstdc++ and libgcc's unwinder too), nothing beyond glibc
+# and libjansson, and it runs with an empty environment (no LD_LIBRARY_PATH at a toolchain). Also
+# checks the paths the installed wrapper, config and units point at. Run by `make test` (target
+# test-install).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../../.." && pwd)
 dest=$(mktemp -d /tmp/qs-install.XXXXXX)
