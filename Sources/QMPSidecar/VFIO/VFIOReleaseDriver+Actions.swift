@@ -13,10 +13,26 @@ extension VFIOReleaseDriver {
         while !queue.isEmpty {
             perform(queue.removeFirst())
         }
-        // Watches go after the events are out: removing one is a system call the client need not wait for.
-        let unwatched = deferredUnwatch
-        deferredUnwatch = []
-        for group in unwatched where machine.view(of: group)?.phase != .attached { watches.remove(group: group) }
+        scheduleDeferredUnwatch()
+    }
+
+    /// Watches go after the events are out: removing one (`inotify_rm_watch`) is a system call the
+    /// client need not wait for, and an event queued by the proxy is written only when the reactor
+    /// round's handler returns. A zero-delay timer runs at the end of this same round, after that write.
+    func scheduleDeferredUnwatch() {
+        guard !deferredUnwatch.isEmpty, !unwatchScheduled else { return }
+        unwatchScheduled = true
+        reactor.schedule(after: .zero) { [weak self] in
+            guard let self else { return }
+            self.unwatchScheduled = false
+            let unwatched = self.deferredUnwatch
+            self.deferredUnwatch = []
+            for group in unwatched where self.machine.view(of: group)?.phase != .attached {
+                // A `device_add` forwarded meanwhile watches the group again for its own open.
+                guard !self.pendingAdds.contains(where: { $0.device?.resolved.group == group }) else { continue }
+                self.watches.remove(group: group)
+            }
+        }
     }
 
     func perform(_ action: VFIOGroupStateMachine.Action) {
@@ -73,7 +89,7 @@ extension VFIOReleaseDriver {
             emitTimeout(group, devices: devices, waited: waited)
         case .forget(let group):
             flushHeld(group)
-            watches.remove(group: group)
+            deferredUnwatch.append(group)
             lastCloseAt[group] = nil
             for device in registry.devices(inGroup: group) { _ = registry.untrack(qomPath: device.qomPath) }
         }

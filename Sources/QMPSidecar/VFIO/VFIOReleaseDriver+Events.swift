@@ -14,8 +14,11 @@ extension VFIOReleaseDriver {
         let closed = lastCloseAt.removeValue(forKey: group)
         releasing = (group, closed.map { Self.monotonicNow() &- $0 })
         defer { releasing = nil }
-        logger.info(
-            "IOMMU group released", metadata: ["group": "\(group)", "devices": "\(devices)", "waited-ns": "\(waited)"])
+        // The event first, the log line after it: a client need not wait for the log's write.
+        defer {
+            logger.info(
+                "IOMMU group released", metadata: ["group": "\(group)", "devices": "\(devices)", "waited-ns": "\(waited)"])
+        }
         broadcast(
             configuration.releasedEventName,
             [

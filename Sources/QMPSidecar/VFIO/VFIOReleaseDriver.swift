@@ -45,8 +45,9 @@ public final class VFIOReleaseDriver: SidecarVFIOHooks {
     var heldEvents: [Int: [[UInt8]]] = [:]
     var queue: [VFIOGroupStateMachine.Action] = []
     var performing = false
-    /// Groups whose watches go when the current batch of actions is done.
+    /// Groups whose watches go once the current round's output is written (``scheduleDeferredUnwatch()``).
     var deferredUnwatch: [Int] = []
+    var unwatchScheduled = false
     var stopped = false
     var warnedUnreadable = false
     var pendingLearn: Set<Int> = []
