@@ -448,6 +448,19 @@ public struct ProxyRouter: Sendable {
         return actions
     }
 
+    /// Sends one of the sidecar's own events to every negotiated client, each its own line (CRLF
+    /// included): the same event told to each as far as it may know (traced per client).
+    public mutating func broadcastEvent(lineFor line: (ClientID) -> [UInt8]) -> [Action] {
+        var actions: [Action] = []
+        for clientID in clients.keys.sorted() where clients[clientID]!.isNegotiated {
+            let bytes = line(clientID)
+            trace(.sidecarToClient, client: clientID, fds: 0, Self.trimmed(bytes), into: &actions)
+            traffic.toClients += 1
+            actions.append(.sendToClient(clientID, bytes))
+        }
+        return actions
+    }
+
     /// Completes a ``Action/localCommand(client:token:name:arguments:)``; its reply takes its place in
     /// the client's in-band order.
     public mutating func completeLocalCommand(token: UInt64, reply: LocalReply) -> [Action] {

@@ -27,6 +27,8 @@ final class SidecarCore: QMPUpstreamCommander {
     var retry: ConnectRetry?
     var listeners: [Listener] = []
     var clients: [Int: Connection] = [:]
+    /// What each client may be told about holders (its SO_PEERCRED uid).
+    var disclosures: [Int: HolderDisclosure] = [:]
     var nextClient = 1
     var internalReplies: [UInt64: ([UInt8]) -> Void] = [:]
     /// Bumped on every upstream session: a late discovery completion or gate timer of an old session
@@ -126,6 +128,7 @@ final class SidecarCore: QMPUpstreamCommander {
         }
         connection.onClose = { reason in
             self.clients[id] = nil
+            self.disclosures[id] = nil
             self.fullClients.remove(id)
             self.logger.info("client disconnected", metadata: ["client": "\(id)", "reason": "\(reason)"])
             self.perform(self.router.clientClosed(id))
@@ -138,6 +141,7 @@ final class SidecarCore: QMPUpstreamCommander {
             self.clients[id]?.close()
         }
         clients[id] = connection
+        disclosures[id] = HolderDisclosure(viewer: peer?.uid)
         connection.isReadingEnabled = !clientsPaused
         logger.info(
             "client connected",
@@ -242,11 +246,12 @@ final class SidecarCore: QMPUpstreamCommander {
                 hooks?.commandObserved(name, arguments: arguments)
             case .observedReply(let name, let arguments, let succeeded):
                 hooks?.observedReply(name, arguments: arguments, succeeded: succeeded)
-            case .localCommand(_, let token, let name, let arguments):
+            case .localCommand(let client, let token, let name, let arguments):
+                let disclosure = disclosures[client] ?? HolderDisclosure(viewer: nil)
                 let reply =
                     name == GroupEventSource.queryCommandName
                     ? .success(groupEvents.report(configuration: configuration.vfio).qemuBytes)
-                    : hooks?.localCommand(name, arguments: arguments)
+                    : hooks?.localCommand(name, arguments: arguments, disclosure: disclosure)
                         ?? .failure(QMPErrorText("CommandNotFound", "The command \(name) has not been found"))
                 perform(router.completeLocalCommand(token: token, reply: reply))
             case .internalReply(let token, let message):
@@ -287,6 +292,26 @@ final class SidecarCore: QMPUpstreamCommander {
         }
         instruments?.sidecarEvent(line) { hooks?.releaseLatency() }
         perform(router.broadcastEvent(line, synthesized: true))
+    }
+
+    func broadcastEvent(disclosing line: (HolderDisclosure) -> [UInt8]) {
+        var lines: [HolderDisclosure: [UInt8]] = [:]
+        func made(for disclosure: HolderDisclosure) -> [UInt8] {
+            if let made = lines[disclosure] { return made }
+            let made = line(disclosure)
+            lines[disclosure] = made
+            return made
+        }
+        let anyLine = made(for: .operatorView)
+        if groupEvents == .qemu, let vfio = configuration.vfio,
+            GroupEventSource.isSynthesizedGroupEvent(anyLine, configuration: vfio)
+        {
+            logger.debug("not sending the sidecar's own group event: QEMU emits them")
+            return
+        }
+        instruments?.sidecarEvent(anyLine) { hooks?.releaseLatency() }
+        perform(
+            router.broadcastEvent { client in made(for: disclosures[client] ?? HolderDisclosure(viewer: nil)) })
     }
 }
 

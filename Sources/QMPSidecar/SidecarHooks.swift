@@ -1,5 +1,6 @@
 import QMPProxy
 import QMPWire
+import VFIOTracking
 
 #if canImport(Glibc)
 import Glibc
@@ -32,8 +33,9 @@ public protocol SidecarVFIOHooks: AnyObject {
     /// The event just passed to ``event(_:_:)`` is queued to the clients (or held): what must follow
     /// it (a `GROUP_RELEASED` after the last `DEVICE_DELETED`) goes now, into the same write.
     func eventDelivered(_ name: String)
-    /// Answers a local command; nil means "not mine" (the client then gets CommandNotFound).
-    func localCommand(_ name: String, arguments: [UInt8]?) -> ProxyRouter.LocalReply?
+    /// Answers a local command for a client that may be told what `disclosure` allows; nil means
+    /// "not mine" (the client then gets CommandNotFound).
+    func localCommand(_ name: String, arguments: [UInt8]?, disclosure: HolderDisclosure) -> ProxyRouter.LocalReply?
     /// QEMU went away.
     func upstreamClosed()
     /// The sidecar is shutting down (SIGTERM/SIGINT): stop, and broadcast every held event now.

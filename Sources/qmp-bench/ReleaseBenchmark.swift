@@ -27,7 +27,10 @@ struct ReleaseBenchmark: ParsableCommand {
             ms per cycle; 256 groups p99 <= 5 ms. Exits 1 when a target is missed.
             """)
 
-    @Option(help: "Measured plug/unplug cycles per configuration (500: a p99 of 500 samples is its 5th worst, stable run to run; 60 left p50 swinging by 30 µs).")
+    @Option(
+        help:
+            "Measured plug/unplug cycles per configuration (500: a p99 of 500 samples is its 5th worst, stable run to run; 60 left p50 swinging by 30 µs)."
+    )
     var cycles = 500
 
     @Option(help: "Cycles run first and not measured.")

@@ -15,8 +15,11 @@ import Testing
         var metricsPath: String { "\(dir)/metrics.prom" }
         var logPath: String { "\(dir)/sidecar.log" }
 
-        /// - Parameter mockOptions: more qmp-mock options (`--native-group-events`).
-        init(mockOptions: [String] = []) throws {
+        /// - Parameters:
+        ///   - mockOptions: more qmp-mock options (`--native-group-events`).
+        ///   - sidecarOptions: more qmp-sidecar options (`--socket-mode`).
+        init(mockOptions: [String] = [], sidecarOptions: [String] = []) throws {
+            chmod(dir, 0o755)  // for a client of another user
             mock = try SpawnedProcess(
                 productsDirectory + "/qmp-mock",
                 [
@@ -35,7 +38,7 @@ import Testing
                     "--upstream", "unix:\(dir)/vm.qmp", "--listen", "unix:\(dir)/s.sock", "--sysfs-root",
                     "\(dir)/host/sys", "--dev-root", "\(dir)/host/dev", "--release-timeout", "0.3", "--metrics-file",
                     "\(dir)/metrics.prom", "--metrics-delay", "0.05", "--log-level", "info", "--log-format", "json",
-                ], fileActions: SpawnedProcess.stderr(to: "\(dir)/sidecar.log"))
+                ] + sidecarOptions, fileActions: SpawnedProcess.stderr(to: "\(dir)/sidecar.log"))
             guard waitFor({ FileManager.default.fileExists(atPath: "\(dir)/s.sock") }) else {
                 throw TestFailure("qmp-sidecar did not listen: \(log)")
             }
@@ -170,6 +173,45 @@ import Testing
         #expect(groups[0]["deleted"] as? [String] == [])
         #expect(groups[1]["deleted"] as? [String] == ["hostdev2"])
         #expect((groups[1]["holders"] as? [[String: Any]])?.first?["comm"] as? String == "qmp-mock")
+    }
+
+    /// Holders show only in `/proc/<pid>/fd`, readable by their own user and root: a client of another
+    /// user is not told who holds a group, in the query command or in `GROUP_RELEASE_TIMEOUT`, only how
+    /// many are hidden; root (the mock runs as root) still sees the mock named.
+    @Test func aClientOfAnotherUserIsNotToldWhoHoldsAGroup() throws {
+        let session = try Session(sidecarOptions: ["--socket-mode", "0666"])
+        #expect(waitFor { (try? session.status())?.contains("8      attached") == true })
+        let root = try TestClient.connecting(to: session.socket)
+        try root.negotiate()
+        // nobody queries, unplugs hostdev2 (its group fd leaks: a timeout) and prints what it was told.
+        let script = """
+            import json, socket, sys
+            s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.settimeout(20)
+            f = s.makefile("rb")
+            def until(test):
+                while True:
+                    m = json.loads(f.readline())
+                    if test(m): return m
+            until(lambda m: "QMP" in m)
+            s.sendall(b'{"execute": "qmp_capabilities"}'); until(lambda m: "return" in m)
+            s.sendall(b'{"execute": "__org.qmp-sidecar_query-vfio-groups", "id": 1}')
+            groups = until(lambda m: m.get("id") == 1)["return"]
+            print(json.dumps([[g["group"], g["holders"], g["hidden-holders"]] for g in groups]))
+            s.sendall(b'{"execute": "device_del", "arguments": {"id": "hostdev2"}}')
+            print(json.dumps(until(lambda m: m.get("event") == "GROUP_RELEASE_TIMEOUT")["data"]["holders"]))
+            """
+        let nobody = try SpawnedProcess.run(
+            [
+                "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", script,
+                session.socket,
+            ])
+        #expect(nobody.status == 0, "\(nobody.output)")
+        #expect(nobody.output == "[[7, [], 1], [8, [], 1]]\n[]\n")
+        // Root's view of the same event and state: the mock named.
+        let mockPID = session.mock.processIdentifier
+        let timeout = try #require(root.event(named: "GROUP_RELEASE_TIMEOUT"))
+        #expect(timeout.contains(#""pid": \#(mockPID)"#) && timeout.contains(#""comm": "qmp-mock""#), "\(timeout)")
+        #expect(try session.status().contains("\(mockPID) qmp-mock"))
     }
 
     @Test func logLinesOfAScriptedSessionAtInfo() throws {

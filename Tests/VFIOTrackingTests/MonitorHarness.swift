@@ -59,6 +59,13 @@ final class FakeCommander: QMPUpstreamCommander {
         onBroadcast?()
     }
 
+    /// The client whose view is recorded (root by default, as the tests run).
+    var viewer = HolderDisclosure(viewer: 0)
+
+    func broadcastEvent(disclosing line: (HolderDisclosure) -> [UInt8]) {
+        broadcastEvent(line(viewer))
+    }
+
     /// Broadcast lines as parsed JSON.
     var events: [JSONValue] { lines.compactMap { try? JSONValue(parsing: $0.dropLast(2)) } }
     /// Names of the broadcast events, in order.
@@ -164,8 +171,12 @@ final class MonitorHarness {
     }
 
     /// The query command's answer, parsed.
-    func query() throws -> JSONValue {
-        guard case .success(let bytes)? = driver.localCommand(configuration.queryCommandName, arguments: nil) else {
+    /// The query command's answer as a client of `viewer` (root by default, as the tests run) sees it.
+    func query(viewer: HolderDisclosure = HolderDisclosure(viewer: 0)) throws -> JSONValue {
+        guard
+            case .success(let bytes)? = driver.localCommand(
+                configuration.queryCommandName, arguments: nil, disclosure: viewer)
+        else {
             throw QueryFailed()
         }
         return try JSONValue(parsing: bytes)

@@ -358,13 +358,19 @@ struct ReleaseDriverTests {
         try h.openGroup(7)
         h.ready()
         h.added("hostdev0", host: "01:00.0")
-        #expect(h.driver.localCommand("query-pci", arguments: nil) == nil)
+        #expect(h.driver.localCommand("query-pci", arguments: nil, disclosure: .operatorView) == nil)
         let group = try #require(try h.query().arrayValue?.first)
         #expect(group["group"] == .integer(7))
         #expect(group["state"] == .string("attached"))
         #expect(group["members"]?.strings == ["0000:01:00.0", "0000:01:00.1"])
         #expect(group["devices"]?.arrayValue?.first?["id"] == .string("hostdev0"))
         #expect(group["holders"]?.arrayValue?.map { $0["pid"] } == [.integer(Int64(h.qemu.pid))])
+        #expect(group["hidden-holders"] == .integer(0))
+        // A client of another user than the stand-in's (root) is told that, not who.
+        let seenByNobody = try #require(try h.query(viewer: HolderDisclosure(viewer: 65534)).arrayValue?.first)
+        #expect(seenByNobody["holders"]?.arrayValue == [])
+        #expect(seenByNobody["hidden-holders"] == .integer(1))
+        #expect(seenByNobody["devices"] == group["devices"])
     }
 
     @Test func byteLevelEntryPointsForTheSidecar() throws {

@@ -32,6 +32,8 @@ public struct GroupStatus: Equatable, Sendable {
     /// The group's members in sysfs.
     public var members: [String]
     public var holders: [Holder]
+    /// Holders of other users, not named to this client (``HolderDisclosure``).
+    public var hiddenHolders: Int64
 
     /// The groups of a query reply's `return` value; members that are missing or of another type
     /// are taken as empty, so a newer sidecar with more members still reads.
@@ -50,7 +52,8 @@ public struct GroupStatus: Equatable, Sendable {
                 members: (entry["members"]?.arrayValue ?? []).compactMap(\.stringValue),
                 holders: (entry["holders"]?.arrayValue ?? []).map { holder in
                     Holder(pid: holder["pid"]?.int64Value ?? -1, comm: holder["comm"]?.stringValue ?? "?")
-                })
+                },
+                hiddenHolders: entry["hidden-holders"]?.int64Value ?? 0)
         }
     }
 }

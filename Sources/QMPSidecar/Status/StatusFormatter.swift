@@ -23,7 +23,10 @@ public enum StatusFormatter {
                 list(group.devices.map { "\($0.name) (\($0.sysfs))" }, separator: ", "),
                 list(group.deleted, separator: ", "),
                 list(group.members, separator: " "),
-                list(group.holders.map { "\($0.pid) \($0.comm)" }, separator: ", "),
+                list(
+                    group.holders.map { "\($0.pid) \($0.comm)" }
+                        + (group.hiddenHolders > 0 ? ["\(group.hiddenHolders) of another user"] : []),
+                    separator: ", "),
             ]
         }
         let widths = header.indices.map { column in

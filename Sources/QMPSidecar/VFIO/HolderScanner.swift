@@ -67,11 +67,15 @@ public struct NodeHolder: Sendable, Hashable {
     public var comm: String
     /// The fd numbers it holds on the nodes.
     public var fds: [Int32]
+    /// The user it runs as (the owner of `/proc/<pid>`), nil when unknown: who may be told about it
+    /// (``HolderDisclosure``).
+    public var owner: uid_t?
 
-    public init(pid: Int32, comm: String, fds: [Int32]) {
+    public init(pid: Int32, comm: String, fds: [Int32], owner: uid_t? = nil) {
         self.pid = pid
         self.comm = comm
         self.fds = fds
+        self.owner = owner
     }
 }
 
@@ -141,9 +145,16 @@ public struct HolderScanner: Sendable {
         var holders: [NodeHolder] = []
         for pid in pids.sorted() {
             guard let held = fds(of: pid, matching: nodes), !held.isEmpty else { continue }
-            holders.append(NodeHolder(pid: pid, comm: comm(of: pid), fds: held.keys.sorted()))
+            holders.append(NodeHolder(pid: pid, comm: comm(of: pid), fds: held.keys.sorted(), owner: owner(of: pid)))
         }
         return holders
+    }
+
+    /// The user `pid` runs as: the owner of `/proc/<pid>` (its effective uid; root for a process
+    /// that is not dumpable, which only root may inspect anyway). Nil when it cannot be stat'ed.
+    public func owner(of pid: Int32) -> uid_t? {
+        var info = stat()
+        return stat("\(procRoot)/\(pid)", &info) == 0 ? info.st_uid : nil
     }
 
     /// `/proc/<pid>/comm` without the newline; empty when unreadable.

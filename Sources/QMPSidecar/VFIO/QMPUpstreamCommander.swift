@@ -1,4 +1,5 @@
 import QMPWire
+import VFIOTracking
 
 /// What the VFIO release driver needs from the proxy: a way to ask QEMU things without disturbing
 /// clients, and a way to tell every client something.
@@ -12,4 +13,7 @@ public protocol QMPUpstreamCommander: AnyObject {
     func sendInternalCommand(_ name: String, arguments: JSONValue?, reply: @escaping (QMPMessage) -> Void)
     /// Sends one complete event line (ending in CRLF) to every negotiated client.
     func broadcastEvent(_ line: [UInt8])
+    /// Sends every negotiated client an event line made for what it may be told
+    /// (``HolderDisclosure`` of its SO_PEERCRED uid); `line` is called once per distinct viewer.
+    func broadcastEvent(disclosing line: (HolderDisclosure) -> [UInt8])
 }

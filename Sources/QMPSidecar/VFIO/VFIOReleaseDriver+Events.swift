@@ -17,7 +17,8 @@ extension VFIOReleaseDriver {
         // The event first, the log line after it: a client need not wait for the log's write.
         defer {
             logger.info(
-                "IOMMU group released", metadata: ["group": "\(group)", "devices": "\(devices)", "waited-ns": "\(waited)"])
+                "IOMMU group released",
+                metadata: ["group": "\(group)", "devices": "\(devices)", "waited-ns": "\(waited)"])
         }
         broadcast(
             configuration.releasedEventName,
@@ -37,17 +38,22 @@ extension VFIOReleaseDriver {
         statistics.allProcessScans += 1
         statistics.releaseTimeouts += 1
         let holders = scanner.allHolders(of: watches.groups[group]?.identities ?? identities(ofUnwatched: group))
+        // The operator's log names every holder; each client only those it could see in /proc itself.
         logger.warning(
             "IOMMU group not released in time",
             metadata: ["group": "\(group)", "holders": "\(holders.map { "\($0.pid)(\($0.comm))" })"])
-        broadcast(
-            configuration.timeoutEventName,
-            [
-                JSONMember("group", .integer(Int64(group))),
-                JSONMember("devices", .array(devices.map(JSONValue.string))),
-                JSONMember("waited-ms", .integer(Int64(waited / 1_000_000))),
-                JSONMember("holders", .array(holders.map(Self.holderJSON))),
-            ])
+        let at = QMPTimestamp.now()
+        commander?.broadcastEvent { disclosure in
+            let shown = disclosure.split(holders) { $0.owner }.shown
+            return QMPBuilder.event(
+                name: configuration.timeoutEventName,
+                data: .object([
+                    JSONMember("group", .integer(Int64(group))),
+                    JSONMember("devices", .array(devices.map(JSONValue.string))),
+                    JSONMember("waited-ms", .integer(Int64(waited / 1_000_000))),
+                    JSONMember("holders", .array(shown.map(Self.holderJSON))),
+                ]), at: at)
+        }
     }
 
     func flushHeld(_ group: Int) {
@@ -68,10 +74,13 @@ extension VFIOReleaseDriver {
     }
 
     /// The query command's answer, from what is already known: no scan, so it never stalls the
-    /// reactor. `holders` names QEMU when it was last known to hold the group; `open-descriptions`
-    /// is each node's count (null where unknown).
-    func queryResult() -> JSONValue {
-        let qemuComm = livePID.map { scanner.comm(of: $0) } ?? ""
+    /// reactor. `holders` names QEMU when it was last known to hold the group and the client may be
+    /// told (``HolderDisclosure``), else `hidden-holders` counts it; `open-descriptions` is each
+    /// node's count (null where unknown).
+    func queryResult(disclosure: HolderDisclosure) -> JSONValue {
+        let qemu = livePID.map {
+            NodeHolder(pid: $0, comm: scanner.comm(of: $0), fds: [], owner: scanner.owner(of: $0))
+        }
         return .array(
             machine.views.map { view in
                 let state = view.timedOut ? "timed-out" : view.phase.rawValue
@@ -85,10 +94,7 @@ extension VFIOReleaseDriver {
                     if let cdev = device.resolved.cdevNode { members.append(JSONMember("cdev", .string(cdev))) }
                     return .object(members)
                 }
-                var holders: [JSONValue] = []
-                if let pid = livePID, view.qemuHolds {
-                    holders.append(Self.holderJSON(NodeHolder(pid: pid, comm: qemuComm, fds: [])))
-                }
+                let (holders, hidden) = disclosure.split(view.qemuHolds ? (qemu.map { [$0] } ?? []) : []) { $0.owner }
                 let counts = watches.counts(of: view.number).map { count -> JSONValue in
                     if case .exact(let open) = count.knowledge { .integer(Int64(open)) } else { .null }
                 }
@@ -98,7 +104,8 @@ extension VFIOReleaseDriver {
                     JSONMember("devices", .array(devices)),
                     JSONMember("deleted", .array(view.deletedDevices.map(JSONValue.string))),
                     JSONMember("members", .array(sysfs.members(ofGroup: view.number).map(JSONValue.string))),
-                    JSONMember("holders", .array(holders)),
+                    JSONMember("holders", .array(holders.map(Self.holderJSON))),
+                    JSONMember("hidden-holders", .integer(Int64(hidden))),
                     JSONMember("open-descriptions", .array(counts)),
                 ])
             })

@@ -189,9 +189,11 @@ public final class VFIOReleaseDriver: SidecarVFIOHooks {
         for item in work { item() }
     }
 
-    public func localCommand(_ name: String, arguments: [UInt8]?) -> ProxyRouter.LocalReply? {
+    public func localCommand(_ name: String, arguments: [UInt8]?, disclosure: HolderDisclosure)
+        -> ProxyRouter.LocalReply?
+    {
         guard name == configuration.queryCommandName else { return nil }
-        return .success(queryResult().qemuBytes)
+        return .success(queryResult(disclosure: disclosure).qemuBytes)
     }
 
     /// QEMU's monitor connection went away. With a pid, its exit is awaited through the pidfd; without
