@@ -79,6 +79,9 @@ private struct Harness {
     var fdsOut: [Int32] = []
     var nextFD: Int32 = 1000
     var bad = 3
+    /// Bytes handed to the router so far, from clients and QEMU: only ever grows, so a drain round
+    /// that moved anything is told from one that did not (buffer sizes alone can come out equal).
+    var moved = 0
 
     init(configuration: ProxyRouter.Configuration) {
         router = ProxyRouter(configuration: configuration)
@@ -131,12 +134,14 @@ private struct Harness {
         guard reading.contains(client), let pending = outbox[client], !pending.isEmpty else { return }
         let chunk = Array(pending.prefix(count))
         outbox[client] = Array(pending.dropFirst(chunk.count))
+        moved += chunk.count
         perform(router.clientReceived(client, chunk))
     }
 
     mutating func deliverQEMU(_ count: Int) {
         let chunk = Array(qemu.output.prefix(count))
         qemu.output.removeFirst(chunk.count)
+        moved += chunk.count
         if !chunk.isEmpty { perform(router.upstreamReceived(chunk)) }
     }
 
@@ -161,7 +166,7 @@ private struct Harness {
     }
 
     private var progress: [Int] {
-        [outbox.values.map(\.count).reduce(0, +), qemu.output.count, localTokens.count, router.gatedCommands,
+        [moved, outbox.values.map(\.count).reduce(0, +), qemu.output.count, localTokens.count, router.gatedCommands,
             received.values.map(\.count).reduce(0, +)]
     }
 
