@@ -85,7 +85,10 @@ struct HolderScannerTests {
         let scanner = HolderScanner(procRoot: proc + "/")
         let node = try #require(NodeIdentity(path: host.groupNodePath(7)))
         #expect(scanner.fds(of: 4242, matching: [node]) == [9: node])
-        #expect(scanner.allHolders(of: [node]) == [NodeHolder(pid: 4242, comm: "qemu-system-x86", fds: [9], owner: getuid())])
+        #expect(
+            scanner.allHolders(of: [node]) == [
+                NodeHolder(pid: 4242, comm: "qemu-system-x86", fds: [9], owner: getuid())
+            ])
         #expect(scanner.fds(of: 4243, matching: [node]) == nil)
     }
 }

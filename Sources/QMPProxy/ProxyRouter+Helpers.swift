@@ -1,0 +1,110 @@
+import QMPWire
+
+// Shared by both sides of the router: id echo and decimal ids, greeting and flushing a client, sending
+// to QEMU (early or round robin), tracing.
+extension ProxyRouter {
+    /// The id QEMU would echo for the client's id bytes.
+    ///
+    /// Fast path for the ids clients really use (libvirt's `"libvirt-N"`, qemu.qmp's `"__qmp#00001"`,
+    /// small integers): a double-quoted string of printable ASCII without escapes, or a decimal
+    /// integer without leading zeros below 2^53, is echoed unchanged by QEMU.
+    static func echo(_ id: [UInt8]) -> [UInt8] {
+        if id.count >= 2, id.first == 0x22, id.last == 0x22,
+            id.dropFirst().dropLast().allSatisfy({ $0 >= 0x20 && $0 < 0x7F && $0 != 0x22 && $0 != 0x5C })
+        {
+            return id
+        }
+        if !id.isEmpty, id.count <= 15, id.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), id.count == 1 || id[0] != 0x30 {
+            return id
+        }
+        return QMPJSON.echoed(id) ?? id
+    }
+
+    mutating func sendGreeting(
+        _ clientID: ClientID, _ session: inout ClientSession, into actions: inout [Action]
+    ) {
+        guard let greeting else { return }
+        session.phase = .capabilities
+        trace(.sidecarToClient, client: clientID, fds: 0, Self.trimmed(greeting), into: &actions)
+        traffic.toClients += 1
+        actions.append(.sendToClient(clientID, greeting))
+    }
+
+    mutating func flushClient(
+        _ clientID: ClientID, _ session: inout ClientSession, into actions: inout [Action]
+    ) {
+        guard let ready = session.takeReady() else { return }
+        traffic.toClients += ready.lines
+        actions.append(.sendToClient(clientID, ready.bytes))
+    }
+
+    /// The decimal digits of a sidecar id (without going through `String`).
+    static func decimal(_ value: UInt64) -> [UInt8] {
+        var digits: [UInt8] = []
+        digits.reserveCapacity(20)
+        var rest = value
+        repeat {
+            digits.append(UInt8(truncatingIfNeeded: rest % 10) + 0x30)
+            rest /= 10
+        } while rest > 0
+        digits.reverse()
+        return digits
+    }
+
+    /// Sends a command that never waits for a turn (the sidecar's own, OOB), or holds it until the
+    /// upstream negotiation is done. Such commands carry no fds.
+    mutating func sendEarly(
+        _ item: UpstreamItem, client: ClientID = 0, direction: TraceDirection = .sidecarToQEMU,
+        into actions: inout [Action]
+    ) {
+        trace(direction, client: client, fds: 0, Self.trimmed(item.bytes), into: &actions)
+        if phase == .ready {
+            traffic.toQEMU += 1
+            actions.append(.sendUpstream(item.bytes, fds: []))
+        } else {
+            early.append(item)
+        }
+    }
+
+    /// Sends what may go to QEMU now: held early commands, then clients' commands round robin.
+    mutating func dispatch(into actions: inout [Action]) {
+        guard phase == .ready else { return }
+        for item in early {
+            traffic.toQEMU += 1
+            actions.append(.sendUpstream(item.bytes, fds: []))
+        }
+        early = []
+        while let (clientID, item, _) = scheduler.next() {
+            switch item {
+            case .local(let action):
+                actions.append(action)
+            case .upstream(let item):
+                trace(.clientToQEMU, client: clientID, fds: item.fds.count, Self.trimmed(item.bytes), into: &actions)
+                traffic.toQEMU += 1
+                actions.append(.sendUpstream(item.bytes, fds: item.fds))
+            }
+            if scheduler.queued(clientID) < configuration.maxClientQueue, pausedClients.remove(clientID) != nil {
+                actions.append(.setClientReading(clientID, enabled: true))
+            }
+        }
+    }
+
+    mutating func allocateID() -> UInt64 {
+        defer { nextID += 1 }
+        return nextID
+    }
+
+    func trace(
+        _ direction: TraceDirection, client: Int, fds: Int, _ message: @autoclosure () -> [UInt8],
+        into actions: inout [Action]
+    ) {
+        guard configuration.tracing else { return }
+        actions.append(.trace(TraceRecord(direction: direction, client: client, fds: fds, message: message())))
+    }
+
+    static func trimmed(_ line: [UInt8]) -> [UInt8] {
+        var end = line.count
+        while end > 0, line[end - 1] == 0x0A || line[end - 1] == 0x0D { end -= 1 }
+        return Array(line[..<end])
+    }
+}
