@@ -20,16 +20,25 @@
 #define SYS_pidfd_getfd 438
 #endif
 
-ssize_t cqmp_sendmsg_fds(int sock, const void *buf, size_t len, const int *fds, size_t nfds, int flags) {
-    struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+/* Control data with room for the largest fd batch, aligned as a cmsghdr must be. */
+typedef union {
+    char buf[CMSG_SPACE(sizeof(int) * CQMP_MAX_FDS)];
+    struct cmsghdr align;
+} fd_control;
+
+/* A zeroed msghdr over the one buffer `iov`, without control data yet. */
+static struct msghdr one_buffer_msghdr(struct iovec *iov) {
     struct msghdr msg;
     memset(&msg, 0, sizeof(msg));
-    msg.msg_iov = &iov;
+    msg.msg_iov = iov;
     msg.msg_iovlen = 1;
-    union {
-        char buf[CMSG_SPACE(sizeof(int) * CQMP_MAX_FDS)];
-        struct cmsghdr align;
-    } control;
+    return msg;
+}
+
+ssize_t cqmp_sendmsg_fds(int sock, const void *buf, size_t len, const int *fds, size_t nfds, int flags) {
+    struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+    struct msghdr msg = one_buffer_msghdr(&iov);
+    fd_control control;
     if (nfds > 0) {
         if (nfds > CQMP_MAX_FDS) {
             errno = EINVAL;
@@ -49,14 +58,8 @@ ssize_t cqmp_sendmsg_fds(int sock, const void *buf, size_t len, const int *fds, 
 
 ssize_t cqmp_recvmsg_fds(int sock, void *buf, size_t len, int *fds, size_t maxfds, size_t *nfds, int *truncated) {
     struct iovec iov = {.iov_base = buf, .iov_len = len};
-    struct msghdr msg;
-    memset(&msg, 0, sizeof(msg));
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    union {
-        char buf[CMSG_SPACE(sizeof(int) * CQMP_MAX_FDS)];
-        struct cmsghdr align;
-    } control;
+    struct msghdr msg = one_buffer_msghdr(&iov);
+    fd_control control;
     msg.msg_control = control.buf;
     msg.msg_controllen = sizeof(control.buf);
     *nfds = 0;
