@@ -64,13 +64,7 @@ struct WatcherTests {
     @Test("a pidfd reports the exit of a spawned child")
     func processExit() throws {
         let pid = try ChildSpawn.spawn("/bin/sleep", arguments: ["0.05"])
-        let reactor = try Reactor()
-        var exited = false
-        let watcher = try ProcessExitWatcher(pid: pid, reactor: reactor) {
-            exited = true
-            reactor.stop()
-        }
-        try runUntilStopped(reactor)
+        let (reactor, watcher, exited) = try watchUntilExit(pid)
         #expect(exited)
         #expect(watcher.hasExited)
         var status: Int32 = 0
@@ -83,6 +77,12 @@ struct WatcherTests {
         let pid = try ChildSpawn.spawn("/bin/true")
         var status: Int32 = 0
         try #require(waitpid(pid, &status, 0) == pid)
+        let (_, watcher, exited) = try watchUntilExit(pid)
+        #expect(exited && watcher.hasExited)
+    }
+
+    /// Watches `pid` with a pidfd on a new reactor and runs the reactor until the exit is reported.
+    private func watchUntilExit(_ pid: pid_t) throws -> (Reactor, ProcessExitWatcher, exited: Bool) {
         let reactor = try Reactor()
         var exited = false
         let watcher = try ProcessExitWatcher(pid: pid, reactor: reactor) {
@@ -90,7 +90,7 @@ struct WatcherTests {
             reactor.stop()
         }
         try runUntilStopped(reactor)
-        #expect(exited && watcher.hasExited)
+        return (reactor, watcher, exited)
     }
 
     @Test("ConnectRetry waits on the reactor until the listener appears")
