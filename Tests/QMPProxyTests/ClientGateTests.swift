@@ -34,8 +34,8 @@ import Testing
             h.other.compactMap { if case .localCommand(1, let token, "x-query", nil) = $0 { token } else { nil } }
                 .first)
         h.perform(h.router.completeLocalCommand(token: local, reply: .success(Array("[]".utf8))))
-        h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(0))}"# + "\r\n")
-        h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(1))}"# + "\r\n")
+        h.replyUpstream(0)
+        h.replyUpstream(1)
         #expect(
             h.take(1)
                 == #"{"return": {}, "id": 1}"# + "\r\n" + #"{"return": [], "id": 2}"# + "\r\n"

@@ -106,7 +106,7 @@ import Testing
         h.send(1, #"1]{"exec-oob":"migrate-pause","id":"o"}"#)
         #expect(h.upstream.count == 3 && h.upstream[2].text.contains("migrate-pause"), "OOB never waits")
 
-        h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(2))}"# + "\r\n")
+        h.replyUpstream(2)
         #expect(h.take(1) == #"{"return": {}, "id": "o"}"# + "\r\n", "the OOB reply overtakes")
         h.feedUpstream(#"{"return": {"status": "running"}, "id": \#(h.upstreamID(1))}"# + "\r\n")
         #expect(h.take(2).contains(#""id": "b""#))

@@ -84,6 +84,11 @@ struct RouterHarness {
         return clientOutput[id] ?? ""
     }
 
+    /// QEMU answers the upstream message at `index` with `{"return": {}}`.
+    mutating func replyUpstream(_ index: Int) {
+        feedUpstream(#"{"return": {}, "id": \#(upstreamID(index))}"# + "\r\n")
+    }
+
     /// The sidecar id of the upstream message at `index`.
     func upstreamID(_ index: Int) -> String {
         let bytes = Array(upstream[index].text.utf8)

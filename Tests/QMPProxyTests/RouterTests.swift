@@ -60,12 +60,12 @@ import Testing
         h.send(1, #"{"execute":"a","id":1}[1]{"execute":"b","id":2}"#)
         #expect(h.take(1) == "", "the error waits behind the reply to command 1")
         #expect(h.upstream.count == 2)
-        h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(0))}"# + "\r\n")
+        h.replyUpstream(0)
         #expect(
             h.take(1)
                 == #"{"return": {}, "id": 1}"# + "\r\n"
                 + #"{"error": {"class": "GenericError", "desc": "QMP input must be a JSON object"}}"# + "\r\n")
-        h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(1))}"# + "\r\n")
+        h.replyUpstream(1)
         #expect(h.take(1) == #"{"return": {}, "id": 2}"# + "\r\n")
     }
 
@@ -74,9 +74,9 @@ import Testing
         h.negotiated(1, oob: true)
         h.send(1, #"{"execute":"slow","id":"s"}{"exec-oob":"migrate-pause","id":"o"}"#)
         #expect(h.upstream.count == 2)
-        h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(1))}"# + "\r\n")
+        h.replyUpstream(1)
         #expect(h.take(1) == #"{"return": {}, "id": "o"}"# + "\r\n")
-        h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(0))}"# + "\r\n")
+        h.replyUpstream(0)
         #expect(h.take(1) == #"{"return": {}, "id": "s"}"# + "\r\n")
     }
 
@@ -105,7 +105,7 @@ import Testing
         #expect(h.take(2) == "")
         #expect(h.upstream.isEmpty)
         h.send(2, #"{"execute":"query-status","id":7}"#)
-        h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(0))}"# + "\r\n")
+        h.replyUpstream(0)
         #expect(h.take(2) == #"{"return": {}, "id": 7}"# + "\r\n")
     }
 
@@ -115,7 +115,7 @@ import Testing
         h.negotiated(2)
         h.send(1, #"{"execute":"a","id":1}"#)
         h.perform(h.router.clientClosed(1))
-        h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(0))}"# + "\r\n")
+        h.replyUpstream(0)
         #expect(h.clientOutput[1, default: ""] == "")
         #expect(h.take(2) == "")
         #expect(!h.other.contains { if case .warning = $0 { true } else { false } })
@@ -131,7 +131,7 @@ import Testing
         #expect(h.take(1) == qemuGreeting + #"{"return": {}, "id": 1}"# + "\r\n")
         // The sidecar's negotiation is in flight: the client's command waits for it.
         #expect(h.upstream.count == 1)
-        h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(0))}"# + "\r\n")
+        h.replyUpstream(0)
         #expect(h.upstream.count == 2)
         #expect(h.upstream[1].text.contains("query-status"))
     }
@@ -166,10 +166,10 @@ import Testing
                 .commandObserved(name: "device_add", arguments: Array("{}".utf8)),
             ])
         h.other.removeAll()
-        h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(0))}"# + "\r\n")
+        h.replyUpstream(0)
         h.feedUpstream(
             #"{"id": \#(h.upstreamID(1)), "error": {"class": "GenericError", "desc": "no host"}}"# + "\r\n")
-        h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(2))}"# + "\r\n")
+        h.replyUpstream(2)
         #expect(
             h.other == [
                 .observedReply(
@@ -185,7 +185,7 @@ import Testing
         h.negotiated(1)
         h.other.removeAll()
         h.send(1, #"{"execute":"device_add","arguments":{"driver":"vfio-pci","id":"h"},"id":1}"#)
-        h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(0))}"# + "\r\n")
+        h.replyUpstream(0)
         #expect(h.other.isEmpty)
     }
 
@@ -216,7 +216,7 @@ import Testing
             .first)
         h.perform(h.router.completeLocalCommand(token: token, reply: .success(Array("[]".utf8))))
         #expect(h.take(1) == "", "waits for the reply to command 1")
-        h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(0))}"# + "\r\n")
+        h.replyUpstream(0)
         #expect(h.take(1) == #"{"return": {}, "id": 1}"# + "\r\n" + #"{"return": [], "id": 2}"# + "\r\n")
     }
 }
@@ -254,7 +254,7 @@ import Testing
         #expect(h.upstream.last?.fds == [61])
         // A getfd with no fds of its own gets none (QEMU answers with its own error). (The reply to
         // the first command frees the client's second slot at QEMU.)
-        h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(0))}"# + "\r\n")
+        h.replyUpstream(0)
         h.send(1, #"{"execute":"getfd","arguments":{"fdname":"b"},"id":2}"#)
         #expect(h.upstream.count == 3, "an fd-less command is not held back")
         #expect(h.upstream[2].fds == [])
@@ -268,7 +268,7 @@ import Testing
         h.send(2, #"{"execute":"getfd","arguments":{"fdname":"b"},"id":1}"#, fds: [71])
         h.send(2, #"{"execute":"query-status","id":2}"#)
         #expect(h.upstream.map(\.fds) == [[70]], "QEMU would replace the first batch with the second")
-        h.feedUpstream(#"{"return": {}, "id": \#(h.upstreamID(0))}"# + "\r\n")
+        h.replyUpstream(0)
         #expect(h.upstream.map(\.fds) == [[70], [71], []])
         #expect(h.take(1) == #"{"return": {}, "id": 1}"# + "\r\n")
     }
