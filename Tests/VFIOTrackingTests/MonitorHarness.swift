@@ -131,6 +131,19 @@ final class MonitorHarness {
         add(Self.arguments(id, host: address, driver: driver))
     }
 
+    /// The common start of the fallback path: `hostdev0` (01:00.0, group 7) found attached. The
+    /// stand-in opens the group before the driver watches it, the upstream is ready, then the
+    /// `device_add` succeeds.
+    ///
+    /// - Returns: the stand-in's fd of the group node.
+    @discardableResult
+    func foundAttached() throws -> Int32 {
+        let fd = try openGroup(7)
+        ready()
+        added("hostdev0", host: "01:00.0")
+        return fd
+    }
+
     /// The hot path: the `device_add` is forwarded (the driver watches the nodes), QEMU opens `node`
     /// (the group node by default), then replies. Returns the fd QEMU holds.
     @discardableResult

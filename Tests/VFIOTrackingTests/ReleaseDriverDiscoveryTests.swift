@@ -138,9 +138,7 @@ struct ReleaseDriverDiscoveryTests {
 
     @Test func queryCommandListsGroups() throws {
         let h = try MonitorHarness(spec: "7=0000:01:00.0,0000:01:00.1")
-        try h.openGroup(7)
-        h.ready()
-        h.added("hostdev0", host: "01:00.0")
+        try h.foundAttached()
         #expect(h.driver.localCommand("query-pci", arguments: nil, disclosure: .operatorView) == nil)
         let group = try #require(try h.query().arrayValue?.first)
         #expect(group["group"] == .integer(7))
@@ -209,9 +207,7 @@ struct ReleaseDriverDiscoveryTests {
 
     @Test func nothingDetachingMeansNoTimers() throws {
         let h = try MonitorHarness(spec: "7=0000:01:00.0")
-        try h.openGroup(7)
-        h.ready()
-        h.added("hostdev0", host: "01:00.0")
+        try h.foundAttached()
         try h.run(for: .milliseconds(5))
         #expect(h.driver.armedTimers == 0)
         #expect(h.reactor.armedTimerCount == 0)

@@ -63,9 +63,7 @@ struct ReleaseDriverTests {
     @Test func bothOrdersWithinOneLoopRound() throws {
         // The close event and DEVICE_DELETED are both pending when the reactor looks: still one release.
         let h = try MonitorHarness(spec: "7=0000:01:00.0")
-        let fd = try h.openGroup(7)
-        h.ready()
-        h.added("hostdev0", host: "01:00.0")
+        let fd = try h.foundAttached()
         try h.qemu.close(fd)
         h.deleted("hostdev0")
         #expect(try h.waitForEvent("GROUP_RELEASED") != nil)
@@ -93,9 +91,7 @@ struct ReleaseDriverTests {
 
     @Test func copyInAnotherProcessBlocksReleaseAndTheTimeoutNamesIt() throws {
         let h = try MonitorHarness(spec: "7=0000:01:00.0", releaseTimeout: .milliseconds(300))
-        let fd = try h.openGroup(7)
-        h.ready()
-        h.added("hostdev0", host: "01:00.0")
+        let fd = try h.foundAttached()
         let holder = try h.qemu.forkHolder()  // inherits a copy of QEMU's open file
         try h.qemu.close(fd)
         h.deleted("hostdev0")
@@ -120,9 +116,7 @@ struct ReleaseDriverTests {
         // This test process takes a copy of the stand-in's group fd with pidfd_getfd(2), as a helper
         // daemon could: QEMU's close is then not the last one.
         let h = try MonitorHarness(spec: "7=0000:01:00.0", releaseTimeout: .milliseconds(200))
-        let fd = try h.openGroup(7)
-        h.ready()
-        h.added("hostdev0", host: "01:00.0")
+        let fd = try h.foundAttached()
         let pidfd = cqmp_pidfd_open(h.qemu.pid, 0)
         try #require(pidfd >= 0)
         defer { close(pidfd) }
@@ -139,9 +133,7 @@ struct ReleaseDriverTests {
 
     @Test func reAddWhileDetachingReturnsToAttached() throws {
         let h = try MonitorHarness(spec: "7=0000:01:00.0")
-        let fd = try h.openGroup(7)
-        h.ready()
-        h.added("hostdev0", host: "01:00.0")
+        let fd = try h.foundAttached()
         h.deleted("hostdev0")
         try h.run(for: .milliseconds(10))
         #expect(h.driver.view(ofGroup: 7)?.phase == .detaching)
@@ -202,9 +194,7 @@ struct ReleaseDriverTests {
 
     @Test func qemuExitForgetsAttachedGroupsWithoutEvents() throws {
         let h = try MonitorHarness(spec: "7=0000:01:00.0")
-        try h.openGroup(7)
-        h.ready()
-        h.added("hostdev0", host: "01:00.0")
+        try h.foundAttached()
         h.qemu.terminate()
         let monitor = h.driver
         #expect(try h.run(until: { monitor.view(ofGroup: 7) == nil }, timeout: .seconds(5)))
