@@ -512,6 +512,18 @@ class Lab:
 
 # ---- scenarios -------------------------------------------------------------------------------------
 
+def single_hot_plugged(lab, dev_id, sidecar_args=()):
+    """An L2 QEMU with the single-device group hot-plugged in slot 5 as dev_id, its group fd held.
+
+    Returns (qemu, client, sidecar or None, group)."""
+    qemu = lab.start_l2()
+    client, sc = lab.connect(qemu, sidecar_args)
+    lab.hot_add(client, lab.single, dev_id, 5)
+    g = lab.group(lab.single)
+    lab.wait(lambda: lab.obs.holds(qemu.pid, g), 10, "the L2 QEMU to hold the group fd")
+    return qemu, client, sc, g
+
+
 def single_unplug(lab, client, qemu, dev_id, slot, eject=True, timeout=15):
     """Unplug one device of the single-device group; checks and figures common to A, C, D."""
     g = lab.group(lab.single)
@@ -535,11 +547,7 @@ def single_unplug(lab, client, qemu, dev_id, slot, eject=True, timeout=15):
 
 def scenario_A(lab):
     """Single-device group, hot-plugged, unplugged without a guest OS (HMP eject)."""
-    qemu = lab.start_l2()
-    client, _ = lab.connect(qemu)
-    lab.hot_add(client, lab.single, "a0", 5)
-    g = lab.group(lab.single)
-    lab.wait(lambda: lab.obs.holds(qemu.pid, g), 10, "the L2 QEMU to hold the group fd")
+    qemu, client, _, g = single_hot_plugged(lab, "a0")
     return single_unplug(lab, client, qemu, "a0", 5)
 
 
@@ -644,11 +652,7 @@ def scenario_D(lab):
 
 def scenario_E(lab):
     """quit with a device attached: nothing claims a release QEMU's exit did not do; the sidecar exits."""
-    qemu = lab.start_l2()
-    client, sc = lab.connect(qemu)
-    lab.hot_add(client, lab.single, "e0", 5)
-    g = lab.group(lab.single)
-    lab.wait(lambda: lab.obs.holds(qemu.pid, g), 10, "the L2 QEMU to hold the group fd")
+    qemu, client, sc, g = single_hot_plugged(lab, "e0")
     t0 = mono()
     client.send("quit")
     lab.wait(lambda: client.named("SHUTDOWN"), 10, "SHUTDOWN")
@@ -692,11 +696,7 @@ sys.stdin.readline()
 
 def scenario_F(lab):
     """Another process takes a copy of QEMU's group fd (pidfd_getfd) before the unplug."""
-    qemu = lab.start_l2()
-    client, _ = lab.connect(qemu, ["--release-timeout", str(lab.args.release_timeout)])
-    lab.hot_add(client, lab.single, "f0", 5)
-    g = lab.group(lab.single)
-    lab.wait(lambda: lab.obs.holds(qemu.pid, g), 10, "the L2 QEMU to hold the group fd")
+    qemu, client, _, g = single_hot_plugged(lab, "f0", ["--release-timeout", str(lab.args.release_timeout)])
     qfd = group_holders(g, [qemu.pid])[qemu.pid][0]
     holder = subprocess.Popen(["/usr/bin/python3", "-c", HOLDER, str(qemu.pid), str(qfd)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
