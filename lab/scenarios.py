@@ -547,7 +547,7 @@ def single_unplug(lab, client, qemu, dev_id, slot, eject=True, timeout=15):
 
 def scenario_A(lab):
     """Single-device group, hot-plugged, unplugged without a guest OS (HMP eject)."""
-    qemu, client, _, g = single_hot_plugged(lab, "a0")
+    qemu, client, _, _ = single_hot_plugged(lab, "a0")
     return single_unplug(lab, client, qemu, "a0", 5)
 
 
