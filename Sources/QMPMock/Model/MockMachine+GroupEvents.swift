@@ -31,29 +31,29 @@ extension MockMachine {
         groups[group] = nil
         broadcast(
             event: "GROUP_RELEASED",
-            data: .object([
-                JSONMember("group", .integer(Int64(group))),
-                JSONMember("devices", .array(entry.deleted.map(JSONValue.string))),
-                JSONMember("waited-ms", .integer(Self.milliseconds(from: entry.lastDeleted, to: now))),
-            ]), now: now, actions: &actions)
+            data: .object(Self.commonMembers(group, entry, now: now)), now: now, actions: &actions)
     }
 
     /// `--release-timeout` passed with the group still open.
     mutating func groupReleaseTimeoutFired(_ group: Int, now: QMPTimestamp, actions: inout [MockAction]) {
         guard let entry = groups[group], entry.fd != nil, entry.members.isEmpty else { return }
         let holder = configuration.holder
+        let holders = JSONValue.array([
+            .object([JSONMember("pid", .integer(holder.pid)), JSONMember("comm", .string(holder.comm))])
+        ])
         broadcast(
             event: "GROUP_RELEASE_TIMEOUT",
-            data: .object([
-                JSONMember("group", .integer(Int64(group))),
-                JSONMember("devices", .array(entry.deleted.map(JSONValue.string))),
-                JSONMember("waited-ms", .integer(Self.milliseconds(from: entry.lastDeleted, to: now))),
-                JSONMember(
-                    "holders",
-                    .array([
-                        .object([JSONMember("pid", .integer(holder.pid)), JSONMember("comm", .string(holder.comm))])
-                    ])),
-            ]), now: now, actions: &actions)
+            data: .object(Self.commonMembers(group, entry, now: now) + [JSONMember("holders", holders)]), now: now,
+            actions: &actions)
+    }
+
+    /// What both group events begin with: the group, its deleted devices, the wait since the last one.
+    private static func commonMembers(_ group: Int, _ entry: Group, now: QMPTimestamp) -> [JSONMember] {
+        [
+            JSONMember("group", .integer(Int64(group))),
+            JSONMember("devices", .array(entry.deleted.map(JSONValue.string))),
+            JSONMember("waited-ms", .integer(milliseconds(from: entry.lastDeleted, to: now))),
+        ]
     }
 
     private static func milliseconds(from start: QMPTimestamp?, to end: QMPTimestamp) -> Int64 {
