@@ -217,10 +217,7 @@ struct QEMUDifferentialTests {
 
     /// QEMU's monitor reads one byte per recvmsg: 64 MiB takes minutes, so this runs on demand
     /// (`QMP_SIDECAR_SLOW_QEMU_TESTS=1 swift test --filter sizeLimits`).
-    @Test(
-        .enabled(
-            if: QEMULauncher.isAvailable && getenv("QMP_SIDECAR_SLOW_QEMU_TESTS") != nil,
-            "slow: set QMP_SIDECAR_SLOW_QEMU_TESTS=1"))
+    @Test(.slowQEMU)
     func sizeLimits() throws {
         let qemu = try QEMULauncher()
         // One token above 64 MiB: QEMU cuts it and lexes the rest of it as new input.
@@ -231,15 +228,21 @@ struct QEMUDifferentialTests {
     }
 
     /// See ``sizeLimits()``: on demand only.
-    @Test(
-        .enabled(
-            if: QEMULauncher.isAvailable && getenv("QMP_SIDECAR_SLOW_QEMU_TESTS") != nil,
-            "slow: set QMP_SIDECAR_SLOW_QEMU_TESTS=1"))
+    @Test(.slowQEMU)
     func messageSizeLimit() throws {
         let qemu = try QEMULauncher()
         // A message whose tokens add up to more than 64 MiB.
         let piece = "\"" + String(repeating: "b", count: 1 << 20) + "\","
         let big = "[" + String(repeating: piece, count: 64) + "1]"
         try Self.compare(qemu, Array(big.utf8))
+    }
+}
+
+extension Trait where Self == ConditionTrait {
+    /// Tests that feed QEMU tens of MiB (minutes each): only with QEMU and `QMP_SIDECAR_SLOW_QEMU_TESTS` set.
+    static var slowQEMU: Self {
+        .enabled(
+            if: QEMULauncher.isAvailable && getenv("QMP_SIDECAR_SLOW_QEMU_TESTS") != nil,
+            "slow: set QMP_SIDECAR_SLOW_QEMU_TESTS=1")
     }
 }
