@@ -49,13 +49,18 @@ public final class Connection {
         var offset: Int
         /// Descriptors still to be sent with this chunk's first bytes (empty once sent).
         var fds: [Int32]
+        /// One `send` larger than ``Connection/maxPendingBytes`` on its own (a 64 MiB reply): its
+        /// unsent bytes do not count against the bound.
+        var oversized = false
     }
 
     /// The socket descriptor (-1 after close).
     public private(set) var fd: Int32
     /// The reactor this connection lives on.
     public let reactor: Reactor
-    /// Above this many queued bytes ``onOverflow`` is called (once per crossing).
+    /// Above this many queued bytes ``onOverflow`` is called (once per crossing). A single ``send(_:fds:)``
+    /// larger than the bound does not count against it while it drains: a peer that reads gets a reply
+    /// of any size (QEMU bounds none); one that stops reading is still cut off by what follows it.
     public var maxPendingBytes: Int
     /// Called with each read: the bytes and the descriptors received with them (caller owns them).
     public var onRead: (([UInt8], [Int32]) -> Void)?
@@ -81,6 +86,8 @@ public final class Connection {
 
     /// Bytes queued and not yet accepted by the kernel.
     public private(set) var pendingBytes = 0
+    /// The part of ``pendingBytes`` in oversized sends (exempt from the bound).
+    private var oversizedBytes = 0
     /// Total bytes read so far.
     public private(set) var bytesRead = 0
     /// Total bytes written so far.
@@ -155,19 +162,21 @@ public final class Connection {
             return
         }
         let wasIdle = pendingBytes == 0
-        if fds.isEmpty, queue.count > queueHead, queue[queue.count - 1].fds.isEmpty,
-            queue[queue.count - 1].bytes.count < 256 * 1024
+        let oversized = bytes.count > maxPendingBytes
+        if !oversized, fds.isEmpty, queue.count > queueHead, queue[queue.count - 1].fds.isEmpty,
+            !queue[queue.count - 1].oversized, queue[queue.count - 1].bytes.count < 256 * 1024
         {
             queue[queue.count - 1].bytes.append(contentsOf: bytes)
         } else {
-            queue.append(Chunk(bytes: bytes, offset: 0, fds: fds))
+            queue.append(Chunk(bytes: bytes, offset: 0, fds: fds, oversized: oversized))
         }
         pendingBytes += bytes.count
+        if oversized { oversizedBytes += bytes.count }
         if wasIdle {
             flush()
             if fd < 0 { return }
         }
-        if pendingBytes > maxPendingBytes {
+        if pendingBytes - oversizedBytes > maxPendingBytes {
             if !overflowSignalled {
                 overflowSignalled = true
                 logger.warning(
@@ -281,6 +290,7 @@ public final class Connection {
             }
             bytesWritten += sent
             pendingBytes -= sent
+            if queue[queueHead].oversized { oversizedBytes -= sent }
             queue[queueHead].offset += sent
             if queue[queueHead].offset == queue[queueHead].bytes.count {
                 queueHead += 1
@@ -295,7 +305,7 @@ public final class Connection {
             queue.removeFirst(queueHead)
             queueHead = 0
         }
-        if pendingBytes <= maxPendingBytes {
+        if pendingBytes - oversizedBytes <= maxPendingBytes {
             overflowSignalled = false
         }
         updateInterest()
@@ -315,6 +325,7 @@ public final class Connection {
         queue.removeAll()
         queueHead = 0
         pendingBytes = 0
+        oversizedBytes = 0
         switch reason {
         case .local: logger.debug("connection closed locally")
         case .endOfFile: logger.debug("peer closed the connection")

@@ -14,13 +14,22 @@ public enum ProcessProbe {
 
     /// The resident set size of `pid` in KiB (`VmRSS` in `/proc/<pid>/status`), or nil.
     public static func residentKiB(of pid: pid_t) -> Int? {
+        statusKiB("VmRSS:", of: pid)
+    }
+
+    /// The peak resident set size of `pid` in KiB (`VmHWM`), or nil.
+    public static func peakResidentKiB(of pid: pid_t) -> Int? {
+        statusKiB("VmHWM:", of: pid)
+    }
+
+    private static func statusKiB(_ field: String, of pid: pid_t) -> Int? {
         guard let file = fopen("/proc/\(pid)/status", "r") else { return nil }
         defer { fclose(file) }
         var line = [CChar](repeating: 0, count: 256)
         while fgets(&line, Int32(line.count), file) != nil {
             let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            if text.hasPrefix("VmRSS:") {
-                return Int(text.dropFirst(6).split(whereSeparator: { $0 == " " || $0 == "\t" }).first ?? "")
+            if text.hasPrefix(field) {
+                return Int(text.dropFirst(field.count).split(whereSeparator: { $0 == " " || $0 == "\t" }).first ?? "")
             }
         }
         return nil

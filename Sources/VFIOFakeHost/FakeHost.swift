@@ -249,9 +249,19 @@ public final class FakeHost: Sendable {
         }
     }
 
+    /// A link already there with the same target is kept: a mock restarted on the tree a killed one
+    /// left (`--fake-host-root`) finds the host as a restarted QEMU does, same nodes, same inodes.
     private static func symlink(_ target: String, at path: String) throws(FakeHostError) {
         guard Glibc.symlink(target, path) == 0 else {
-            throw FakeHostError("cannot create fake host symlink \(path)", syscall: "symlink", errno: errno)
+            let error = errno
+            var existing = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+            let length = readlink(path, &existing, existing.count - 1)
+            if error == EEXIST, length >= 0,
+                String(decoding: existing[0..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self) == target
+            {
+                return
+            }
+            throw FakeHostError("cannot create fake host symlink \(path)", syscall: "symlink", errno: error)
         }
     }
 

@@ -183,9 +183,14 @@ public struct VFIOGroupStateMachine: Sendable {
     }
 
     /// An inotify close event on one of the group's nodes.
-    public mutating func closeObserved(group number: Int, now: UInt64) -> [Action] {
+    ///
+    /// - Parameter lastClose: the close left that node with no open description for sure (an
+    ///   exclusive legacy group node, or an exact count now at zero). A close of a node whose count is
+    ///   unknown (another process may hold a description of its own) only prompts a check: QEMU then
+    ///   holding nothing is not enough, a scan of every process decides.
+    public mutating func closeObserved(group number: Int, lastClose: Bool = true, now: UInt64) -> [Action] {
         guard var group = groups[number], group.phase != .released else { return [] }
-        group.closePending = true
+        if lastClose { group.closePending = true }
         groups[number] = group
         return qemuGone ? qemuChecked(group: number, holds: false, now: now) : [.checkQEMU(group: number)]
     }

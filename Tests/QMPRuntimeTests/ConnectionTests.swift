@@ -164,6 +164,39 @@ struct ConnectionTests {
         close(b)
     }
 
+    @Test("one send larger than maxPendingBytes reaches a peer that reads; what follows it still counts")
+    func oversizedSend() throws {
+        let reactor = try Reactor()
+        let (a, b) = try Sockets.socketPair()
+        let connection = Connection(fd: a, reactor: reactor, maxPendingBytes: 64 * 1024)
+        var overflows = 0
+        connection.onOverflow = { overflows += 1 }
+        connection.start()
+        // A 1 MiB reply, 16 times the bound, to a peer that has not read yet: not an overflow.
+        let reply = [UInt8](repeating: 0x61, count: 1 << 20)
+        connection.send(reply)
+        #expect(connection.pendingBytes > 64 * 1024)
+        #expect(overflows == 0)
+        // The peer stops reading: more than the bound queued behind the reply is an overflow.
+        for _ in 0..<4 { connection.send([UInt8](repeating: 0x62, count: 20 * 1024)) }
+        #expect(overflows == 1)
+        // Once the peer reads, everything arrives, the reply first and whole.
+        let peer = Connection(fd: b, reactor: reactor)
+        var received: [UInt8] = []
+        let total = reply.count + 4 * 20 * 1024
+        peer.onRead = { bytes, _ in
+            received += bytes
+            if received.count == total { reactor.stop() }
+        }
+        peer.start()
+        try runUntilStopped(reactor)
+        #expect(received.prefix(reply.count).allSatisfy { $0 == 0x61 })
+        #expect(received.suffix(4 * 20 * 1024).allSatisfy { $0 == 0x62 })
+        #expect(connection.pendingBytes == 0)
+        connection.close()
+        peer.close()
+    }
+
     @Test("a write error inside send closes at once but reports onClose on the next round")
     func writeErrorDeferred() throws {
         let reactor = try Reactor()

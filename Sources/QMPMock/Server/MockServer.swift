@@ -68,7 +68,9 @@ public final class MockServer {
     public var openGroups: [Int: Int32] { machine.openGroups }
 
     private func accept(_ fd: Int32) {
-        let connection = Connection(fd: fd, reactor: reactor, logger: logger)
+        // QEMU bounds no monitor's output (a slow reader only grows its buffer): neither does the mock,
+        // so a 64 MiB reply reaches a client that reads it.
+        let connection = Connection(fd: fd, reactor: reactor, maxPendingBytes: .max, logger: logger)
         let (client, actions) = machine.clientConnected(now: .now())
         sessions[client] = Session(connection: connection)
         connection.onRead = { [weak self] bytes, fds in self?.read(client, bytes, fds) }

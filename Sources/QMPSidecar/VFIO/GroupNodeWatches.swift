@@ -33,9 +33,10 @@ final class GroupNodeWatches {
         var identities: Set<NodeIdentity> { Set(nodes.map(\.identity)) }
     }
 
-    /// Called with the group when one of its nodes was opened / had its last close.
+    /// Called with the group when one of its nodes was opened / had a description closed (with
+    /// whether that node is now certainly closed everywhere: exclusive, or counted exactly to zero).
     var onOpen: (Int) -> Void = { _ in }
-    var onClose: (Int) -> Void = { _ in }
+    var onClose: (Int, Bool) -> Void = { _, _ in }
     /// Called once when the kernel dropped events: every count is unknown now.
     var onOverflow: () -> Void = {}
 
@@ -187,7 +188,7 @@ final class GroupNodeWatches {
         if closed { group.nodes[index].count.closed() }
         groups[number] = group
         if mask & UInt32(IN_OPEN) != 0 { onOpen(number) }
-        if closed { onClose(number) }
+        if closed { onClose(number, group.nodes[index].count.isOpen == false) }
     }
 
     private func overflowed() {

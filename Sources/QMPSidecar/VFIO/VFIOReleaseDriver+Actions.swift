@@ -104,12 +104,12 @@ extension VFIOReleaseDriver {
         watches.add(group: group, paths: paths, qemuPID: livePID, beforeUse: beforeUse)
     }
 
-    func closeEvent(_ group: Int) {
+    func closeEvent(_ group: Int, lastClose: Bool) {
         let now = Self.monotonicNow()
         statistics.closeEvents += 1
         statistics.lastCloseEventAt = now
         lastCloseAt[group] = now
-        run(machine.closeObserved(group: group, now: now))
+        run(machine.closeObserved(group: group, lastClose: lastClose, now: now))
     }
 
     /// Events were lost: every count is unknown. Detaching groups are re-checked now through the
@@ -119,7 +119,7 @@ extension VFIOReleaseDriver {
         for view in machine.views where view.phase != .released {
             watches.setQEMUFDs(nil, group: view.number)
             if view.phase == .detaching {
-                run(machine.closeObserved(group: view.number, now: Self.monotonicNow()))
+                run(machine.closeObserved(group: view.number, lastClose: false, now: Self.monotonicNow()))
             } else {
                 pendingLearn.insert(view.number)
                 scheduleLearn()

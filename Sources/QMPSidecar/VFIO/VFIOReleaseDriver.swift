@@ -89,7 +89,7 @@ public final class VFIOReleaseDriver: SidecarVFIOHooks {
         self.machine = VFIOGroupStateMachine(configuration: configuration)
         self.watches = GroupNodeWatches(reactor: reactor, scanner: scanner, sysfs: sysfs, logger: logger)
         watches.onOpen = { [weak self] _ in self?.statistics.openEvents += 1 }
-        watches.onClose = { [weak self] group in self?.closeEvent(group) }
+        watches.onClose = { [weak self] group, lastClose in self?.closeEvent(group, lastClose: lastClose) }
         watches.onOverflow = { [weak self] in self?.overflowed() }
     }
 
