@@ -59,8 +59,9 @@ public final class Connection {
     /// The reactor this connection lives on.
     public let reactor: Reactor
     /// Above this many queued bytes ``onOverflow`` is called (once per crossing). A single ``send(_:fds:)``
-    /// larger than the bound does not count against it while it drains: a peer that reads gets a reply
-    /// of any size (QEMU bounds none); one that stops reading is still cut off by what follows it.
+    /// larger than the bound does not count against it while it drains (one such send at a time): a peer
+    /// that reads gets a reply of any size (QEMU bounds none); one that stops reading is still cut off
+    /// by what follows it.
     public var maxPendingBytes: Int
     /// Called with each read: the bytes and the descriptors received with them (caller owns them).
     public var onRead: (([UInt8], [Int32]) -> Void)?
@@ -162,7 +163,9 @@ public final class Connection {
             return
         }
         let wasIdle = pendingBytes == 0
-        let oversized = bytes.count > maxPendingBytes
+        // One send larger than the bound is exempt while it drains, only one at a time: a peer that
+        // stops reading and keeps asking for large replies is still cut off.
+        let oversized = bytes.count > maxPendingBytes && oversizedBytes == 0
         if !oversized, fds.isEmpty, queue.count > queueHead, queue[queue.count - 1].fds.isEmpty,
             !queue[queue.count - 1].oversized, queue[queue.count - 1].bytes.count < 256 * 1024
         {

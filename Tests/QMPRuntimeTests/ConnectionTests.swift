@@ -197,6 +197,22 @@ struct ConnectionTests {
         peer.close()
     }
 
+    @Test("only one oversized send at a time is exempt: a peer asking for large replies and not reading is cut off")
+    func secondOversizedSendCounts() throws {
+        let reactor = try Reactor()
+        let (a, b) = try Sockets.socketPair()
+        defer { close(b) }
+        let connection = Connection(fd: a, reactor: reactor, maxPendingBytes: 64 * 1024)
+        var overflows = 0
+        connection.onOverflow = { overflows += 1 }
+        connection.start()
+        connection.send([UInt8](repeating: 0x61, count: 1 << 20))
+        #expect(overflows == 0)
+        connection.send([UInt8](repeating: 0x62, count: 1 << 20))
+        #expect(overflows == 1)
+        connection.close()
+    }
+
     @Test("a write error inside send closes at once but reports onClose on the next round")
     func writeErrorDeferred() throws {
         let reactor = try Reactor()
