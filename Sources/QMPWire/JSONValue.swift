@@ -83,7 +83,8 @@ extension JSONValue {
     ///
     /// The bytes are validated with QEMU's grammar, normalized (single-quoted strings rewritten as
     /// standard JSON strings) and decoded by jansson; every `json_t` is released before returning.
-    /// Integers jansson cannot hold (above `INT64_MAX`) are decoded without jansson.
+    /// Integers jansson cannot hold (above `INT64_MAX`) and object keys holding NUL are decoded
+    /// without jansson.
     public init(parsing bytes: some Collection<UInt8>) throws(JSONValueError) {
         let input = Array(bytes)
         let normalized: [UInt8]
@@ -107,6 +108,12 @@ extension JSONValue {
             buffer.withMemoryRebound(to: CChar.self) { json_loadb($0.baseAddress, $0.count, flags, &error) }
         }
         guard let root else {
+            // jansson never takes a NUL in an object key (`{"\u0000": 1}`), which QEMU's grammar
+            // accepts: the grammar, which already validated the bytes, decodes them itself.
+            if let tree = try? QMPGrammar.parseTree(input) {
+                self = tree
+                return
+            }
             let text = withUnsafeBytes(of: error.text) { raw in
                 String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
             }
