@@ -32,6 +32,19 @@ struct FairScheduler<Item: Sendable>: Sendable {
         var inFlight = 0
 
         var count: Int { entries.count - head }
+
+        /// Drops the first entry (its item was taken), counting it in flight unless it is local.
+        mutating func popFirst(counting: Bool) {
+            head += 1
+            if head == entries.count {
+                entries.removeAll(keepingCapacity: entries.capacity <= 64)
+                head = 0
+            } else if head > 64, head * 2 > entries.count {
+                entries.removeFirst(head)
+                head = 0
+            }
+            if counting { inFlight += 1 }
+        }
     }
 
     /// Commands one client may have at QEMU, unanswered.
@@ -71,33 +84,27 @@ struct FairScheduler<Item: Sendable>: Sendable {
     /// QEMU answered a command dispatched for `client` (the client may be gone by now).
     mutating func completed(_ client: ClientID, kind: Kind) {
         if kind == .fdCommand { fdCommandInFlight = false }
-        guard kind != .local, let queue = queues[client], queue.inFlight > 0 else { return }
-        queues[client]!.inFlight -= 1
+        guard kind != .local, let index = queues.index(forKey: client), queues.values[index].inFlight > 0 else {
+            return
+        }
+        queues.values[index].inFlight -= 1
     }
 
     /// The next entry to dispatch, round robin over the clients that may send; nil when none may.
     mutating func next() -> (client: ClientID, item: Item, kind: Kind)? {
         guard isOpen else { return nil }
         for (position, client) in round.enumerated() {
-            guard var queue = queues[client], queue.head < queue.entries.count else { continue }
-            let (item, kind) = queue.entries[queue.head]
+            // Through the index, in place: one lookup, no copy of the queue's entries.
+            guard let index = queues.index(forKey: client), queues.values[index].count > 0 else { continue }
+            let (item, kind) = queues.values[index].entries[queues.values[index].head]
+            let inFlight = queues.values[index].inFlight
             switch kind {
             case .local: break
-            case .command: guard queue.inFlight < maxInFlight else { continue }
-            case .fdCommand: guard queue.inFlight < maxInFlight, !fdCommandInFlight else { continue }
+            case .command: guard inFlight < maxInFlight else { continue }
+            case .fdCommand: guard inFlight < maxInFlight, !fdCommandInFlight else { continue }
             }
-            queues[client] = nil  // unique while mutated: no copy of the entries
-            queue.head += 1
-            if queue.head == queue.entries.count {
-                queue.entries.removeAll(keepingCapacity: queue.entries.capacity <= 64)
-                queue.head = 0
-            } else if queue.head > 64, queue.head * 2 > queue.entries.count {
-                queue.entries.removeFirst(queue.head)
-                queue.head = 0
-            }
-            if kind != .local { queue.inFlight += 1 }
+            queues.values[index].popFirst(counting: kind != .local)
             if kind == .fdCommand { fdCommandInFlight = true }
-            queues[client] = queue
             if position != round.count - 1 {
                 round.remove(at: position)
                 round.append(client)

@@ -114,7 +114,7 @@ public struct ProxyRouter: Sendable {
         case upstreamFailed(String)
         /// An event from QEMU, parsed once here (its line is `message.bytes` plus CRLF). Broadcast it
         /// with ``ProxyRouter/broadcastEvent(_:synthesized:)`` unless it is held back.
-        case event(name: String, message: QMPMessage)
+        indirect case event(name: String, message: QMPMessage)
         /// A client's command of ``Configuration/observedCommands`` is about to go to QEMU (reported
         /// before its bytes are in any ``Action/sendUpstream(_:fds:)``); `arguments` is the text of its
         /// arguments object (`{}` when absent).

@@ -123,6 +123,7 @@ public final class Connection {
     public func start() {
         guard !started, fd >= 0 else { return }
         started = true
+        registeredInterest = currentInterest
         registration = reactor.register(fd: fd, interest: currentInterest) { [self] events in
             self.handle(events)
         }
@@ -213,9 +214,16 @@ public final class Connection {
         return interest
     }
 
+    /// The interest last given to the reactor: most sends leave it unchanged, and asking the reactor
+    /// costs a lookup.
+    private var registeredInterest: Reactor.Interest?
+
     private func updateInterest() {
-        if let registration {
-            reactor.setInterest(currentInterest, for: registration)
+        guard let registration else { return }
+        let interest = currentInterest
+        if interest != registeredInterest {
+            registeredInterest = interest
+            reactor.setInterest(interest, for: registration)
         }
     }
 

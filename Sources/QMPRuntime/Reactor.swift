@@ -58,6 +58,8 @@ public final class Reactor {
         let id: RegistrationID
         let fd: Int32
         var interest: Interest
+        /// False once unregistered: handlers of a round may unregister later entries of the same round.
+        var isActive = true
         let handler: (Events) -> Void
         init(id: RegistrationID, fd: Int32, interest: Interest, handler: @escaping (Events) -> Void) {
             self.id = id
@@ -148,7 +150,8 @@ public final class Reactor {
     /// Removes a registration; its handler is not called again, even for events of the current round.
     /// Idempotent. Does not close the descriptor.
     public func unregister(_ id: RegistrationID) {
-        if registrations.removeValue(forKey: id) != nil {
+        if let registration = registrations.removeValue(forKey: id) {
+            registration.isActive = false
             pollDirty = true
         }
     }
@@ -238,7 +241,7 @@ public final class Reactor {
             for index in 0..<count where fds[index].revents != 0 {
                 let registration = regs[index]
                 // Unregistered (or replaced) by an earlier handler of this round: skip.
-                guard let current = registrations[registration.id], current === registration else { continue }
+                guard registration.isActive else { continue }
                 let revents = Int32(fds[index].revents)
                 if revents & Int32(POLLNVAL) != 0 {
                     logger.error(
@@ -323,6 +326,7 @@ public final class Reactor {
     func dropAll() {
         handle.channel.close()
         let wake = wakeRegistration.flatMap { registrations[$0] }
+        for registration in registrations.values where registration !== wake { registration.isActive = false }
         registrations.removeAll()
         if let wake { registrations[wake.id] = wake }
         timers.removeAll()

@@ -19,18 +19,8 @@ struct QMPGrammar {
 
     /// What the scan learned about the top-level object.
     struct TopLevel {
-        var ranges = [Range<Int>?](repeating: nil, count: QMPMessage.Member.count)
+        var offsets = MessageOffsets()
         var isObject = false
-        /// `id` member: start of its key.
-        var idKeyStart: Int?
-        /// End of the value before the `id` member (nil when `id` is first).
-        var valueEndBeforeID: Int?
-        /// Start of the key after the `id` member (nil when `id` is last).
-        var keyStartAfterID: Int?
-        /// End of the last member's value (nil for `{}`).
-        var lastValueEnd: Int?
-        /// Index of the closing brace.
-        var closingBrace = 0
     }
 
     let bytes: UnsafeBufferPointer<UInt8>
@@ -43,15 +33,11 @@ struct QMPGrammar {
     var peeked: Token?
     var top = TopLevel()
     private var scratch: [UInt8] = []
-    /// Keys of the objects being parsed, innermost last (one stack: no allocation per object).
-    private var keyStack: [(key: KeyBytes, hash: UInt64)] = []
 
     init(bytes: UnsafeBufferPointer<UInt8>, build: Bool, maxDepth: Int = QMPFramer.Limits.qemu.nesting) {
         self.bytes = bytes
         self.build = build
         self.maxDepth = maxDepth
-        // Room for the keys of a typical command or reply: one allocation each, no regrowth.
-        keyStack.reserveCapacity(8)
     }
 
     // MARK: - Entry points
@@ -248,10 +234,7 @@ struct QMPGrammar {
         if depth > maxDepth { throw .nesting }
         _ = try pop()
         var members: [JSONMember] = []
-        let keyBase = keyStack.count
-        defer {
-            keyStack.removeLast(keyStack.count - keyBase)
-        }
+        var keys = ObjectKeys()
         let isTop = depth == 1
         if isTop { top.isObject = true }
         guard let first = try peek() else { throw .parse("premature EOI") }
@@ -262,7 +245,7 @@ struct QMPGrammar {
                 // parse_pair
                 guard let keyToken = try peek() else { throw .parse("premature EOI") }
                 if isTop && idJustSeen {
-                    top.keyStartAfterID = keyToken.start
+                    top.offsets.keyStartAfterID = keyToken.start
                     idJustSeen = false
                 }
                 let key: KeyBytes
@@ -278,34 +261,34 @@ struct QMPGrammar {
                 let valueStart = try peek()?.start ?? bytes.count
                 let value = try parseValue(depth: depth)
                 let valueEnd = position
-                if !insertKey(key, from: keyBase) { throw .parse("duplicate key") }
+                if !keys.insert(key, in: bytes) { throw .parse("duplicate key") }
                 if build {
                     let keyString = key.withBytes(in: bytes) { ModifiedUTF8.string(Array($0)) }
                     members.append(JSONMember(keyString, value ?? .null))
                 }
                 if isTop {
                     if let member = key.withBytes(in: bytes, { QMPMessage.Member(key: $0) }) {
-                        top.ranges[member.index] = valueStart..<valueEnd
+                        top.offsets[member] = valueStart..<valueEnd
                         if member == .id {
-                            top.idKeyStart = keyToken.start
-                            top.valueEndBeforeID = previousValueEnd
+                            top.offsets.idKeyStart = keyToken.start
+                            top.offsets.valueEndBeforeID = previousValueEnd
                             idJustSeen = true
                         }
                     }
-                    top.lastValueEnd = valueEnd
+                    top.offsets.lastValueEnd = valueEnd
                 }
                 previousValueEnd = valueEnd
                 // separator or end
                 guard let next = try pop() else { throw .parse("premature EOI") }
                 if next.kind == .rcurly {
-                    if isTop { top.closingBrace = next.start }
+                    if isTop { top.offsets.closingBrace = next.start }
                     break
                 }
                 if next.kind != .comma { throw .parse("expected separator in dict") }
             }
         } else {
             let close = try pop()!
-            if isTop { top.closingBrace = close.start }
+            if isTop { top.offsets.closingBrace = close.start }
         }
         return build ? .object(members) : nil
     }
@@ -338,22 +321,6 @@ struct QMPGrammar {
         case UInt8(ascii: "A")...UInt8(ascii: "F"): Int(b) - 0x41 + 10
         default: -1
         }
-    }
-
-    /// Adds `key` to the current object's keys (those from `base` on); false if already there.
-    private mutating func insertKey(_ key: KeyBytes, from base: Int) -> Bool {
-        let h = key.hash(in: bytes)
-        var index = base
-        while index < keyStack.count {
-            if keyStack[index].hash == h {
-                let other = keyStack[index].key
-                let equal = key.withBytes(in: bytes) { a in other.withBytes(in: bytes) { b in a.elementsEqual(b) } }
-                if equal { return false }
-            }
-            index += 1
-        }
-        keyStack.append((key, h))
-        return true
     }
 
     /// Decodes an object key; keys that decoding would not change stay a range of the input.

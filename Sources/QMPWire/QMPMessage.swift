@@ -15,23 +15,6 @@ public struct QMPMessage: Hashable, Sendable {
         case error
         case qmp = "QMP"
 
-        /// Number of cases (``CaseIterable/allCases`` builds an array on every use).
-        static let count = 9
-
-        var index: Int {
-            switch self {
-            case .execute: 0
-            case .execOOB: 1
-            case .arguments: 2
-            case .id: 3
-            case .event: 4
-            case .data: 5
-            case .returnValue: 6
-            case .error: 7
-            case .qmp: 8
-            }
-        }
-
         init?(key: UnsafeBufferPointer<UInt8>) {
             switch key.count {
             case 2 where key.equals("id"): self = .id
@@ -50,17 +33,7 @@ public struct QMPMessage: Hashable, Sendable {
 
     /// The message's bytes, unchanged.
     public let bytes: [UInt8]
-    private let top: TopLevelInfo
-
-    /// Splicing facts about the top-level object (indices into `bytes`).
-    private struct TopLevelInfo: Hashable, Sendable {
-        var ranges: [Range<Int>?]
-        var idKeyStart: Int?
-        var valueEndBeforeID: Int?
-        var keyStartAfterID: Int?
-        var lastValueEnd: Int?
-        var closingBrace: Int
-    }
+    private let top: MessageOffsets
 
     /// Validates `bytes` with QEMU 7.2's JSON grammar and requires a JSON object.
     ///
@@ -91,21 +64,17 @@ public struct QMPMessage: Hashable, Sendable {
             return .failure(error)
         case .success(let top):
             guard top.isObject else { return .failure(.notAnObject) }
-            let info = TopLevelInfo(
-                ranges: top.ranges, idKeyStart: top.idKeyStart, valueEndBeforeID: top.valueEndBeforeID,
-                keyStartAfterID: top.keyStartAfterID, lastValueEnd: top.lastValueEnd,
-                closingBrace: top.closingBrace)
-            return .success(QMPMessage(bytes: bytes, top: info))
+            return .success(QMPMessage(bytes: bytes, top: top.offsets))
         }
     }
 
-    private init(bytes: [UInt8], top: TopLevelInfo) {
+    private init(bytes: [UInt8], top: MessageOffsets) {
         self.bytes = bytes
         self.top = top
     }
 
     /// The byte range in ``bytes`` of the value of a top-level member, if present.
-    public func range(of member: Member) -> Range<Int>? { top.ranges[member.index] }
+    public func range(of member: Member) -> Range<Int>? { top[member] }
 
     /// The bytes of the value of a top-level member, if present.
     public subscript(member: Member) -> ArraySlice<UInt8>? {
@@ -167,7 +136,7 @@ public struct QMPMessage: Hashable, Sendable {
     public func replacingID(with newID: [UInt8]?, spare: Int = 0) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(bytes.count + (newID?.count ?? 0) + 8 + spare)
-        if let range = top.ranges[Member.id.index] {
+        if let range = top[.id] {
             if let newID {
                 out += bytes[..<range.lowerBound]
                 out += newID

@@ -1,0 +1,97 @@
+/// Where a message's top-level members are (their value ranges) and the offsets id splicing needs.
+///
+/// Four bytes per offset, held inline: the parser fills one per message and the router passes
+/// messages by value, so an array (an allocation) or eight-byte offsets (copies through `memcpy`) would
+/// cost more than the scan itself. A message of 4 GiB or more keeps full-width offsets in an array.
+struct MessageOffsets: Hashable, Sendable {
+    private static let slotCount = 23
+    private static let absent = UInt32.max
+    private static let idKeyStartSlot = 18
+    private static let valueEndBeforeIDSlot = 19
+    private static let keyStartAfterIDSlot = 20
+    private static let lastValueEndSlot = 21
+    private static let closingBraceSlot = 22
+
+    private var packed = InlineArray<23, UInt32>(repeating: UInt32.max)
+    /// Set once an offset does not fit in four bytes.
+    private var wide: [Int?]?
+
+    /// The value range of a top-level member, if present.
+    subscript(member: QMPMessage.Member) -> Range<Int>? {
+        get {
+            let slot = Self.firstSlot(of: member)
+            guard let lower = offset(slot), let upper = offset(slot + 1) else { return nil }
+            return lower..<upper
+        }
+        set {
+            let slot = Self.firstSlot(of: member)
+            setOffset(slot, newValue?.lowerBound)
+            setOffset(slot + 1, newValue?.upperBound)
+        }
+    }
+
+    /// Start of the `id` member's key.
+    var idKeyStart: Int? {
+        get { offset(Self.idKeyStartSlot) }
+        set { setOffset(Self.idKeyStartSlot, newValue) }
+    }
+    /// End of the value before the `id` member (nil when `id` is first).
+    var valueEndBeforeID: Int? {
+        get { offset(Self.valueEndBeforeIDSlot) }
+        set { setOffset(Self.valueEndBeforeIDSlot, newValue) }
+    }
+    /// Start of the key after the `id` member (nil when `id` is last).
+    var keyStartAfterID: Int? {
+        get { offset(Self.keyStartAfterIDSlot) }
+        set { setOffset(Self.keyStartAfterIDSlot, newValue) }
+    }
+    /// End of the last member's value (nil for `{}`).
+    var lastValueEnd: Int? {
+        get { offset(Self.lastValueEndSlot) }
+        set { setOffset(Self.lastValueEndSlot, newValue) }
+    }
+    /// Index of the closing brace.
+    var closingBrace: Int {
+        get { offset(Self.closingBraceSlot) ?? 0 }
+        set { setOffset(Self.closingBraceSlot, newValue) }
+    }
+
+    static func == (a: MessageOffsets, b: MessageOffsets) -> Bool {
+        (0..<slotCount).allSatisfy { a.offset($0) == b.offset($0) }
+    }
+
+    func hash(into hasher: inout Hasher) {
+        for slot in 0..<Self.slotCount { hasher.combine(offset(slot)) }
+    }
+
+    private static func firstSlot(of member: QMPMessage.Member) -> Int {
+        switch member {
+        case .execute: 0
+        case .execOOB: 2
+        case .arguments: 4
+        case .id: 6
+        case .event: 8
+        case .data: 10
+        case .returnValue: 12
+        case .error: 14
+        case .qmp: 16
+        }
+    }
+
+    private func offset(_ slot: Int) -> Int? {
+        if let wide { return wide[slot] }
+        let value = packed[slot]
+        return value == Self.absent ? nil : Int(value)
+    }
+
+    private mutating func setOffset(_ slot: Int, _ value: Int?) {
+        if wide == nil, let value, value >= Int(Self.absent) {
+            wide = (0..<Self.slotCount).map { offset($0) }
+        }
+        if wide != nil {
+            wide![slot] = value
+        } else {
+            packed[slot] = value.map { UInt32($0) } ?? Self.absent
+        }
+    }
+}
