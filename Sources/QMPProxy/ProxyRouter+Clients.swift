@@ -18,6 +18,13 @@ extension ProxyRouter {
     public mutating func clientReceived(_ clientID: ClientID, _ bytes: [UInt8], fds: [Int32] = [])
         -> [Action]
     {
+        bytes.withUnsafeBytes { clientReceived(clientID, $0, fds: fds) }
+    }
+
+    /// ``clientReceived(_:_:fds:)`` from a read buffer (valid only during the call).
+    public mutating func clientReceived(_ clientID: ClientID, _ bytes: UnsafeRawBufferPointer, fds: [Int32] = [])
+        -> [Action]
+    {
         var actions: [Action] = []
         actions.reserveCapacity(4)  // the command, its trace or reply: no regrowth
         guard var session = clients.removeValue(forKey: clientID) else {
@@ -32,7 +39,7 @@ extension ProxyRouter {
             }
             session.heldFDs = (start, fds)
         }
-        let frames = bytes.withUnsafeBytes { session.framer.append($0) }
+        let frames = session.framer.append(bytes)
         if session.phase == .awaitingGreeting {
             session.deferred += frames
         } else {

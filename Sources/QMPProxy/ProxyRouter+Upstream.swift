@@ -5,6 +5,11 @@ import QMPWire
 extension ProxyRouter {
     /// Bytes read from QEMU.
     public mutating func upstreamReceived(_ bytes: [UInt8]) -> [Action] {
+        bytes.withUnsafeBytes { upstreamReceived($0) }
+    }
+
+    /// ``upstreamReceived(_:)`` from a read buffer (valid only during the call).
+    public mutating func upstreamReceived(_ bytes: UnsafeRawBufferPointer) -> [Action] {
         var actions: [Action] = []
         actions.reserveCapacity(4)  // a reply, the next commands: no regrowth
         // QEMU's output is not bound by its input rules (size, token and nesting limits; `inf`/`nan`):

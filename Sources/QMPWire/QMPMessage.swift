@@ -136,31 +136,36 @@ public struct QMPMessage: Hashable, Sendable {
     public func replacingID(with newID: [UInt8]?, spare: Int = 0) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(bytes.count + (newID?.count ?? 0) + 8 + spare)
-        if let range = top[.id] {
-            if let newID {
-                out += bytes[..<range.lowerBound]
-                out += newID
-                out += bytes[range.upperBound...]
-            } else if let before = top.valueEndBeforeID {
-                out += bytes[..<before]
-                out += bytes[range.upperBound...]
-            } else {
-                let keyStart = top.idKeyStart ?? range.lowerBound
-                out += bytes[..<keyStart]
-                out += bytes[(top.keyStartAfterID ?? range.upperBound)...]
+        // Through one buffer pointer: slices of `bytes` would retain and release it per piece.
+        bytes.withUnsafeBufferPointer { bytes in
+            func copy(_ range: Range<Int>) { out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[range])) }
+            let all = 0..<bytes.count
+            if let range = top[.id] {
+                if let newID {
+                    copy(0..<range.lowerBound)
+                    out += newID
+                    copy(range.upperBound..<all.upperBound)
+                } else if let before = top.valueEndBeforeID {
+                    copy(0..<before)
+                    copy(range.upperBound..<all.upperBound)
+                } else {
+                    copy(0..<(top.idKeyStart ?? range.lowerBound))
+                    copy((top.keyStartAfterID ?? range.upperBound)..<all.upperBound)
+                }
+                return
             }
-            return out
+            guard let newID else {
+                copy(all)
+                return
+            }
+            let insertAt = top.lastValueEnd ?? top.closingBrace
+            copy(0..<insertAt)
+            if top.lastValueEnd != nil { out += ", ".utf8 }
+            out += "\"id\": ".utf8
+            out += newID
+            copy(insertAt..<all.upperBound)
         }
-        guard let newID else {
-            out += bytes
-            return out
-        }
-        let insertAt = top.lastValueEnd ?? top.closingBrace
-        out += bytes[..<insertAt]
-        if top.lastValueEnd != nil { out += ", ".utf8 }
-        out += "\"id\": ".utf8
-        out += newID
-        out += bytes[insertAt...]
         return out
     }
+
 }

@@ -19,8 +19,13 @@ public struct QMPOutputFramer: Sendable {
     public mutating func append(_ bytes: [UInt8]) -> [[UInt8]] {
         // Not through the generic version: across modules it runs unspecialized (metadata lookups
         // on every read).
+        bytes.withUnsafeBytes { append($0) }
+    }
+
+    /// Feeds bytes read from QEMU (a read buffer); returns the complete messages, in order.
+    public mutating func append(_ bytes: UnsafeRawBufferPointer) -> [[UInt8]] {
         var messages: [[UInt8]] = []
-        bytes.withUnsafeBytes { feed($0, into: &messages) }
+        feed(bytes, into: &messages)
         return messages
     }
 

@@ -55,7 +55,7 @@ struct ConnectionTests {
         let receiver = Connection(fd: b, reactor: reactor)
         var received: [Int32] = []
         receiver.onRead = { bytes, fds in
-            #expect(bytes == Array("getfd\r\n".utf8))
+            #expect(Array(bytes) == Array("getfd\r\n".utf8))
             received += fds
             reactor.stop()
         }

@@ -106,7 +106,7 @@ struct SocketTests {
         var served: [Connection] = []
         let listener = Listener(fd: try Sockets.listenUnix(path: path), reactor: reactor, unlinkPath: path) { fd in
             let connection = Connection(fd: fd, reactor: reactor)
-            connection.onRead = { bytes, _ in connection.send(bytes) }
+            connection.onRead = { bytes, _ in connection.send(Array(bytes)) }
             connection.start()
             served.append(connection)
         }

@@ -54,11 +54,14 @@ struct ReleaseDriverTests {
         try h.qemu.close(fd)
         try h.run(for: .milliseconds(20))
         #expect(h.commander.lines.isEmpty, "released before DEVICE_DELETED")
+        let deletedAt = ContinuousClock.now
         h.deleted("hostdev0")
         let data = try #require(try h.waitForEvent("GROUP_RELEASED", timeout: .seconds(5)))
+        let observed = deletedAt.duration(to: .now)
         #expect(data["devices"]?.strings == ["hostdev0"])
-        // Released at the event itself (0 ms unless this thread was descheduled; the close was 20 ms before).
-        #expect(data["waited-ms"]?.int64Value.map { $0 < 15 } == true)
+        // Released at the event: the wait it reports (from the deletion) is within what this test saw,
+        // although the close was 20 ms before (a fixed bound in ms flaked on a loaded machine).
+        #expect(data["waited-ms"]?.int64Value.map { Duration.milliseconds($0) <= observed } == true)
         #expect(h.driver.statistics.allProcessScans == 1, "a non-exclusive node of unknown count: one scan")
     }
 
