@@ -95,6 +95,9 @@ import Testing
             dir: host.dir, upstream: "\(host.dir)/vm.qmp", extra: ["--reconnect", "--log-level", "info"] + host.roots)
         defer { sidecar.terminate() }
         #expect(waitFor { sidecar.log.contains("VFIO device tracked") })
+        // The group node's watch (its inotify instance) comes right after the log line: wait for it, or
+        // the baseline races it.
+        #expect(waitFor { descriptorKinds(of: sidecar.pid)["anon_inode:inotify"] == 1 })
         let baseline = descriptorKinds(of: sidecar.pid)
         let first = try TestClient.connecting(to: sidecar.listenPath)
         try first.negotiate()
@@ -156,6 +159,9 @@ import Testing
             sidecar = try SidecarInstance(
                 dir: host.dir, upstream: "\(host.dir)/vm.qmp", extra: ["--log-level", "info"] + host.roots)
             #expect(waitFor { sidecar.log.contains("VFIO device tracked") }, "\(sidecar.log)")
+            // The inotify instance is made with the first watch, just after that line: the lowered
+            // bound must still be in place then.
+            #expect(waitFor { descriptorKinds(of: sidecar.pid)["anon_inode:inotify"] == 1 }, "\(sidecar.log)")
         }
         defer { sidecar.terminate() }
         #expect(
