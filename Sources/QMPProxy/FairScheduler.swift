@@ -70,15 +70,19 @@ struct FairScheduler<Item: Sendable>: Sendable {
     func inFlight(_ client: ClientID) -> Int { queues[client]?.inFlight ?? 0 }
 
     /// Entries waiting over all clients.
-    var totalQueued: Int { queues.values.reduce(0) { $0 + $1.count } }
+    private(set) var totalQueued = 0
 
     /// Appends an entry to the client's queue.
     mutating func enqueue(_ item: Item, kind: Kind, from client: ClientID) {
-        if queues[client] == nil {
-            queues[client] = Queue()
+        totalQueued += 1
+        if let index = queues.index(forKey: client) {
+            queues.values[index].entries.append((item, kind))
+        } else {
+            var queue = Queue()
+            queue.entries.append((item, kind))
+            queues[client] = queue
             round.append(client)
         }
-        queues[client]!.entries.append((item, kind))
     }
 
     /// QEMU answered a command dispatched for `client` (the client may be gone by now).
@@ -92,7 +96,8 @@ struct FairScheduler<Item: Sendable>: Sendable {
 
     /// The next entry to dispatch, round robin over the clients that may send; nil when none may.
     mutating func next() -> (client: ClientID, item: Item, kind: Kind)? {
-        guard isOpen else { return nil }
+        // Most calls find nothing queued (each reply asks): answer those without a lookup.
+        guard isOpen, totalQueued > 0 else { return nil }
         for (position, client) in round.enumerated() {
             // Through the index, in place: one lookup, no copy of the queue's entries.
             guard let index = queues.index(forKey: client), queues.values[index].count > 0 else { continue }
@@ -104,6 +109,7 @@ struct FairScheduler<Item: Sendable>: Sendable {
             case .fdCommand: guard inFlight < maxInFlight, !fdCommandInFlight else { continue }
             }
             queues.values[index].popFirst(counting: kind != .local)
+            totalQueued -= 1
             if kind == .fdCommand { fdCommandInFlight = true }
             if position != round.count - 1 {
                 round.remove(at: position)
@@ -118,6 +124,7 @@ struct FairScheduler<Item: Sendable>: Sendable {
     /// count for the fd rule until ``completed(_:kind:)``.
     mutating func remove(_ client: ClientID) -> [Item] {
         guard let queue = queues.removeValue(forKey: client) else { return [] }
+        totalQueued -= queue.count
         round.removeAll { $0 == client }
         return queue.entries[queue.head...].map(\.item)
     }
@@ -127,6 +134,7 @@ struct FairScheduler<Item: Sendable>: Sendable {
         let items = round.flatMap { client in queues[client].map { $0.entries[$0.head...].map(\.item) } ?? [] }
         queues = [:]
         round = []
+        totalQueued = 0
         fdCommandInFlight = false
         return items
     }

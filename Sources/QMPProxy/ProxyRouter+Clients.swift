@@ -18,18 +18,20 @@ extension ProxyRouter {
     public mutating func clientReceived(_ clientID: ClientID, _ bytes: [UInt8], fds: [Int32] = [])
         -> [Action]
     {
-        bytes.withUnsafeBytes { clientReceived(clientID, $0, fds: fds) }
-    }
-
-    /// ``clientReceived(_:_:fds:)`` from a read buffer (valid only during the call).
-    public mutating func clientReceived(_ clientID: ClientID, _ bytes: UnsafeRawBufferPointer, fds: [Int32] = [])
-        -> [Action]
-    {
         var actions: [Action] = []
         actions.reserveCapacity(4)  // the command, its trace or reply: no regrowth
+        bytes.withUnsafeBytes { clientReceived(clientID, $0, fds: fds, into: &actions) }
+        return actions
+    }
+
+    /// ``clientReceived(_:_:fds:)`` from a read buffer (valid only during the call), appending to
+    /// `actions` (the sidecar reuses one array for every read).
+    public mutating func clientReceived(
+        _ clientID: ClientID, _ bytes: UnsafeRawBufferPointer, fds: [Int32] = [], into actions: inout [Action]
+    ) {
         guard var session = clients.removeValue(forKey: clientID) else {
             if !fds.isEmpty { actions.append(.closeFDs(fds)) }
-            return actions
+            return
         }
         let start = session.received
         session.received += bytes.count
@@ -52,7 +54,6 @@ extension ProxyRouter {
         if scheduler.queued(clientID) >= configuration.maxClientQueue, pausedClients.insert(clientID).inserted {
             actions.append(.setClientReading(clientID, enabled: false))
         }
-        return actions
     }
 
     /// The client went away. Replies to its commands in flight will be dropped quietly.
@@ -194,7 +195,7 @@ extension ProxyRouter {
             fds = held.fds
             session.heldFDs = nil
         }
-        var bytes = message.message.replacingID(with: Self.decimal(id), spare: 2)
+        var bytes = message.message.replacingID(with: id, spare: 2)
         bytes.append(contentsOf: QEMUReply.crlf)
         let item = UpstreamItem(bytes: bytes, fds: fds, id: id)
         let kind: FairScheduler<ClientItem>.Kind? = oob ? nil : (fds.isEmpty ? .command : .fdCommand)

@@ -38,19 +38,6 @@ extension ProxyRouter {
         actions.append(.sendToClient(clientID, ready.bytes))
     }
 
-    /// The decimal digits of a sidecar id (without going through `String`).
-    static func decimal(_ value: UInt64) -> [UInt8] {
-        var digits: [UInt8] = []
-        digits.reserveCapacity(20)
-        var rest = value
-        repeat {
-            digits.append(UInt8(truncatingIfNeeded: rest % 10) + 0x30)
-            rest /= 10
-        } while rest > 0
-        digits.reverse()
-        return digits
-    }
-
     /// Sends a command that never waits for a turn (the sidecar's own, OOB), or holds it until the
     /// upstream negotiation is done. Such commands carry no fds.
     mutating func sendEarly(
@@ -83,7 +70,9 @@ extension ProxyRouter {
                 traffic.toQEMU += 1
                 actions.append(.sendUpstream(item.bytes, fds: item.fds))
             }
-            if scheduler.queued(clientID) < configuration.maxClientQueue, pausedClients.remove(clientID) != nil {
+            if !pausedClients.isEmpty, scheduler.queued(clientID) < configuration.maxClientQueue,
+                pausedClients.remove(clientID) != nil
+            {
                 actions.append(.setClientReading(clientID, enabled: true))
             }
         }

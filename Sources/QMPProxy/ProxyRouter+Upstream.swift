@@ -5,13 +5,14 @@ import QMPWire
 extension ProxyRouter {
     /// Bytes read from QEMU.
     public mutating func upstreamReceived(_ bytes: [UInt8]) -> [Action] {
-        bytes.withUnsafeBytes { upstreamReceived($0) }
-    }
-
-    /// ``upstreamReceived(_:)`` from a read buffer (valid only during the call).
-    public mutating func upstreamReceived(_ bytes: UnsafeRawBufferPointer) -> [Action] {
         var actions: [Action] = []
         actions.reserveCapacity(4)  // a reply, the next commands: no regrowth
+        bytes.withUnsafeBytes { upstreamReceived($0, into: &actions) }
+        return actions
+    }
+
+    /// ``upstreamReceived(_:)`` from a read buffer (valid only during the call), appending to `actions`.
+    public mutating func upstreamReceived(_ bytes: UnsafeRawBufferPointer, into actions: inout [Action]) {
         // QEMU's output is not bound by its input rules (size, token and nesting limits; `inf`/`nan`):
         // split it by brace depth and parse it with the output grammar.
         for bytes in upstreamFramer.append(bytes) {
@@ -23,7 +24,6 @@ extension ProxyRouter {
                 handleUpstream(Envelope(message), into: &actions)
             }
         }
-        return actions
     }
 
     private mutating func handleUpstream(_ message: Envelope, into actions: inout [Action]) {

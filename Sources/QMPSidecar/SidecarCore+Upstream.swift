@@ -36,7 +36,7 @@ extension SidecarCore {
         connection.onRead = { bytes, fds in
             for fd in fds { Glibc.close(fd) }
             self.instruments?.readFromQEMU(bytes.count)
-            self.perform(self.router.upstreamReceived(bytes))
+            self.performRouter { router, actions in router.upstreamReceived(bytes, into: &actions) }
             self.updateClientReading()
             self.instruments?.changed()
         }

@@ -122,7 +122,7 @@ final class SidecarCore: QMPUpstreamCommander {
             fd: fd, reactor: reactor, maxPendingBytes: configuration.clientOutputLimit, logger: clientLogger)
         connection.onRead = { bytes, fds in
             self.instruments?.readFromClient(bytes.count)
-            self.perform(self.router.clientReceived(id, bytes, fds: fds))
+            self.performRouter { router, actions in router.clientReceived(id, bytes, fds: fds, into: &actions) }
             self.updateClientReading()
             self.instruments?.changed()
         }
@@ -189,6 +189,19 @@ final class SidecarCore: QMPUpstreamCommander {
         guard let index = clientBatches.firstIndex(where: { $0.id == id }) else { return }
         let batch = clientBatches.remove(at: index)
         clients[id]?.send(batch.bytes)
+    }
+
+    /// Emptied actions of the last read, kept for their capacity: one array for every read.
+    var spareActions: [ProxyRouter.Action] = []
+
+    /// Runs `body` on the router with an empty action array and performs what it appended.
+    func performRouter(_ body: (inout ProxyRouter, inout [ProxyRouter.Action]) -> Void) {
+        var actions = spareActions
+        spareActions = []  // a nested call (from a hook) gets an array of its own
+        body(&router, &actions)
+        perform(actions)
+        actions.removeAll(keepingCapacity: actions.capacity <= 64)
+        spareActions = actions
     }
 
     func perform(_ actions: [ProxyRouter.Action]) {

@@ -134,6 +134,26 @@ public struct QMPMessage: Hashable, Sendable {
     ///   - spare: extra capacity to reserve (e.g. for a CRLF the caller appends), so the result is one
     ///     allocation.
     public func replacingID(with newID: [UInt8]?, spare: Int = 0) -> [UInt8] {
+        guard let newID else { return replacingID(withBytes: nil, spare: spare) }
+        return newID.withUnsafeBufferPointer { replacingID(withBytes: $0, spare: spare) }
+    }
+
+    /// ``replacingID(with:spare:)`` with the decimal digits of `number` as the new id, written without
+    /// an array of their own.
+    public func replacingID(with number: UInt64, spare: Int = 0) -> [UInt8] {
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 20) { digits in
+            var start = digits.count
+            var rest = number
+            repeat {
+                start -= 1
+                digits[start] = UInt8(truncatingIfNeeded: rest % 10) + 0x30
+                rest /= 10
+            } while rest > 0
+            return replacingID(withBytes: UnsafeBufferPointer(rebasing: digits[start...]), spare: spare)
+        }
+    }
+
+    private func replacingID(withBytes newID: UnsafeBufferPointer<UInt8>?, spare: Int) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(bytes.count + (newID?.count ?? 0) + 8 + spare)
         // Through one buffer pointer: slices of `bytes` would retain and release it per piece.
@@ -143,7 +163,7 @@ public struct QMPMessage: Hashable, Sendable {
             if let range = top[.id] {
                 if let newID {
                     copy(0..<range.lowerBound)
-                    out += newID
+                    out.append(contentsOf: newID)
                     copy(range.upperBound..<all.upperBound)
                 } else if let before = top.valueEndBeforeID {
                     copy(0..<before)
@@ -162,7 +182,7 @@ public struct QMPMessage: Hashable, Sendable {
             copy(0..<insertAt)
             if top.lastValueEnd != nil { out += ", ".utf8 }
             out += "\"id\": ".utf8
-            out += newID
+            out.append(contentsOf: newID)
             copy(insertAt..<all.upperBound)
         }
         return out

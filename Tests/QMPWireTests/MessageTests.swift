@@ -111,4 +111,24 @@ struct MessageTests {
         let again = try parse(try replaced(#"{"a":1,"id":2,"b":3}"#, nil)).get()
         #expect(again.id == nil)
     }
+
+    @Test("duplicate keys past the inline slots and between decoded and plain keys")
+    func duplicateKeysEverywhere() {
+        let keys = (0..<12).map { "\"k\($0)\":\($0)" }
+        #expect(parseError("{" + keys.joined(separator: ",") + "}") == nil, "twelve distinct keys")
+        #expect(parseError("{" + keys.joined(separator: ",") + ",\"k0\":0}") == "JSON parse error, duplicate key")
+        #expect(parseError("{" + keys.joined(separator: ",") + ",\"k11\":0}") == "JSON parse error, duplicate key")
+        #expect(parseError(#"{"a":1,"\u0061":2}"#) == "JSON parse error, duplicate key")
+        #expect(parseError(#"{"\u0061":1,"a":2}"#) == "JSON parse error, duplicate key")
+        #expect(parseError(#"{"\u00e9":1,"é":2}"#) == "JSON parse error, duplicate key")
+        #expect(parseError(#"{"x":{"a":1},"a":{"x":2}}"#) == nil, "keys of different objects")
+    }
+
+    @Test("a numeric id spliced in is its decimal digits", arguments: [0, 7, 10, 1234, UInt64.max])
+    func numericID(_ number: UInt64) throws {
+        for text in [#"{"execute":"x","id":"old"}"#, #"{"execute":"x"}"#, "{}"] {
+            let message = try parse(text).get()
+            #expect(message.replacingID(with: number) == message.replacingID(with: Array(String(number).utf8)))
+        }
+    }
 }
