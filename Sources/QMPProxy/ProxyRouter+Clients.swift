@@ -41,7 +41,9 @@ extension ProxyRouter {
             }
             session.heldFDs = (start, fds)
         }
-        let frames = session.framer.append(bytes)
+        var frames = spareFrames
+        spareFrames = []
+        session.framer.append(bytes, into: &frames)
         if session.phase == .awaitingGreeting {
             session.deferred += frames
         } else {
@@ -50,6 +52,8 @@ extension ProxyRouter {
             }
             flushClient(clientID, &session, into: &actions)
         }
+        frames.removeAll(keepingCapacity: frames.capacity <= 64)
+        spareFrames = frames
         clients[clientID] = session
         if scheduler.queued(clientID) >= configuration.maxClientQueue, pausedClients.insert(clientID).inserted {
             actions.append(.setClientReading(clientID, enabled: false))

@@ -15,7 +15,14 @@ extension ProxyRouter {
     public mutating func upstreamReceived(_ bytes: UnsafeRawBufferPointer, into actions: inout [Action]) {
         // QEMU's output is not bound by its input rules (size, token and nesting limits; `inf`/`nan`):
         // split it by brace depth and parse it with the output grammar.
-        for bytes in upstreamFramer.append(bytes) {
+        var lines = spareLines
+        spareLines = []
+        defer {
+            lines.removeAll(keepingCapacity: lines.capacity <= 64)
+            spareLines = lines
+        }
+        upstreamFramer.append(bytes, into: &lines)
+        for bytes in lines {
             switch QMPMessage.parseOutput(bytes) {
             case .failure(let error):
                 actions.append(.warning("unparsable output from QEMU: \(error.desc)"))

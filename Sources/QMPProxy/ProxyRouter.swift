@@ -179,6 +179,9 @@ public struct ProxyRouter: Sendable {
     var early: [UpstreamItem] = []
     /// Clients not read because their queue is full.
     var pausedClients: Set<ClientID> = []
+    /// Emptied frame and line arrays of the last read, kept for their capacity.
+    var spareFrames: [QMPFrame] = []
+    var spareLines: [[UInt8]] = []
     var clientGateOpen: Bool
 
     public init(configuration: Configuration = Configuration()) {

@@ -13,8 +13,10 @@ struct MessageOffsets: Hashable, Sendable {
     private static let closingBraceSlot = 22
 
     private var packed = InlineArray<23, UInt32>(repeating: UInt32.max)
-    /// Set once an offset does not fit in four bytes.
-    private var wide: [Int?]?
+    /// Whether an offset did not fit in four bytes: then `wide` holds them all. A flag, not an optional
+    /// array, so that reading an offset touches no reference count.
+    private var isWide = false
+    private var wide: [Int?] = []
 
     /// The value range of a top-level member, if present.
     subscript(member: QMPMessage.Member) -> Range<Int>? {
@@ -78,18 +80,19 @@ struct MessageOffsets: Hashable, Sendable {
         }
     }
 
-    private func offset(_ slot: Int) -> Int? {
-        if let wide { return wide[slot] }
+    @inline(__always) private func offset(_ slot: Int) -> Int? {
+        if isWide { return wide[slot] }
         let value = packed[slot]
         return value == Self.absent ? nil : Int(value)
     }
 
-    private mutating func setOffset(_ slot: Int, _ value: Int?) {
-        if wide == nil, let value, value >= Int(Self.absent) {
+    @inline(__always) private mutating func setOffset(_ slot: Int, _ value: Int?) {
+        if !isWide, let value, value >= Int(Self.absent) {
             wide = (0..<Self.slotCount).map { offset($0) }
+            isWide = true
         }
-        if wide != nil {
-            wide![slot] = value
+        if isWide {
+            wide[slot] = value
         } else {
             packed[slot] = value.map { UInt32($0) } ?? Self.absent
         }

@@ -96,6 +96,12 @@ public struct QMPFramer: Sendable {
         return frames
     }
 
+    /// Feeds the next bytes of the stream and appends the units they complete to `frames`, in order
+    /// (a caller that reuses one array saves an allocation per read).
+    public mutating func append(_ bytes: UnsafeRawBufferPointer, into frames: inout [QMPFrame]) {
+        feed(bytes, into: &frames)
+    }
+
     /// Feeds the next bytes of the stream and returns the units they complete, in order.
     public mutating func append(_ bytes: some Collection<UInt8>) -> [QMPFrame] {
         var frames: [QMPFrame] = []

@@ -29,6 +29,11 @@ public struct QMPOutputFramer: Sendable {
         return messages
     }
 
+    /// Feeds bytes read from QEMU (a read buffer) and appends the complete messages to `messages`.
+    public mutating func append(_ bytes: UnsafeRawBufferPointer, into messages: inout [[UInt8]]) {
+        feed(bytes, into: &messages)
+    }
+
     /// Feeds bytes read from QEMU; returns the complete messages, in order.
     public mutating func append(_ bytes: some Collection<UInt8>) -> [[UInt8]] {
         var messages: [[UInt8]] = []
