@@ -166,8 +166,11 @@ private struct Harness {
     }
 
     private var progress: [Int] {
-        [moved, outbox.values.map(\.count).reduce(0, +), qemu.output.count, localTokens.count, router.gatedCommands,
-            received.values.map(\.count).reduce(0, +)]
+        var waiting = 0
+        for bytes in outbox.values { waiting += bytes.count }
+        var got = 0
+        for bytes in received.values { got += bytes.count }
+        return [moved, waiting, qemu.output.count, localTokens.count, router.gatedCommands, got]
     }
 
     /// Every line a client got is one QEMU-shaped message ending in CRLF.
@@ -225,7 +228,8 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let flags = script.next()
     var harness = Harness(
         configuration: .init(
-            localCommands: ["__local"], gateClientCommands: flags & 1 != 0, maxClientQueue: 1 + (flags >> 1) % 8))
+            localCommands: ["__local"], gateClientCommands: flags & 1 != 0, maxClientQueue: 1 + (flags >> 1) % 8,
+            maxClientInFlight: 1 + (flags >> 4) % 2, maxLoneClientInFlight: 1 + (flags >> 5) % 3))
     while !script.done {
         switch script.next() % 12 {
         case 0: harness.command(1, local: false)

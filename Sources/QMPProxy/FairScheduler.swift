@@ -9,6 +9,11 @@
 /// - every client has its own first-in first-out queue; entries leave it in the client's order;
 /// - a client has at most ``maxInFlight`` commands sent to QEMU and unanswered, so another client's
 ///   command waits behind at most that many of its commands in QEMU's queue;
+/// - a client alone (no other client has an entry waiting or a command in flight) may have up to
+///   ``loneInFlight``: nobody waits behind it, and QEMU is not left idle while each reply crosses the
+///   sidecar. Once another client's command arrives, the lone client gets no slot until it is back
+///   under ``maxInFlight``; the newcomer is dispatched at once and waits behind at most
+///   ``loneInFlight`` of its commands, once;
 /// - the client served last moves to the end of the round;
 /// - at most one fd-carrying command is in flight over all clients (QEMU would replace its fds);
 ///   a client whose next command carries fds waits for that, the others go on;
@@ -32,6 +37,8 @@ struct FairScheduler<Item: Sendable>: Sendable {
         var inFlight = 0
 
         var count: Int { entries.count - head }
+        /// Whether the client has anything waiting or at QEMU.
+        var isActive: Bool { head < entries.count || inFlight > 0 }
 
         /// Drops the first entry (its item was taken), counting it in flight unless it is local.
         mutating func popFirst(counting: Bool) {
@@ -47,8 +54,10 @@ struct FairScheduler<Item: Sendable>: Sendable {
         }
     }
 
-    /// Commands one client may have at QEMU, unanswered.
+    /// Commands one client may have at QEMU, unanswered, while other clients are active.
     let maxInFlight: Int
+    /// Commands a client may have at QEMU, unanswered, while no other client is active.
+    let loneInFlight: Int
     /// While false, nothing is dispatched.
     var isOpen: Bool
     private var queues: [ClientID: Queue] = [:]
@@ -57,9 +66,11 @@ struct FairScheduler<Item: Sendable>: Sendable {
     /// Whether an fd-carrying command is at QEMU, unanswered.
     private(set) var fdCommandInFlight = false
 
-    init(maxInFlight: Int, isOpen: Bool = true) {
+    /// A `loneInFlight` below `maxInFlight` counts as `maxInFlight`.
+    init(maxInFlight: Int, loneInFlight: Int = 0, isOpen: Bool = true) {
         precondition(maxInFlight > 0, "FairScheduler: maxInFlight must be positive")
         self.maxInFlight = maxInFlight
+        self.loneInFlight = max(maxInFlight, loneInFlight)
         self.isOpen = isOpen
     }
 
@@ -71,17 +82,21 @@ struct FairScheduler<Item: Sendable>: Sendable {
 
     /// Entries waiting over all clients.
     private(set) var totalQueued = 0
+    /// Clients with an entry waiting or a command in flight.
+    private var activeClients = 0
 
     /// Appends an entry to the client's queue.
     mutating func enqueue(_ item: Item, kind: Kind, from client: ClientID) {
         totalQueued += 1
         if let index = queues.index(forKey: client) {
+            if !queues.values[index].isActive { activeClients += 1 }
             queues.values[index].entries.append((item, kind))
         } else {
             var queue = Queue()
             queue.entries.append((item, kind))
             queues[client] = queue
             round.append(client)
+            activeClients += 1
         }
     }
 
@@ -92,12 +107,15 @@ struct FairScheduler<Item: Sendable>: Sendable {
             return
         }
         queues.values[index].inFlight -= 1
+        if !queues.values[index].isActive { activeClients -= 1 }
     }
 
     /// The next entry to dispatch, round robin over the clients that may send; nil when none may.
     mutating func next() -> (client: ClientID, item: Item, kind: Kind)? {
         // Most calls find nothing queued (each reply asks): answer those without a lookup.
         guard isOpen, totalQueued > 0 else { return nil }
+        // Every client looked at below has an entry waiting, so it is active itself.
+        let limit = activeClients == 1 ? loneInFlight : maxInFlight
         for (position, client) in round.enumerated() {
             // Through the index, in place: one lookup, no copy of the queue's entries.
             guard let index = queues.index(forKey: client), queues.values[index].count > 0 else { continue }
@@ -105,10 +123,11 @@ struct FairScheduler<Item: Sendable>: Sendable {
             let inFlight = queues.values[index].inFlight
             switch kind {
             case .local: break
-            case .command: guard inFlight < maxInFlight else { continue }
-            case .fdCommand: guard inFlight < maxInFlight, !fdCommandInFlight else { continue }
+            case .command: guard inFlight < limit else { continue }
+            case .fdCommand: guard inFlight < limit, !fdCommandInFlight else { continue }
             }
             queues.values[index].popFirst(counting: kind != .local)
+            if !queues.values[index].isActive { activeClients -= 1 }
             totalQueued -= 1
             if kind == .fdCommand { fdCommandInFlight = true }
             if position != round.count - 1 {
@@ -125,6 +144,7 @@ struct FairScheduler<Item: Sendable>: Sendable {
     mutating func remove(_ client: ClientID) -> [Item] {
         guard let queue = queues.removeValue(forKey: client) else { return [] }
         totalQueued -= queue.count
+        if queue.isActive { activeClients -= 1 }
         round.removeAll { $0 == client }
         return queue.entries[queue.head...].map(\.item)
     }
@@ -135,6 +155,7 @@ struct FairScheduler<Item: Sendable>: Sendable {
         queues = [:]
         round = []
         totalQueued = 0
+        activeClients = 0
         fdCommandInFlight = false
         return items
     }

@@ -51,6 +51,11 @@ public struct ProxyRouter: Sendable {
         /// does with monitors of their own (it lets the running command finish); 2 keeps QEMU busy
         /// for a lone client pipelining while a reply crosses the sidecar, at the others' expense.
         public var maxClientInFlight: Int
+        /// Per client, while no other client has a command waiting or in flight: in-band commands at
+        /// QEMU unanswered (never below ``maxClientInFlight``). Nobody waits behind a lone client, and
+        /// with 2 QEMU already holds its next command when it sends a reply; a client that arrives
+        /// meanwhile waits behind these once, then the lone client is held to ``maxClientInFlight``.
+        public var maxLoneClientInFlight: Int
         /// Emit ``Action/commandForwarded(sidecarID:)`` and ``Action/replyRouted(sidecarID:)`` so the
         /// performer can time each client command's round trip (off: no cost).
         public var reportsRoundTrips: Bool
@@ -58,7 +63,7 @@ public struct ProxyRouter: Sendable {
         public init(
             localCommands: Set<String> = [], observedCommands: Set<String> = [], tracing: Bool = false,
             gateClientCommands: Bool = false, maxClientQueue: Int = 8, maxClientInFlight: Int = 1,
-            reportsRoundTrips: Bool = false
+            maxLoneClientInFlight: Int = 2, reportsRoundTrips: Bool = false
         ) {
             self.localCommands = localCommands
             self.observedCommands = observedCommands
@@ -66,6 +71,7 @@ public struct ProxyRouter: Sendable {
             self.gateClientCommands = gateClientCommands
             self.maxClientQueue = max(1, maxClientQueue)
             self.maxClientInFlight = max(1, maxClientInFlight)
+            self.maxLoneClientInFlight = max(self.maxClientInFlight, maxLoneClientInFlight)
             self.reportsRoundTrips = reportsRoundTrips
         }
     }
@@ -187,7 +193,9 @@ public struct ProxyRouter: Sendable {
     public init(configuration: Configuration = Configuration()) {
         self.configuration = configuration
         self.clientGateOpen = !configuration.gateClientCommands
-        self.scheduler = FairScheduler(maxInFlight: configuration.maxClientInFlight, isOpen: clientGateOpen)
+        self.scheduler = FairScheduler(
+            maxInFlight: configuration.maxClientInFlight, loneInFlight: configuration.maxLoneClientInFlight,
+            isOpen: clientGateOpen)
     }
 
     /// Whether clients' commands currently go on to QEMU (always true without

@@ -47,6 +47,9 @@ public struct SidecarConfiguration: Sendable {
     public var maxClientQueue: Int
     /// Per client: commands at QEMU unanswered (`--max-client-in-flight`).
     public var maxClientInFlight: Int
+    /// Per client while no other client is active: commands at QEMU unanswered
+    /// (`--max-lone-client-in-flight`).
+    public var maxLoneClientInFlight: Int
     /// The VFIO release monitor's options (`--sysfs-root`, `--dev-root`, `--release-timeout`,
     /// `--event-prefix`, `--hold-device-deleted`); nil runs the proxy without VFIO tracking.
     public var vfio: VFIOConfiguration?
@@ -65,12 +68,13 @@ public struct SidecarConfiguration: Sendable {
         takeOver: String? = nil, socketMode: mode_t = 0o600, qemuPID: pid_t? = nil, reconnect: Bool = false,
         tracePath: String? = nil, clientOutputLimit: Int = 16 << 20, vfio: VFIOConfiguration? = VFIOConfiguration(),
         discoveryGateTimeout: Duration = .seconds(10), maxClientQueue: Int = 8, maxClientInFlight: Int = 1,
-        socketGroup: gid_t? = nil, admission: ClientAdmission = ClientAdmission(),
+        maxLoneClientInFlight: Int = 2, socketGroup: gid_t? = nil, admission: ClientAdmission = ClientAdmission(),
         allowUnauthenticatedTCP: Bool = false,
         metricsFile: String? = nil, metricsDelay: Duration = .seconds(1)
     ) {
         self.maxClientQueue = maxClientQueue
         self.maxClientInFlight = maxClientInFlight
+        self.maxLoneClientInFlight = maxLoneClientInFlight
         self.socketGroup = socketGroup
         self.admission = admission
         self.allowUnauthenticatedTCP = allowUnauthenticatedTCP

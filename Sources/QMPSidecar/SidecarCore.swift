@@ -62,7 +62,9 @@ final class SidecarCore: QMPUpstreamCommander {
         self.router = ProxyRouter(
             configuration: .init(
                 tracing: trace != nil, maxClientQueue: configuration.maxClientQueue,
-                maxClientInFlight: configuration.maxClientInFlight, reportsRoundTrips: configuration.metricsFile != nil)
+                maxClientInFlight: configuration.maxClientInFlight,
+                maxLoneClientInFlight: configuration.maxLoneClientInFlight,
+                reportsRoundTrips: configuration.metricsFile != nil)
         )
         if let path = configuration.metricsFile {
             let names = configuration.vfio.map { ($0.releasedEventName, $0.timeoutEventName) } ?? ("", "")

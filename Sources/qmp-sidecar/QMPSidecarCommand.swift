@@ -96,9 +96,15 @@ struct QMPSidecarCommand: ParsableCommand {
 
     @Option(
         help: ArgumentHelp(
-            "Commands of one client at QEMU unanswered at once. Clients share QEMU's monitor round robin, as QEMU serves monitors of their own: another client's command waits behind at most N of one client's (1: as with a monitor of its own; 2 helps a lone client that pipelines).",
+            "Commands of one client at QEMU unanswered at once while other clients have commands waiting or at QEMU. Clients share QEMU's monitor round robin, as QEMU serves monitors of their own: another client's command waits behind at most N of one client's (1: as with a monitor of its own).",
             valueName: "n"))
     var maxClientInFlight: Int = 1
+
+    @Option(
+        help: ArgumentHelp(
+            "Commands of one client at QEMU unanswered at once while no other client has any waiting or at QEMU (at least --max-client-in-flight; default 2, or --max-client-in-flight if larger). 2 keeps QEMU busy for a lone client that pipelines; a client arriving meanwhile waits behind these once.",
+            valueName: "n"))
+    var maxLoneClientInFlight: Int?
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
@@ -152,6 +158,10 @@ struct QMPSidecarCommand: ParsableCommand {
         guard maxClientInFlight >= 1 else {
             throw ValidationError("--max-client-in-flight \(maxClientInFlight): give at least 1 (the default is 1)")
         }
+        if let lone = maxLoneClientInFlight, lone < maxClientInFlight {
+            throw ValidationError(
+                "--max-lone-client-in-flight \(lone): give at least --max-client-in-flight (\(maxClientInFlight))")
+        }
         guard metricsDelay >= 0 else {
             throw ValidationError("--metrics-delay \(metricsDelay): give 0 or more seconds")
         }
@@ -203,6 +213,7 @@ struct QMPSidecarCommand: ParsableCommand {
             discoveryGateTimeout: .milliseconds(Int64(discoveryTimeout * 1000)),
             maxClientQueue: maxClientQueue,
             maxClientInFlight: maxClientInFlight,
+            maxLoneClientInFlight: maxLoneClientInFlight ?? max(2, maxClientInFlight),
             socketGroup: socketGroup.flatMap(Self.groupID),
             admission: ClientAdmission(allowedUIDs: Set(allowUid), maxClients: maxClients),
             allowUnauthenticatedTCP: unauthenticatedTcpListen, metricsFile: metricsFile,

@@ -88,27 +88,84 @@ import Testing
         #expect(scheduler.removeAll() == ["B0"])
     }
 
+    @Test func aLoneClientGetsTheLoneBoundUntilAnotherArrives() {
+        var scheduler = FairScheduler<String>(maxInFlight: 1, loneInFlight: 2)
+        for n in 0..<4 { scheduler.enqueue("A\(n)", kind: .command, from: 1) }
+        #expect(scheduler.next()?.item == "A0")
+        #expect(scheduler.next()?.item == "A1", "nobody else is active: A may keep QEMU busy")
+        #expect(scheduler.next() == nil, "the lone bound holds")
+        scheduler.enqueue("B0", kind: .command, from: 2)
+        #expect(scheduler.next()?.item == "B0", "B goes at once, behind A's two")
+        scheduler.completed(1, kind: .command)
+        #expect(scheduler.next() == nil, "while B is at QEMU, A is held to one in flight")
+        scheduler.completed(1, kind: .command)
+        #expect(scheduler.next()?.item == "A2")
+        #expect(scheduler.next() == nil)
+        scheduler.completed(2, kind: .command)
+        #expect(scheduler.next()?.item == "A3", "B is done: A is alone again")
+    }
+
+    @Test func aClientBehindALoneFloodWaitsForAtMostTheLoneBound() {
+        var scheduler = FairScheduler<String>(maxInFlight: 1, loneInFlight: 2)
+        for n in 0..<200 { scheduler.enqueue("A\(n)", kind: .command, from: 1) }
+        var atQEMU: [(client: Int, item: String, kind: FairScheduler<String>.Kind)] = []
+        while let next = scheduler.next() { atQEMU.append(next) }
+        #expect(atQEMU.map(\.item) == ["A0", "A1"])
+        scheduler.enqueue("B0", kind: .command, from: 2)
+        while let next = scheduler.next() { atQEMU.append(next) }
+        #expect(atQEMU.map(\.item) == ["A0", "A1", "B0"], "B is at QEMU behind A's lone bound")
+        // QEMU answers in order; once B is done, A is alone again and back to two in flight.
+        var order = atQEMU.map(\.item)
+        while !atQEMU.isEmpty {
+            let answered = atQEMU.removeFirst()
+            scheduler.completed(answered.client, kind: answered.kind)
+            while let next = scheduler.next() {
+                atQEMU.append(next)
+                order.append(next.item)
+            }
+            #expect(atQEMU.count <= 2)
+        }
+        #expect(order.filter { $0.hasPrefix("A") } == (0..<200).map { "A\($0)" }, "A's order holds")
+        #expect(scheduler.inFlight(1) == 0 && scheduler.inFlight(2) == 0)
+    }
+
+    @Test func aRemovedClientStopsCountingAsActive() {
+        var scheduler = FairScheduler<String>(maxInFlight: 1, loneInFlight: 3)
+        scheduler.enqueue("B0", kind: .command, from: 2)
+        scheduler.enqueue("B1", kind: .command, from: 2)
+        for n in 0..<3 { scheduler.enqueue("A\(n)", kind: .command, from: 1) }
+        var sent: [String] = []
+        while let next = scheduler.next() { sent.append(next.item) }
+        #expect(sent == ["B0", "A0"], "two active clients: one each")
+        #expect(scheduler.remove(2) == ["B1"])
+        while let next = scheduler.next() { sent.append(next.item) }
+        #expect(sent == ["B0", "A0", "A1", "A2"], "B gone: A is alone and gets the lone bound")
+    }
+
     // MARK: Through the router
 
     private static let schema = #"{"execute":"query-qmp-schema","id":"s"}"#
 
     @Test func routerFloodBoundOOBOvertakesAndRepliesKeepEachClientsOrder() throws {
-        var h = RouterHarness(configuration: .init())  // the sidecar's defaults: 1 in flight, 8 queued
+        // The sidecar's defaults: 1 in flight, 2 for a lone client, 8 queued.
+        var h = RouterHarness(configuration: .init())
         h.negotiated(1, oob: true)
         h.negotiated(2)
         h.send(1, String(repeating: Self.schema, count: 200) + "[")
-        #expect(h.upstream.count == 1, "A has the bound at QEMU")
-        #expect(h.router.commandsInFlight(of: 1) == 1 && h.router.queuedCommands(of: 1) == 199)
+        #expect(h.upstream.count == 2, "A, alone, has the lone client's bound at QEMU")
+        #expect(h.router.commandsInFlight(of: 1) == 2 && h.router.queuedCommands(of: 1) == 198)
         #expect(h.other.contains { if case .setClientReading(1, enabled: false) = $0 { true } else { false } })
         h.send(2, #"{"execute":"query-status","id":"b"}"#)
-        #expect(h.upstream.count == 2 && h.upstream[1].text.contains("query-status"), "B is not queued behind A")
-        // A's malformed command (local error) and an OOB command, with 192 of its commands waiting.
+        #expect(h.upstream.count == 3 && h.upstream[2].text.contains("query-status"), "B is not queued behind A")
+        // A's malformed command (local error) and an OOB command, with 190 of its commands waiting.
         h.send(1, #"1]{"exec-oob":"migrate-pause","id":"o"}"#)
-        #expect(h.upstream.count == 3 && h.upstream[2].text.contains("migrate-pause"), "OOB never waits")
+        #expect(h.upstream.count == 4 && h.upstream[3].text.contains("migrate-pause"), "OOB never waits")
 
-        h.replyUpstream(2)
+        h.replyUpstream(3)
         #expect(h.take(1) == #"{"return": {}, "id": "o"}"# + "\r\n", "the OOB reply overtakes")
-        h.feedUpstream(#"{"return": {"status": "running"}, "id": \#(h.upstreamID(1))}"# + "\r\n")
+        h.feedUpstream(#"{"return": [], "id": \#(h.upstreamID(0))}"# + "\r\n")
+        #expect(h.upstream.count == 4, "with B at QEMU, A is held to one in flight: no slot yet")
+        h.feedUpstream(#"{"return": {"status": "running"}, "id": \#(h.upstreamID(2))}"# + "\r\n")
         #expect(h.take(2).contains(#""id": "b""#))
 
         // QEMU answers A's commands in order until all went through.
@@ -116,7 +173,7 @@ import Testing
         var resumed = false
         while answered < h.upstream.count {
             let text = h.upstream[answered].text
-            if text.contains("query-qmp-schema") {
+            if text.contains("query-qmp-schema"), answered != 0 {
                 h.feedUpstream(#"{"return": [], "id": \#(h.upstreamID(answered))}"# + "\r\n")
             }
             answered += 1
