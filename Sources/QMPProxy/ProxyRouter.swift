@@ -48,8 +48,7 @@ public struct ProxyRouter: Sendable {
         public var maxClientQueue: Int
         /// Per client: in-band commands at QEMU unanswered. Another client's command waits behind at
         /// most this many of one client's in QEMU's queue. With 1, exactly what QEMU's dispatcher
-        /// does with monitors of their own (it lets the running command finish); 2 keeps QEMU busy
-        /// for a lone client pipelining while a reply crosses the sidecar, at the others' expense.
+        /// does with monitors of their own (it lets the running command finish).
         public var maxClientInFlight: Int
         /// Per client, while no other client has a command waiting or in flight: in-band commands at
         /// QEMU unanswered (never below ``maxClientInFlight``). Nobody waits behind a lone client, and

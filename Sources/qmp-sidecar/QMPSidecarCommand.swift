@@ -213,7 +213,7 @@ struct QMPSidecarCommand: ParsableCommand {
             discoveryGateTimeout: .milliseconds(Int64(discoveryTimeout * 1000)),
             maxClientQueue: maxClientQueue,
             maxClientInFlight: maxClientInFlight,
-            maxLoneClientInFlight: maxLoneClientInFlight ?? max(2, maxClientInFlight),
+            maxLoneClientInFlight: maxLoneClientInFlight ?? 2,  // the router raises it to --max-client-in-flight
             socketGroup: socketGroup.flatMap(Self.groupID),
             admission: ClientAdmission(allowedUIDs: Set(allowUid), maxClients: maxClients),
             allowUnauthenticatedTCP: unauthenticatedTcpListen, metricsFile: metricsFile,
