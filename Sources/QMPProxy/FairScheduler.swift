@@ -9,11 +9,13 @@
 /// - every client has its own first-in first-out queue; entries leave it in the client's order;
 /// - a client has at most ``maxInFlight`` commands sent to QEMU and unanswered, so another client's
 ///   command waits behind at most that many of its commands in QEMU's queue;
-/// - a client alone (no other client has an entry waiting or a command in flight) may have up to
-///   ``loneInFlight``: nobody waits behind it, and QEMU is not left idle while each reply crosses the
-///   sidecar. Once another client's command arrives, the lone client gets no slot until it is back
-///   under ``maxInFlight``; the newcomer is dispatched at once and waits behind at most
-///   ``loneInFlight`` of its commands, once;
+/// - a client alone (the only one connected, ``connectedClients``, and no other client has an entry
+///   waiting or a command in flight) may have up to ``loneInFlight``: nobody waits behind it, and
+///   QEMU is not left idle while each reply crosses the sidecar. A client that is connected, even
+///   idle, keeps everyone else at ``maxInFlight``, so its next command waits behind no more than on a
+///   monitor of its own. Only a client that connects while a lone client has more than
+///   ``maxInFlight`` at QEMU waits behind up to ``loneInFlight`` of its commands, once; the lone
+///   client gets no slot until it is back under ``maxInFlight``;
 /// - the client served last moves to the end of the round;
 /// - at most one fd-carrying command is in flight over all clients (QEMU would replace its fds);
 ///   a client whose next command carries fds waits for that, the others go on;
@@ -60,6 +62,9 @@ struct FairScheduler<Item: Sendable>: Sendable {
     let loneInFlight: Int
     /// While false, nothing is dispatched.
     var isOpen: Bool
+    /// Clients connected, as the owner counts them (0 when it does not): the lone bound applies only
+    /// while at most one is.
+    var connectedClients = 0
     private var queues: [ClientID: Queue] = [:]
     /// The round: clients in the order they are offered a turn; the one served moves to the end.
     private var round: [ClientID] = []
@@ -115,7 +120,7 @@ struct FairScheduler<Item: Sendable>: Sendable {
         // Most calls find nothing queued (each reply asks): answer those without a lookup.
         guard isOpen, totalQueued > 0 else { return nil }
         // Every client looked at below has an entry waiting, so it is active itself.
-        let limit = activeClients == 1 ? loneInFlight : maxInFlight
+        let limit = activeClients == 1 && connectedClients <= 1 ? loneInFlight : maxInFlight
         for (position, client) in round.enumerated() {
             // Through the index, in place: one lookup, no copy of the queue's entries.
             guard let index = queues.index(forKey: client), queues.values[index].count > 0 else { continue }

@@ -11,6 +11,7 @@ extension ProxyRouter {
             sendGreeting(clientID, &session, into: &actions)
         }
         clients[clientID] = session
+        scheduler.connectedClients = clients.count
         return actions
     }
 
@@ -63,6 +64,7 @@ extension ProxyRouter {
     /// The client went away. Replies to its commands in flight will be dropped quietly.
     public mutating func clientClosed(_ clientID: ClientID) -> [Action] {
         guard let session = clients.removeValue(forKey: clientID) else { return [] }
+        scheduler.connectedClients = clients.count
         pausedClients.remove(clientID)
         var actions: [Action] = []
         if let held = session.heldFDs {

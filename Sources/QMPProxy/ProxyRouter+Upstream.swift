@@ -126,6 +126,7 @@ extension ProxyRouter {
         clientGateOpen = !configuration.gateClientCommands
         scheduler.isOpen = clientGateOpen
         clients = [:]
+        scheduler.connectedClients = 0
         pending = [:]
         localPending = [:]
         early = []

@@ -50,10 +50,10 @@ public struct ProxyRouter: Sendable {
         /// most this many of one client's in QEMU's queue. With 1, exactly what QEMU's dispatcher
         /// does with monitors of their own (it lets the running command finish).
         public var maxClientInFlight: Int
-        /// Per client, while no other client has a command waiting or in flight: in-band commands at
-        /// QEMU unanswered (never below ``maxClientInFlight``). Nobody waits behind a lone client, and
-        /// with 2 QEMU already holds its next command when it sends a reply; a client that arrives
-        /// meanwhile waits behind these once, then the lone client is held to ``maxClientInFlight``.
+        /// Per client, while it is the only client connected: in-band commands at QEMU unanswered
+        /// (never below ``maxClientInFlight``). Nobody waits behind a lone client, and with 2 QEMU
+        /// already holds its next command when it sends a reply; a client that connects meanwhile
+        /// waits behind these once, then the lone client is held to ``maxClientInFlight``.
         public var maxLoneClientInFlight: Int
         /// Emit ``Action/commandForwarded(sidecarID:)`` and ``Action/replyRouted(sidecarID:)`` so the
         /// performer can time each client command's round trip (off: no cost).

@@ -47,7 +47,7 @@ public struct SidecarConfiguration: Sendable {
     public var maxClientQueue: Int
     /// Per client: commands at QEMU unanswered (`--max-client-in-flight`).
     public var maxClientInFlight: Int
-    /// Per client while no other client is active: commands at QEMU unanswered
+    /// Per client while it is the only client connected: commands at QEMU unanswered
     /// (`--max-lone-client-in-flight`).
     public var maxLoneClientInFlight: Int
     /// The VFIO release monitor's options (`--sysfs-root`, `--dev-root`, `--release-timeout`,

@@ -88,6 +88,7 @@ final class SidecarCore: QMPUpstreamCommander {
                 observedCommands: hooks.observedCommands,
                 tracing: trace != nil, gateClientCommands: true, maxClientQueue: configuration.maxClientQueue,
                 maxClientInFlight: configuration.maxClientInFlight,
+                maxLoneClientInFlight: configuration.maxLoneClientInFlight,
                 reportsRoundTrips: instruments != nil))
     }
 

@@ -102,7 +102,7 @@ struct QMPSidecarCommand: ParsableCommand {
 
     @Option(
         help: ArgumentHelp(
-            "Commands of one client at QEMU unanswered at once while no other client has any waiting or at QEMU (at least --max-client-in-flight; default 2, or --max-client-in-flight if larger). 2 keeps QEMU busy for a lone client that pipelines; a client arriving meanwhile waits behind these once.",
+            "Commands of one client at QEMU unanswered at once while it is the only client connected (at least --max-client-in-flight; default 2, or --max-client-in-flight if larger). 2 keeps QEMU busy for a lone client that pipelines; a client that connects meanwhile waits behind these once. 1 makes every client wait as on a monitor of its own.",
             valueName: "n"))
     var maxLoneClientInFlight: Int?
 

@@ -129,6 +129,23 @@ import Testing
         #expect(scheduler.inFlight(1) == 0 && scheduler.inFlight(2) == 0)
     }
 
+    @Test func aConnectedIdleClientKeepsAFlooderAtTheBound() {
+        var scheduler = FairScheduler<String>(maxInFlight: 1, loneInFlight: 2)
+        scheduler.connectedClients = 2  // B is connected, idle between its commands
+        for n in 0..<200 { scheduler.enqueue("A\(n)", kind: .command, from: 1) }
+        var sent: [String] = []
+        while let next = scheduler.next() { sent.append(next.item) }
+        #expect(sent == ["A0"], "B may send any time: A has one at QEMU, as on a monitor of its own")
+        scheduler.enqueue("B0", kind: .command, from: 2)
+        while let next = scheduler.next() { sent.append(next.item) }
+        #expect(sent == ["A0", "B0"], "B waits behind A's one running command only")
+        scheduler.completed(1, kind: .command)
+        scheduler.completed(2, kind: .command)
+        scheduler.connectedClients = 1  // B left
+        while let next = scheduler.next() { sent.append(next.item) }
+        #expect(sent == ["A0", "B0", "A1", "A2"], "alone again: the lone bound")
+    }
+
     @Test func aRemovedClientStopsCountingAsActive() {
         var scheduler = FairScheduler<String>(maxInFlight: 1, loneInFlight: 3)
         scheduler.enqueue("B0", kind: .command, from: 2)
@@ -147,26 +164,27 @@ import Testing
     private static let schema = #"{"execute":"query-qmp-schema","id":"s"}"#
 
     @Test func routerFloodBoundOOBOvertakesAndRepliesKeepEachClientsOrder() throws {
-        // The sidecar's defaults: 1 in flight, 2 for a lone client, 8 queued.
+        // The sidecar's defaults: 1 in flight (2 for a client alone), 8 queued. B is connected.
         var h = RouterHarness(configuration: .init())
         h.negotiated(1, oob: true)
         h.negotiated(2)
         h.send(1, String(repeating: Self.schema, count: 200) + "[")
-        #expect(h.upstream.count == 2, "A, alone, has the lone client's bound at QEMU")
-        #expect(h.router.commandsInFlight(of: 1) == 2 && h.router.queuedCommands(of: 1) == 198)
+        #expect(h.upstream.count == 1, "B is connected: A has one command at QEMU, as on a monitor of its own")
+        #expect(h.router.commandsInFlight(of: 1) == 1 && h.router.queuedCommands(of: 1) == 199)
         #expect(h.other.contains { if case .setClientReading(1, enabled: false) = $0 { true } else { false } })
         h.send(2, #"{"execute":"query-status","id":"b"}"#)
-        #expect(h.upstream.count == 3 && h.upstream[2].text.contains("query-status"), "B is not queued behind A")
-        // A's malformed command (local error) and an OOB command, with 190 of its commands waiting.
+        #expect(h.upstream.count == 2 && h.upstream[1].text.contains("query-status"), "B is not queued behind A")
+        // A's malformed command (local error) and an OOB command, with 199 of its commands waiting.
         h.send(1, #"1]{"exec-oob":"migrate-pause","id":"o"}"#)
-        #expect(h.upstream.count == 4 && h.upstream[3].text.contains("migrate-pause"), "OOB never waits")
+        #expect(h.upstream.count == 3 && h.upstream[2].text.contains("migrate-pause"), "OOB never waits")
 
-        h.replyUpstream(3)
+        h.replyUpstream(2)
         #expect(h.take(1) == #"{"return": {}, "id": "o"}"# + "\r\n", "the OOB reply overtakes")
         h.feedUpstream(#"{"return": [], "id": \#(h.upstreamID(0))}"# + "\r\n")
-        #expect(h.upstream.count == 4, "with B at QEMU, A is held to one in flight: no slot yet")
-        h.feedUpstream(#"{"return": {"status": "running"}, "id": \#(h.upstreamID(2))}"# + "\r\n")
+        #expect(h.upstream.count == 4 && h.upstream[3].text.contains("query-qmp-schema"), "A's next takes its slot")
+        h.feedUpstream(#"{"return": {"status": "running"}, "id": \#(h.upstreamID(1))}"# + "\r\n")
         #expect(h.take(2).contains(#""id": "b""#))
+        #expect(h.upstream.count == 4, "B is idle but connected: A stays at one in flight")
 
         // QEMU answers A's commands in order until all went through.
         var answered = 0
@@ -187,6 +205,26 @@ import Testing
         #expect(lines.prefix(200).allSatisfy { $0 == #"{"return": [], "id": "s"}"# })
         #expect(lines.last?.contains("GenericError") == true, "the local error keeps its place after A's 200")
         #expect(h.router.commandsInFlight(of: 1) == 0 && h.router.queuedCommands(of: 1) == 0)
+    }
+
+    @Test func routerLoneClientKeepsTwoAtQEMUUntilAnotherConnects() {
+        var h = RouterHarness(configuration: .init())
+        h.negotiated(1)
+        h.send(1, String(repeating: Self.schema, count: 20))
+        #expect(h.upstream.count == 2, "A, the only client, has the lone bound at QEMU")
+        h.negotiated(2)
+        h.send(2, #"{"execute":"query-status","id":"b"}"#)
+        #expect(h.upstream.count == 3 && h.upstream[2].text.contains("query-status"), "B goes at once, behind A's two")
+        h.replyUpstream(0)
+        #expect(h.upstream.count == 3, "B is connected: A is held to one in flight")
+        h.replyUpstream(1)
+        #expect(h.upstream.count == 4, "A back under the bound: its next goes")
+        h.replyUpstream(2)
+        #expect(h.take(2).contains(#""id": "b""#))
+        h.perform(h.router.clientClosed(2))
+        h.replyUpstream(3)
+        #expect(h.upstream.count == 6, "B gone: A alone again keeps two at QEMU")
+        #expect(h.router.commandsInFlight(of: 1) == 2)
     }
 
     @Test func aClosingClientsQueuedFDsAreClosed() {
