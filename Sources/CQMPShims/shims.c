@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <time.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -130,12 +131,46 @@ int cqmp_child_exit_status(pid_t pid, int *status) {
     return 1;
 }
 
-int cqmp_poll_ns(struct pollfd *fds, nfds_t nfds, int64_t timeout_ns) {
-    if (timeout_ns < 0) {
-        return ppoll(fds, nfds, NULL, NULL);
+int cqmp_epoll_create(void) {
+    return epoll_create1(EPOLL_CLOEXEC);
+}
+
+int cqmp_epoll_update(int epfd, int fd, uint64_t token, int registered, unsigned interest) {
+    if (interest == 0) {
+        return registered ? epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL) : 0;
     }
-    struct timespec ts = {.tv_sec = (time_t)(timeout_ns / 1000000000), .tv_nsec = (long)(timeout_ns % 1000000000)};
-    return ppoll(fds, nfds, &ts, NULL);
+    struct epoll_event event = {.events = 0, .data.u64 = token};
+    if (interest & CQMP_EPOLL_READ) event.events |= EPOLLIN;
+    if (interest & CQMP_EPOLL_WRITE) event.events |= EPOLLOUT;
+    return epoll_ctl(epfd, registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &event);
+}
+
+int cqmp_epoll_wait_ns(int epfd, uint32_t *masks, uint64_t *tokens, int capacity, int64_t timeout_ns) {
+    struct epoll_event events[64];
+    if (capacity > 64) capacity = 64;
+    int count;
+    if (timeout_ns < 0) {
+        count = epoll_wait(epfd, events, capacity, -1);
+    } else {
+        struct timespec ts = {.tv_sec = (time_t)(timeout_ns / 1000000000), .tv_nsec = (long)(timeout_ns % 1000000000)};
+#ifdef SYS_epoll_pwait2
+        count = (int)syscall(SYS_epoll_pwait2, epfd, events, capacity, &ts, NULL, 0);
+#else
+        count = -1;
+        errno = ENOSYS;
+#endif
+        if (count < 0 && errno == ENOSYS) {
+            int64_t ms = (timeout_ns + 999999) / 1000000;
+            count = epoll_wait(epfd, events, capacity, ms > INT32_MAX ? INT32_MAX : (int)ms);
+        }
+    }
+    for (int i = 0; i < count; i++) {
+        uint32_t ready = events[i].events;
+        masks[i] = ((ready & EPOLLIN) ? CQMP_EPOLL_READ : 0) | ((ready & EPOLLOUT) ? CQMP_EPOLL_WRITE : 0) |
+                   ((ready & EPOLLHUP) ? CQMP_EPOLL_HANGUP : 0) | ((ready & EPOLLERR) ? CQMP_EPOLL_ERROR : 0);
+        tokens[i] = events[i].data.u64;
+    }
+    return count;
 }
 
 int cqmp_accept(int sock) {

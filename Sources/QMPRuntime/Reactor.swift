@@ -5,12 +5,13 @@ import Logging
 import Glibc
 #endif
 
-/// A `poll()` event loop: file-descriptor readiness handlers and monotonic timers.
+/// An epoll event loop (level triggered): file-descriptor readiness handlers and monotonic timers.
 ///
 /// One reactor serves all the sockets, inotify and pidfd descriptors of a process (or of one test).
 /// Handlers run on the reactor's thread, one at a time, and may register, unregister or change
 /// interest of any descriptor (their own included), schedule and cancel timers, or call `stop()`.
-/// When no timer is armed the loop waits in `ppoll` with no timeout: an idle reactor never wakes up.
+/// When no timer is armed the loop waits in `epoll_wait` with no timeout: an idle reactor never wakes
+/// up. A wake-up costs the same with 2 or 200 descriptors registered (`ppoll` visits every one).
 ///
 /// - Important: A `Reactor` is confined to the thread that runs it: call its methods only from that
 ///   thread (from handlers, timers, jobs given to ``ReactorHandle/execute(_:)``, or before `run()`
@@ -60,6 +61,8 @@ public final class Reactor {
         var interest: Interest
         /// False once unregistered: handlers of a round may unregister later entries of the same round.
         var isActive = true
+        /// Whether the descriptor is in the epoll set (not while the interest is empty).
+        var inKernel = false
         let handler: (Events) -> Void
         init(id: RegistrationID, fd: Int32, interest: Interest, handler: @escaping (Events) -> Void) {
             self.id = id
@@ -83,9 +86,10 @@ public final class Reactor {
     public let logger: Logger
 
     private var registrations: [RegistrationID: Registration] = [:]
-    private var pollDirty = true
-    private var pollFDs: [pollfd] = []
-    private var pollRegs: [Registration] = []
+    private let epollFD: Int32
+    /// Ready events of one `epoll_wait`: their ``Events`` bits and registration ids.
+    private var readyMasks = [UInt32](repeating: 0, count: 64)
+    private var readyTokens = [UInt64](repeating: 0, count: 64)
     private var nextID: UInt64 = 1
     private var timers: [UInt64: () -> Void] = [:]
     private var heap: [HeapEntry] = []
@@ -99,14 +103,21 @@ public final class Reactor {
     /// `true` while `run()` is executing.
     public private(set) var isRunning = false
 
-    /// Creates a reactor with its own eventfd for cross-thread wake-ups.
+    /// Creates a reactor with its own epoll set and an eventfd for cross-thread wake-ups.
     ///
-    /// - Throws: ``RuntimeError`` if the eventfd cannot be created.
+    /// - Throws: ``RuntimeError`` if the epoll set or the eventfd cannot be created.
     public convenience init(logger: Logger = Logger(label: "qmp.runtime")) throws {
-        self.init(channel: try WakeChannel(), logger: logger)
+        try self.init(channel: try WakeChannel(), logger: logger)
     }
 
-    init(channel: WakeChannel, logger: Logger) {
+    init(channel: WakeChannel, logger: Logger) throws(RuntimeError) {
+        let epollFD = cqmp_epoll_create()
+        guard epollFD >= 0 else {
+            let err = errno
+            channel.close()
+            throw RuntimeError.systemCall("epoll_create1", errno: err, context: "reactor")
+        }
+        self.epollFD = epollFD
         self.handle = ReactorHandle(channel: channel)
         self.logger = logger
         wakeRegistration = register(fd: channel.fd, interest: .read) { [unowned self] _ in
@@ -116,6 +127,7 @@ public final class Reactor {
 
     deinit {
         handle.channel.close()
+        Glibc.close(epollFD)
     }
 
     // MARK: Descriptors
@@ -130,8 +142,9 @@ public final class Reactor {
     public func register(fd: Int32, interest: Interest, handler: @escaping (Events) -> Void) -> RegistrationID {
         let id = RegistrationID(raw: nextID)
         nextID += 1
-        registrations[id] = Registration(id: id, fd: fd, interest: interest, handler: handler)
-        pollDirty = true
+        let registration = Registration(id: id, fd: fd, interest: interest, handler: handler)
+        registrations[id] = registration
+        updateKernel(registration)
         return id
     }
 
@@ -139,7 +152,7 @@ public final class Reactor {
     public func setInterest(_ interest: Interest, for id: RegistrationID) {
         guard let registration = registrations[id], registration.interest != interest else { return }
         registration.interest = interest
-        pollDirty = true
+        updateKernel(registration)
     }
 
     /// The current interest of a registration, or nil when it is not registered.
@@ -152,8 +165,32 @@ public final class Reactor {
     public func unregister(_ id: RegistrationID) {
         if let registration = registrations.removeValue(forKey: id) {
             registration.isActive = false
-            pollDirty = true
+            registration.interest = []
+            updateKernel(registration)
         }
+    }
+
+    /// Brings the epoll set in line with a registration's interest.
+    private func updateKernel(_ registration: Registration) {
+        var bits: UInt32 = 0
+        if registration.interest.contains(.read) { bits |= CQMP_EPOLL_READ }
+        if registration.interest.contains(.write) { bits |= CQMP_EPOLL_WRITE }
+        let result = cqmp_epoll_update(
+            epollFD, registration.fd, registration.id.raw, registration.inKernel ? 1 : 0, bits)
+        if result == 0 {
+            registration.inKernel = bits != 0
+            return
+        }
+        let err = errno
+        // The descriptor was closed before `unregister` (the kernel dropped it from the set already).
+        if bits == 0, err == EBADF || err == ENOENT {
+            registration.inKernel = false
+            return
+        }
+        logger.error(
+            "epoll_ctl failed: the descriptor will not be watched",
+            metadata: ["fd": "\(registration.fd)", "registration": "\(registration.id)", "errno": "\(err)"])
+        registration.inKernel = false
     }
 
     /// Number of registrations (the reactor's own eventfd excluded).
@@ -197,20 +234,13 @@ public final class Reactor {
     ///
     /// May be called again after it returned. A stop requested through the handle before `run()`
     /// makes it return at once.
-    /// - Throws: ``RuntimeError`` if `ppoll` fails with anything but EINTR.
+    /// - Throws: ``RuntimeError`` if `epoll_wait` fails with anything but EINTR.
     public func run() throws(RuntimeError) {
         precondition(!isRunning, "Reactor.run() is not reentrant")
         isRunning = true
         defer { isRunning = false }
         stopFlag = false
         drainWakeChannel()
-        defer {
-            // The poll set may still reference handlers unregistered during the last round; release
-            // them now rather than at the next run (they often capture objects that own this reactor).
-            pollFDs = []
-            pollRegs = []
-            pollDirty = true
-        }
         while !stopFlag {
             try runOnce(timeoutNanoseconds: nextTimeoutNanoseconds())
         }
@@ -223,65 +253,35 @@ public final class Reactor {
     }
 
     private func runOnce(timeoutNanoseconds: Int64) throws(RuntimeError) {
-        if pollDirty {
-            rebuildPollSet()
-        }
-        let regs = pollRegs
-        let count = pollFDs.count
-        let ready = pollFDs.withUnsafeMutableBufferPointer { buffer in
-            cqmp_poll_ns(buffer.baseAddress, nfds_t(count), timeoutNanoseconds)
+        let capacity = Int32(readyTokens.count)
+        let ready = readyMasks.withUnsafeMutableBufferPointer { masks in
+            readyTokens.withUnsafeMutableBufferPointer { tokens in
+                cqmp_epoll_wait_ns(epollFD, masks.baseAddress, tokens.baseAddress, capacity, timeoutNanoseconds)
+            }
         }
         if ready < 0 {
             let err = errno
             if err == EINTR { return }
-            throw RuntimeError.systemCall("ppoll", errno: err, context: "reactor loop")
+            throw RuntimeError.systemCall("epoll_wait", errno: err, context: "reactor loop")
         }
-        if ready > 0 {
-            let fds = pollFDs
-            for index in 0..<count where fds[index].revents != 0 {
-                let registration = regs[index]
-                // Unregistered (or replaced) by an earlier handler of this round: skip.
-                guard registration.isActive else { continue }
-                let revents = Int32(fds[index].revents)
-                if revents & Int32(POLLNVAL) != 0 {
-                    logger.error(
-                        "descriptor closed while registered; unregistering it",
-                        metadata: ["fd": "\(registration.fd)", "registration": "\(registration.id)"])
-                    unregister(registration.id)
-                    continue
-                }
-                var events: Events = []
-                let interest = registration.interest
-                if revents & Int32(POLLIN) != 0, interest.contains(.read) { events.insert(.readable) }
-                if revents & Int32(POLLOUT) != 0, interest.contains(.write) { events.insert(.writable) }
-                if revents & Int32(POLLHUP) != 0 {
-                    events.insert(.hangup)
-                    if interest.contains(.read) { events.insert(.readable) }
-                }
-                if revents & Int32(POLLERR) != 0 { events.insert(.error) }
-                if events.isEmpty { continue }
-                registration.handler(events)
+        for index in 0..<Int(ready) {
+            // Unregistered (or replaced) by an earlier handler of this round: no longer in the table.
+            guard let registration = registrations[RegistrationID(raw: readyTokens[index])], registration.isActive
+            else { continue }
+            let mask = readyMasks[index]
+            var events: Events = []
+            let interest = registration.interest
+            if mask & CQMP_EPOLL_READ != 0, interest.contains(.read) { events.insert(.readable) }
+            if mask & CQMP_EPOLL_WRITE != 0, interest.contains(.write) { events.insert(.writable) }
+            if mask & CQMP_EPOLL_HANGUP != 0 {
+                events.insert(.hangup)
+                if interest.contains(.read) { events.insert(.readable) }
             }
+            if mask & CQMP_EPOLL_ERROR != 0 { events.insert(.error) }
+            if events.isEmpty { continue }
+            registration.handler(events)
         }
         fireDueTimers()
-    }
-
-    private func rebuildPollSet() {
-        pollDirty = false
-        var fds: [pollfd] = []
-        var regs: [Registration] = []
-        fds.reserveCapacity(registrations.count)
-        regs.reserveCapacity(registrations.count)
-        for registration in registrations.values {
-            var events: Int16 = 0
-            if registration.interest.contains(.read) { events |= Int16(POLLIN) }
-            if registration.interest.contains(.write) { events |= Int16(POLLOUT) }
-            // fd -1 makes poll ignore the entry: no hang-up storms for paused descriptors.
-            fds.append(pollfd(fd: events == 0 ? -1 : registration.fd, events: events, revents: 0))
-            regs.append(registration)
-        }
-        pollFDs = fds
-        pollRegs = regs
     }
 
     private func nextTimeoutNanoseconds() -> Int64 {
@@ -326,14 +326,15 @@ public final class Reactor {
     func dropAll() {
         handle.channel.close()
         let wake = wakeRegistration.flatMap { registrations[$0] }
-        for registration in registrations.values where registration !== wake { registration.isActive = false }
+        for registration in registrations.values where registration !== wake {
+            registration.isActive = false
+            registration.interest = []
+            updateKernel(registration)
+        }
         registrations.removeAll()
         if let wake { registrations[wake.id] = wake }
         timers.removeAll()
         heap.removeAll()
-        pollFDs = []
-        pollRegs = []
-        pollDirty = true
     }
 
     // MARK: Heap

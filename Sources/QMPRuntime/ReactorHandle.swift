@@ -71,7 +71,7 @@ final class WakeChannel: Sendable {
 /// A `Sendable` handle to a ``Reactor``: the only way other threads interact with it.
 ///
 /// Each call writes the reactor's eventfd (at most once until the reactor drains it), so the loop
-/// wakes from `ppoll` immediately. Calls made after the reactor was deallocated return `false`.
+/// wakes from `epoll_wait` immediately. Calls made after the reactor was deallocated return `false`.
 public struct ReactorHandle: Sendable {
     let channel: WakeChannel
 

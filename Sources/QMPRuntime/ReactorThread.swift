@@ -40,7 +40,8 @@ public final class ReactorThread: Sendable {
     ///   - logger: given to the reactor.
     ///   - setup: runs on the reactor thread before the loop; an error it throws ends the thread and
     ///     is rethrown by ``wait()``.
-    /// - Throws: ``RuntimeError`` if the eventfd or the thread cannot be created.
+    /// - Throws: ``RuntimeError`` if the eventfd or the thread cannot be created (an epoll set that
+    ///   cannot be created ends the thread; ``wait()`` rethrows it).
     public static func start(
         name: String = "qmp-reactor", logger: Logger = Logger(label: "qmp.runtime"),
         setup: @escaping @Sendable (Reactor) throws -> Void
@@ -51,7 +52,7 @@ public final class ReactorThread: Sendable {
             _ = cqmp_set_thread_name(name)
             let result: Result<Void, any Error>
             do {
-                let reactor = Reactor(channel: channel, logger: logger)
+                let reactor = try Reactor(channel: channel, logger: logger)
                 defer { reactor.dropAll() }
                 try setup(reactor)
                 try reactor.run()

@@ -5,7 +5,7 @@ import Glibc
 #endif
 
 /// SIGTERM/SIGINT delivered to a reactor as a readable self-pipe, so a process whose only thread
-/// waits in `poll()` ends cleanly without Swift concurrency (whose dispatch worker pool keeps a 1 Hz
+/// waits in `epoll_wait()` ends cleanly without Swift concurrency (whose dispatch worker pool keeps a 1 Hz
 /// monitor timer running for the life of the process: an idle sidecar would not sleep).
 ///
 /// Also ignores SIGPIPE and unblocks the signals: a parent may have spawned the process with them

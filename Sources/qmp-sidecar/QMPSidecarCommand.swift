@@ -218,7 +218,7 @@ struct QMPSidecarCommand: ParsableCommand {
             admission: ClientAdmission(allowedUIDs: Set(allowUid), maxClients: maxClients),
             allowUnauthenticatedTCP: unauthenticatedTcpListen, metricsFile: metricsFile,
             metricsDelay: .milliseconds(Int64(metricsDelay * 1000)))
-        // On the main thread, without Swift concurrency: an idle sidecar sleeps in poll() and nothing
+        // On the main thread, without Swift concurrency: an idle sidecar sleeps in epoll_wait() and nothing
         // else in the process wakes up.
         try SidecarService(configuration: configuration, logger: logger).runUntilTerminated()
     }

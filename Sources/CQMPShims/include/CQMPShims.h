@@ -36,9 +36,24 @@ int cqmp_peer_credentials(int sock, pid_t *pid, uid_t *uid, gid_t *gid);
 /// errno when it is not a child (ECHILD).
 int cqmp_child_exit_status(pid_t pid, int *status);
 
-/// ppoll(2) with a timeout in nanoseconds (-1: wait forever), so timers keep sub-millisecond precision.
-/// Returns what ppoll returns (-1 with errno on failure, EINTR included).
-int cqmp_poll_ns(struct pollfd *fds, nfds_t nfds, int64_t timeout_ns);
+/// epoll_create1(EPOLL_CLOEXEC).
+int cqmp_epoll_create(void);
+
+/// Interest and ready bits of the epoll shims (the kernel's own constants stay in C).
+#define CQMP_EPOLL_READ 1u
+#define CQMP_EPOLL_WRITE 2u
+#define CQMP_EPOLL_HANGUP 4u
+#define CQMP_EPOLL_ERROR 8u
+
+/// Brings `fd`'s epoll registration to `interest` (CQMP_EPOLL_READ | CQMP_EPOLL_WRITE, level
+/// triggered, `token` as its data): added when not `registered`, modified when it is, deleted for an
+/// empty interest (then not even hang-ups are reported). Returns what epoll_ctl(2) returns.
+int cqmp_epoll_update(int epfd, int fd, uint64_t token, int registered, unsigned interest);
+
+/// epoll_pwait2(2) with a timeout in nanoseconds (-1: wait forever), so timers keep sub-millisecond
+/// precision; on kernels without it, epoll_wait(2) with the timeout rounded up to milliseconds.
+/// Writes each ready event's CQMP_EPOLL_* bits and token; returns their count (-1 with errno, EINTR included).
+int cqmp_epoll_wait_ns(int epfd, uint32_t *masks, uint64_t *tokens, int capacity, int64_t timeout_ns);
 
 /// accept4(2) with SOCK_CLOEXEC | SOCK_NONBLOCK. The caller owns the returned descriptor.
 int cqmp_accept(int sock);
