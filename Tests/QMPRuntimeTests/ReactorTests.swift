@@ -151,12 +151,55 @@ struct ReactorTests {
         #expect(thread.handle.stop() == false)
     }
 
+    @Test("an empty interest hears nothing, not even a hang-up; restoring it reports the hang-up")
+    func emptyInterestIsSilent() throws {
+        let reactor = try Reactor()
+        let (a, b) = try Sockets.socketPair()
+        defer { close(a) }
+        var seen: [Reactor.Events] = []
+        let id = reactor.register(fd: a, interest: []) { events in
+            seen.append(events)
+            reactor.stop()
+        }
+        close(b)  // the peer hangs up while nobody listens
+        reactor.schedule(after: .milliseconds(30)) { reactor.stop() }
+        try runUntilStopped(reactor)
+        #expect(seen.isEmpty, "a paused descriptor must not wake the loop")
+        reactor.setInterest(.read, for: id)
+        try runUntilStopped(reactor)
+        #expect(seen.count == 1 && seen[0].contains(.readable) && seen[0].contains(.hangup))
+        reactor.unregister(id)
+    }
+
+    @Test("a wake-up serves only the ready descriptor among many idle ones")
+    func manyIdleRegistrations() throws {
+        let reactor = try Reactor()
+        var pairs: [(Int32, Int32)] = []
+        defer { for (x, y) in pairs { close(x); close(y) } }
+        var calls: [Int] = []
+        var ids: [Reactor.RegistrationID] = []
+        for index in 0..<200 {
+            let pair = try Sockets.socketPair()
+            pairs.append(pair)
+            ids.append(
+                reactor.register(fd: pair.0, interest: .read) { _ in
+                    calls.append(index)
+                    reactor.stop()
+                })
+        }
+        writeAll(pairs[137].1, [1])
+        try runUntilStopped(reactor)
+        #expect(calls == [137])
+        for id in ids { reactor.unregister(id) }
+        #expect(reactor.registrationCount == 0)
+    }
+
     @Test("an idle reactor with no timer armed never wakes up")
     func idleHasNoWakeups() async throws {
         let tid = Mutex<pid_t>(0)
         let thread = try ReactorThread.start { _ in tid.withLock { $0 = cqmp_gettid() } }
         defer { thread.handle.stop() }
-        // Let the thread reach ppoll, then count its context switches over 200 ms of idleness.
+        // Let the thread reach epoll_wait, then count its context switches over 200 ms of idleness.
         try await Task.sleep(for: .milliseconds(50))
         let id = tid.withLock { $0 }
         try #require(id > 0)
@@ -169,7 +212,7 @@ struct ReactorTests {
     }
 }
 
-/// voluntary_ctxt_switches of one of our threads: each return from a blocking ppoll adds one.
+/// voluntary_ctxt_switches of one of our threads: each return from a blocking epoll_wait adds one.
 func voluntarySwitches(tid: pid_t) -> Int? {
     guard let file = fopen("/proc/self/task/\(tid)/status", "r") else { return nil }
     defer { fclose(file) }
