@@ -95,10 +95,12 @@ import Testing
             dir: host.dir, upstream: "\(host.dir)/vm.qmp", extra: ["--reconnect", "--log-level", "info"] + host.roots)
         defer { sidecar.terminate() }
         #expect(waitFor { sidecar.log.contains("VFIO device tracked") })
-        // The group node's watch (its inotify instance) comes right after the log line: wait for it, or
-        // the baseline races it.
-        #expect(waitFor { descriptorKinds(of: sidecar.pid)["anon_inode:inotify"] == 1 })
+        // The group node's watch (its inotify instance) comes right after the log line, and the first
+        // holder check briefly opens the mock's /proc/PID/fd: wait for the one and the end of the other,
+        // or the baseline races them.
+        #expect(waitFor { isSettled(descriptorKinds(of: sidecar.pid)) })
         let baseline = descriptorKinds(of: sidecar.pid)
+        #expect(isSettled(baseline), "\(baseline)")
         let first = try TestClient.connecting(to: sidecar.listenPath)
         try first.negotiate()
         #expect(
@@ -127,6 +129,11 @@ import Testing
         #expect(
             waitFor { descriptorKinds(of: sidecar.pid) == baseline },
             "descriptors: \(descriptorKinds(of: sidecar.pid)), were \(baseline)")
+    }
+
+    /// The group watch is up and no holder scan is under way (it holds a `/proc/PID/fd` directory open).
+    private func isSettled(_ kinds: [String: Int]) -> Bool {
+        kinds["anon_inode:inotify"] == 1 && !kinds.keys.contains { $0.hasPrefix("/proc/") }
     }
 
     /// A process's descriptors by kind: `socket`, `anon_inode:[pidfd]`, `pipe`, or the file's path.
