@@ -11,7 +11,7 @@ import Glibc
 /// Handlers run on the reactor's thread, one at a time, and may register, unregister or change
 /// interest of any descriptor (their own included), schedule and cancel timers, or call `stop()`.
 /// When no timer is armed the loop waits in `epoll_wait` with no timeout: an idle reactor never wakes
-/// up. A wake-up costs the same with 2 or 200 descriptors registered (`ppoll` visits every one).
+/// up. A wake-up visits only the descriptors that are ready, however many are registered.
 ///
 /// - Important: A `Reactor` is confined to the thread that runs it: call its methods only from that
 ///   thread (from handlers, timers, jobs given to ``ReactorHandle/execute(_:)``, or before `run()`
@@ -33,13 +33,13 @@ public final class Reactor {
     public struct Events: OptionSet, Hashable, Sendable {
         public let rawValue: UInt8
         public init(rawValue: UInt8) { self.rawValue = rawValue }
-        /// POLLIN (also set on POLLHUP when read interest is on, so a reader sees EOF).
+        /// EPOLLIN (also set on EPOLLHUP when read interest is on, so a reader sees EOF).
         public static let readable = Events(rawValue: 1)
-        /// POLLOUT.
+        /// EPOLLOUT.
         public static let writable = Events(rawValue: 2)
-        /// POLLHUP: the peer hung up.
+        /// EPOLLHUP: the peer hung up.
         public static let hangup = Events(rawValue: 4)
-        /// POLLERR: an error is pending on the descriptor.
+        /// EPOLLERR: an error is pending on the descriptor.
         public static let error = Events(rawValue: 8)
     }
 

@@ -22,7 +22,7 @@ int cqmp_pidfd_open(pid_t pid, unsigned int flags);
 /// pidfd_getfd(2): duplicates `targetfd` of the process behind `pidfd` into this process.
 int cqmp_pidfd_getfd(int pidfd, int targetfd, unsigned int flags);
 
-/// eventfd(2) with EFD_CLOEXEC | EFD_NONBLOCK, used to wake a poll() loop from another thread.
+/// eventfd(2) with EFD_CLOEXEC | EFD_NONBLOCK, used to wake the reactor from another thread.
 int cqmp_eventfd(void);
 
 /// memfd_create(2) with MFD_CLOEXEC: an anonymous file, shown in /proc/<pid>/fd as `/memfd:<name> (deleted)`.
