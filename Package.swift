@@ -95,7 +95,9 @@ let package = Package(
         .testTarget(name: "QMPProxyTests", dependencies: ["QMPProxy", "QMPWire"]),
         .testTarget(
             name: "QMPSidecarTests",
-            dependencies: ["QMPSidecar", "QMPProxy", "QMPWire", .product(name: "Logging", package: "swift-log")]),
+            dependencies: [
+                "QMPSidecar", "QMPProxy", "QMPWire", "CQMPShims", .product(name: "Logging", package: "swift-log"),
+            ]),
         .testTarget(
             name: "VFIOTrackingTests",
             dependencies: [
@@ -108,7 +110,7 @@ let package = Package(
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "QMPSidecar", "QMPRuntime", "QMPTestKit", "qmp-sidecar", "qmp-mock",
+                "QMPSidecar", "QMPRuntime", "QMPTestKit", "CQMPShims", "qmp-sidecar", "qmp-mock",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],

@@ -1,3 +1,4 @@
+import CQMPShims
 import Foundation
 import QMPTestKit
 import Testing
@@ -95,7 +96,7 @@ struct ProxyIntegrationTests {
         let client = try vm.client()
         try client.negotiate()
         var pipeFDs: [Int32] = [0, 0]
-        #expect(pipe(&pipeFDs) == 0)
+        #expect(cqmp_pipe(&pipeFDs, 0) == 0)  // close-on-exec: no concurrently spawned child keeps it
         defer { close(pipeFDs[0]) }
         let pipeName = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(pipeFDs[1])")
         client.send(Array(#"{"execute": "getfd", "arguments": {"fdname": "myfd"}, "id": 1}"#.utf8), fds: [pipeFDs[1]])
@@ -119,7 +120,7 @@ struct ProxyIntegrationTests {
         let vm = try ProxiedQEMU()
         let client = try vm.client()
         try client.negotiate()
-        let fd = open("/dev/null", O_RDWR)
+        let fd = open("/dev/null", O_RDWR | O_CLOEXEC)
         client.send(
             Array(#"{"execute": "add-fd", "arguments": {"fdset-id": 7, "opaque": "o"}, "id": 1}"#.utf8), fds: [fd])
         close(fd)

@@ -173,7 +173,7 @@ struct MockFaultProcessTests {
     }
 
     static func children(of pid: pid_t) -> [pid_t]? {
-        let fd = open("/proc/\(pid)/task/\(pid)/children", O_RDONLY)
+        let fd = open("/proc/\(pid)/task/\(pid)/children", O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
         var buffer = [UInt8](repeating: 0, count: 4096)

@@ -38,14 +38,16 @@ struct RealQEMUTakeOverTests {
         let probe = try Sockets.connect(to: .unix(path: path), retryingUntil: .now + .seconds(20))
         close(probe)
 
-        let takeOver = try SocketTakeOver(path: path)
-        defer { close(takeOver.listeningFD) }
         let reactor = try Reactor()
+        let takeOver = try SocketTakeOver(path: path)
         var accepted = 0
+        // The listener owns the taken-over socket from here on and closes it, once: a second close
+        // here could hit a descriptor another test running in this process has just opened.
         let listener = Listener(fd: takeOver.listeningFD, reactor: reactor) { fd in
             accepted += 1
             close(fd)
         }
+        defer { listener.close() }
         let client = try Sockets.connect(to: .unix(path: path))
         defer { close(client) }
 

@@ -68,7 +68,7 @@ struct SocketTests {
         }
         // A regular file is never replaced.
         let file = dir.file("f")
-        close(open(file, O_CREAT | O_WRONLY, 0o600))
+        close(open(file, O_CREAT | O_WRONLY | O_CLOEXEC, 0o600))
         #expect { _ = try Sockets.listenUnix(path: file) } throws: { ($0 as? RuntimeError)?.code == .notASocket }
     }
 

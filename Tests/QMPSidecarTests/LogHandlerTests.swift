@@ -1,3 +1,4 @@
+import CQMPShims
 import Logging
 import Testing
 
@@ -32,7 +33,7 @@ import Glibc
 
     @Test func linesGoToTheOutputWithOneWriteEachAndRespectTheLevel() throws {
         var fds: [Int32] = [0, 0]
-        #expect(pipe(&fds) == 0)
+        #expect(cqmp_pipe(&fds, 0) == 0)
         defer { close(fds[0]) }
         var logger = Logger(label: "t") { label in
             SidecarLogHandler(label: label, format: .text, level: .info, output: fds[1], clock: Self.fixed)

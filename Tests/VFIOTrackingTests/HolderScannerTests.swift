@@ -79,7 +79,7 @@ struct HolderScannerTests {
         for directory in [proc, proc + "/4242", proc + "/4242/fd", proc + "/self"] { mkdir(directory, 0o755) }
         symlink(host.groupNodePath(7), proc + "/4242/fd/9")
         symlink("/dev/null", proc + "/4242/fd/3")
-        let commFD = open(proc + "/4242/comm", O_WRONLY | O_CREAT, 0o644)
+        let commFD = open(proc + "/4242/comm", O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
         _ = write(commFD, "qemu-system-x86\n", 16)
         close(commFD)
         let scanner = HolderScanner(procRoot: proc + "/")

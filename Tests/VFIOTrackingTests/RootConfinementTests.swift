@@ -17,7 +17,7 @@ import VFIOTracking
         let host = try FakeHost(spec: "7=0000:01:00.0")
         defer { host.removeTree() }
         let outside = host.devRoot + "/../outside-\(getpid())"
-        let fd = open(outside, O_CREAT | O_WRONLY, 0o600)
+        let fd = open(outside, O_CREAT | O_WRONLY | O_CLOEXEC, 0o600)
         close(fd)
         defer { unlink(outside) }
         let sysfs = VFIOSysfs(sysfsRoot: host.sysfsRoot, devRoot: host.devRoot)

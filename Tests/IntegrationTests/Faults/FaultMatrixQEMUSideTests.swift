@@ -178,8 +178,8 @@ import Testing
         try client.negotiate()
 
         sidecar.process.signal(SIGSTOP)
-        for _ in 0..<200 { close(open(host.groupNode, O_RDONLY)) }
-        let copy = open(host.groupNode, O_RDONLY)  // another process's hold on the group
+        for _ in 0..<200 { close(open(host.groupNode, O_RDONLY | O_CLOEXEC)) }
+        let copy = open(host.groupNode, O_RDONLY | O_CLOEXEC)  // another process's hold on the group
         try #require(copy >= 0)
         sidecar.process.signal(SIGCONT)
         #expect(waitFor { sidecar.log.contains("inotify queue overflowed") }, "\(sidecar.log)")

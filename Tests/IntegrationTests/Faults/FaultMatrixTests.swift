@@ -161,12 +161,12 @@ import Testing
             case 1:  // mid-command
                 client.send(#"{"execute": "qmp_capabilities"}{"execute": "query-status", "id": 1}"#)
             case 2:  // holding a passed fd, gone before the reply
-                let passed = open("/dev/null", O_RDONLY)
+                let passed = open("/dev/null", O_RDONLY | O_CLOEXEC)
                 try client.negotiate()
                 client.send(Array(#"{"execute": "getfd", "arguments": {"fdname": "f\#(round)"}}"#.utf8), fds: [passed])
                 close(passed)
             default:  // half a command, with fds attached
-                let passed = open("/dev/null", O_RDONLY)
+                let passed = open("/dev/null", O_RDONLY | O_CLOEXEC)
                 client.send(Array(#"{"execute": "qmp_capabilities"}{"execute": "getfd", "argu"#.utf8), fds: [passed])
                 close(passed)
             }
@@ -183,7 +183,7 @@ import Testing
         let bystander = try rig.wellBehavedClient()
         let baseline = rig.descriptors
         var client: TestClient! = try rig.wellBehavedClient()
-        let passed = (0..<3).map { _ in open("/dev/null", O_RDONLY) }
+        let passed = (0..<3).map { _ in open("/dev/null", O_RDONLY | O_CLOEXEC) }
         client.send(Array("{\"execute\": \u{1}}}]] garbage".utf8), fds: passed)
         for fd in passed { close(fd) }
         // QEMU's answers to garbage (one error per bad token run), then the next command's reply.
