@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <spawn.h>
 #include <time.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -129,6 +130,10 @@ int cqmp_child_exit_status(pid_t pid, int *status) {
     }
     *status = info.si_code == CLD_EXITED ? info.si_status : 128 + info.si_status;
     return 1;
+}
+
+int cqmp_spawn_add_closefrom(posix_spawn_file_actions_t *actions, int from) {
+    return posix_spawn_file_actions_addclosefrom_np(actions, from);
 }
 
 int cqmp_epoll_create(void) {

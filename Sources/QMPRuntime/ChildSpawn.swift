@@ -1,3 +1,5 @@
+import CQMPShims
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -17,6 +19,9 @@ public enum ChildSpawn {
         case open(fd: Int32, path: String, flags: Int32, mode: mode_t = 0o644)
         /// `dup2(from, to)`.
         case dup2(from: Int32, to: Int32)
+        /// Close every descriptor from `fd` up: the child keeps only what the actions before set up,
+        /// not whatever the parent's other threads hold without close-on-exec at that moment.
+        case closeAll(from: Int32)
     }
 
     /// Spawns `executable` with `arguments` (argv[0] is `executable`) and the caller's environment.
@@ -38,6 +43,8 @@ public enum ChildSpawn {
                 posix_spawn_file_actions_addopen(&actions, fd, path, flags, mode)
             case .dup2(let from, let to):
                 posix_spawn_file_actions_adddup2(&actions, from, to)
+            case .closeAll(let from):
+                cqmp_spawn_add_closefrom(&actions, from)
             }
         }
         var attributes = posix_spawnattr_t()

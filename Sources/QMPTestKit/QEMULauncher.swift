@@ -82,10 +82,10 @@ public final class QEMULauncher: @unchecked Sendable {
             // ChildSpawn: the test thread's blocked SIGTERM/SIGINT must not be inherited.
             child = try ChildSpawn.spawn(
                 Self.binary, arguments: arguments,
-                fileActions: [
+                fileActions: SpawnedProcess.isolated([
                     .open(fd: 0, path: "/dev/null", flags: O_RDONLY),
                     .open(fd: 1, path: logPath, flags: O_WRONLY | O_CREAT | O_TRUNC), .dup2(from: 1, to: 2),
-                ])
+                ]))
         } catch {
             Self.removeDirectory(directory)
             throw QMPTestKitError("cannot start \(Self.binary): \(error)")

@@ -66,6 +66,23 @@ import Glibc
         #expect(output == "in\nerr\n")
     }
 
+    /// A descriptor held without close-on-exec reaches a plain child, and not one whose actions end
+    /// with `closeAll(from:)`, while what the actions set up below it stays.
+    @Test func closeAllKeepsOnlyWhatTheActionsSetUp() throws {
+        let stray = open("/dev/null", O_RDONLY)  // deliberately without O_CLOEXEC
+        try #require(stray > 2)
+        defer { close(stray) }
+        let probe = "test -e /proc/self/fd/\(stray) && exit 10; test -e /proc/self/fd/1 || exit 11; exit 0"
+        let plain = try SpawnedProcess.run(["sh", "-c", probe])  // closes all but 0-2: no stray
+        #expect(plain.status == 0, "\(plain.output)")
+        var status: Int32 = 0
+        let inherits = try ChildSpawn.spawn("/bin/sh", arguments: ["-c", probe], fileActions: SpawnedProcess.quiet)
+        #expect(waitpid(inherits, &status, 0) == inherits && (status >> 8) & 0xff == 10, "the premise: inherited")
+        let isolated = try ChildSpawn.spawn(
+            "/bin/sh", arguments: ["-c", probe], fileActions: SpawnedProcess.quiet + [.closeAll(from: 3)])
+        #expect(waitpid(isolated, &status, 0) == isolated && (status >> 8) & 0xff == 0, "status \(status)")
+    }
+
     /// The premise: a plain `posix_spawn` from such a thread passes the blocked mask on.
     @Test func plainPosixSpawnInheritsTheBlockedMask() throws {
         var pid: pid_t = 0

@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <stddef.h>
 #include <poll.h>
+#include <spawn.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -15,6 +16,10 @@ ssize_t cqmp_sendmsg_fds(int sock, const void *buf, size_t len, const int *fds, 
 /// `*nfds` receives the descriptor count; `*truncated` is 1 when the kernel reported MSG_CTRUNC
 /// (descriptors beyond the buffer were closed by the kernel). Returns bytes read, 0 at EOF, -1 on error.
 ssize_t cqmp_recvmsg_fds(int sock, void *buf, size_t len, int *fds, size_t maxfds, size_t *nfds, int *truncated);
+
+/// posix_spawn_file_actions_addclosefrom_np (glibc 2.34+, a GNU extension Swift's Glibc module
+/// does not show): the child closes every descriptor from `from` up before exec.
+int cqmp_spawn_add_closefrom(posix_spawn_file_actions_t *actions, int from);
 
 /// pidfd_open(2): syscall 434 on x86_64, no glibc wrapper. -1 with errno on failure.
 int cqmp_pidfd_open(pid_t pid, unsigned int flags);

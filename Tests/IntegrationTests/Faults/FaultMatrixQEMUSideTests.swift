@@ -95,12 +95,15 @@ import Testing
             dir: host.dir, upstream: "\(host.dir)/vm.qmp", extra: ["--reconnect", "--log-level", "info"] + host.roots)
         defer { sidecar.terminate() }
         #expect(waitFor { sidecar.log.contains("VFIO device tracked") })
-        // The group node's watch (its inotify instance) comes right after the log line, and the first
-        // holder check briefly opens the mock's /proc/PID/fd: wait for the one and the end of the other,
-        // or the baseline races them.
-        #expect(waitFor { isSettled(descriptorKinds(of: sidecar.pid)) })
-        let baseline = descriptorKinds(of: sidecar.pid)
-        #expect(isSettled(baseline), "\(baseline)")
+        // The group node's watch (its inotify instance) comes right after the log line, and a holder
+        // scan briefly opens the mock's /proc/PID/fd (another may start at any time): the baseline is a
+        // snapshot with the one and without the other.
+        var baseline: [String: Int] = [:]
+        #expect(
+            waitFor {
+                baseline = descriptorKinds(of: sidecar.pid)
+                return isSettled(baseline)
+            }, "\(baseline)")
         let first = try TestClient.connecting(to: sidecar.listenPath)
         try first.negotiate()
         #expect(
