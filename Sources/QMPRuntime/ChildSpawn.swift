@@ -24,6 +24,20 @@ public enum ChildSpawn {
         case closeAll(from: Int32)
     }
 
+    /// `actions`, then every other descriptor closed: the child keeps only what `actions` set up, never
+    /// what another thread holds without close-on-exec at that moment (Foundation's
+    /// `String.write(toFile:)` opens its file so, for one).
+    public static func isolated(_ actions: [FileAction]) -> [FileAction] {
+        let highest = actions.reduce(Int32(2)) { highest, action in
+            switch action {
+            case .open(let fd, _, _, _): max(highest, fd)
+            case .dup2(_, let to): max(highest, to)
+            case .closeAll: highest
+            }
+        }
+        return actions + [.closeAll(from: highest + 1)]
+    }
+
     /// Spawns `executable` with `arguments` (argv[0] is `executable`) and the caller's environment.
     ///
     /// - Parameters:

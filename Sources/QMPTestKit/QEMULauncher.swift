@@ -82,7 +82,7 @@ public final class QEMULauncher: @unchecked Sendable {
             // ChildSpawn: the test thread's blocked SIGTERM/SIGINT must not be inherited.
             child = try ChildSpawn.spawn(
                 Self.binary, arguments: arguments,
-                fileActions: SpawnedProcess.isolated([
+                fileActions: ChildSpawn.isolated([
                     .open(fd: 0, path: "/dev/null", flags: O_RDONLY),
                     .open(fd: 1, path: logPath, flags: O_WRONLY | O_CREAT | O_TRUNC), .dup2(from: 1, to: 2),
                 ]))

@@ -29,30 +29,15 @@ public final class SpawnedProcess: @unchecked Sendable {
         ]
     }
 
-    /// `actions`, then every other descriptor closed: a child of one test never keeps what another test
-    /// running in this process holds without close-on-exec at that moment (Foundation's
-    /// `String.write(toFile:)` opens its file so, for one), which would skew its descriptor counts or
-    /// hold a group node open.
-    public static func isolated(_ actions: [ChildSpawn.FileAction]) -> [ChildSpawn.FileAction] {
-        let highest = actions.reduce(Int32(2)) { highest, action in
-            switch action {
-            case .open(let fd, _, _, _): max(highest, fd)
-            case .dup2(_, let to): max(highest, to)
-            case .closeAll: highest
-            }
-        }
-        return actions + [.closeAll(from: highest + 1)]
-    }
-
     /// Starts `executable` (looked up in `PATH` when `searchPath`) with `arguments`; the child gets the
-    /// descriptors `fileActions` set up and no others (``isolated(_:)``).
+    /// descriptors `fileActions` set up and no others (``QMPRuntime/ChildSpawn/isolated(_:)``).
     public init(
         _ executable: String, _ arguments: [String] = [], searchPath: Bool = false,
         fileActions: [ChildSpawn.FileAction] = SpawnedProcess.quiet
     ) throws {
         do {
             processIdentifier = try ChildSpawn.spawn(
-                executable, arguments: arguments, searchPath: searchPath, fileActions: Self.isolated(fileActions))
+                executable, arguments: arguments, searchPath: searchPath, fileActions: ChildSpawn.isolated(fileActions))
         } catch {
             throw QMPTestKitError("cannot start \(executable): \(error)")
         }

@@ -67,7 +67,7 @@ import Glibc
     }
 
     /// A descriptor held without close-on-exec reaches a plain child, and not one whose actions end
-    /// with `closeAll(from:)`, while what the actions set up below it stays.
+    /// with `closeAll(from:)` (``ChildSpawn/isolated(_:)``), while what the actions set up below it stays.
     @Test func closeAllKeepsOnlyWhatTheActionsSetUp() throws {
         let stray = open("/dev/null", O_RDONLY)  // deliberately without O_CLOEXEC
         try #require(stray > 2)
@@ -79,7 +79,7 @@ import Glibc
         let inherits = try ChildSpawn.spawn("/bin/sh", arguments: ["-c", probe], fileActions: SpawnedProcess.quiet)
         #expect(waitpid(inherits, &status, 0) == inherits && (status >> 8) & 0xff == 10, "the premise: inherited")
         let isolated = try ChildSpawn.spawn(
-            "/bin/sh", arguments: ["-c", probe], fileActions: SpawnedProcess.quiet + [.closeAll(from: 3)])
+            "/bin/sh", arguments: ["-c", probe], fileActions: ChildSpawn.isolated(SpawnedProcess.quiet))
         #expect(waitpid(isolated, &status, 0) == isolated && (status >> 8) & 0xff == 0, "status \(status)")
     }
 

@@ -46,7 +46,7 @@ final class ChildProcess: @unchecked Sendable {
         do {
             pid = try ChildSpawn.spawn(
                 executable, arguments: arguments,
-                fileActions: SpawnedProcess.isolated([
+                fileActions: ChildSpawn.isolated([
                     .open(fd: 0, path: "/dev/null", flags: O_RDONLY), .dup2(from: pipeFDs[1], to: 1),
                     .open(fd: 2, path: logPath, flags: O_WRONLY | O_CREAT | O_TRUNC),
                 ]))
