@@ -171,7 +171,7 @@ extension ProxyRouter {
                 return
             }
             let name = message.commandName
-            if message.message.execute != nil, let name, configuration.localCommands.contains(name) {
+            if message.message.execute != nil, let name, localCommandNames.contains(name) {
                 if let error = QEMURequestRules.checkRequest(members(), allowOOB: oob) {
                     replyLocally(error, id: message.idBytes, clientID, &session, into: &actions)
                     return
@@ -207,7 +207,7 @@ extension ProxyRouter {
         let kind: FairScheduler<ClientItem>.Kind? = oob ? nil : (fds.isEmpty ? .command : .fdCommand)
         if configuration.reportsRoundTrips { actions.append(.commandForwarded(sidecarID: id)) }
         var observed: (name: String, arguments: [UInt8])?
-        if let name, configuration.observedCommands.contains(name) {
+        if let name, observedCommandNames.contains(name) {
             let arguments = message.argumentBytes ?? Array("{}".utf8)
             observed = (name, arguments)
             // Reported before the command can reach QEMU: the VFIO side watches what it will open.

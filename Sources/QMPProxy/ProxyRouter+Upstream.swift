@@ -14,7 +14,7 @@ extension ProxyRouter {
     /// ``upstreamReceived(_:)`` from a read buffer (valid only during the call), appending to `actions`.
     public mutating func upstreamReceived(_ bytes: UnsafeRawBufferPointer, into actions: inout [Action]) {
         // QEMU's output is not bound by its input rules (size, token and nesting limits; `inf`/`nan`):
-        // split it by brace depth and parse it with the output grammar.
+        // split it by brace depth and find its members by structure (the output grammar for the rest).
         var lines = spareLines
         spareLines = []
         defer {
@@ -22,8 +22,14 @@ extension ProxyRouter {
             spareLines = lines
         }
         upstreamFramer.append(bytes, into: &lines)
-        for bytes in lines {
-            switch QMPMessage.parseOutput(bytes) {
+        for output in lines {
+            // The structural scan routes what QEMU's writer prints; the grammar explains the rest.
+            let parsed: Result<QMPMessage, QMPInputError>
+            switch output {
+            case .scanned(let message): parsed = .success(message)
+            case .unscanned(let bytes): parsed = QMPMessage.parseOutput(bytes)
+            }
+            switch parsed {
             case .failure(let error):
                 actions.append(.warning("unparsable output from QEMU: \(error.desc)"))
             case .success(let message):

@@ -169,6 +169,10 @@ public struct ProxyRouter: Sendable {
     }
 
     let configuration: Configuration
+    /// ``Configuration/localCommands`` and ``Configuration/observedCommands`` as lists: they hold a few
+    /// names, and comparing a command's name with each costs less than hashing it (twice per command).
+    let localCommandNames: [String]
+    let observedCommandNames: [String]
     var phase = UpstreamPhase.awaitingGreeting
     var upstreamFramer = QMPOutputFramer()
     /// QEMU's greeting line, CRLF included, once received.
@@ -186,11 +190,13 @@ public struct ProxyRouter: Sendable {
     var pausedClients: Set<ClientID> = []
     /// Emptied frame and line arrays of the last read, kept for their capacity.
     var spareFrames: [QMPFrame] = []
-    var spareLines: [[UInt8]] = []
+    var spareLines: [QMPOutputMessage] = []
     var clientGateOpen: Bool
 
     public init(configuration: Configuration = Configuration()) {
         self.configuration = configuration
+        self.localCommandNames = configuration.localCommands.sorted()
+        self.observedCommandNames = configuration.observedCommands.sorted()
         self.clientGateOpen = !configuration.gateClientCommands
         self.scheduler = FairScheduler(
             maxInFlight: configuration.maxClientInFlight, loneInFlight: configuration.maxLoneClientInFlight,

@@ -165,6 +165,7 @@ public final class Connection {
             precondition(fds.isEmpty, "Connection.send: descriptors need at least one byte to carry them")
             return
         }
+        if queueHead == queue.count, writeDirectly(bytes, fds: fds) { return }
         let wasIdle = pendingBytes == 0
         // One send larger than the bound is exempt while it drains, only one at a time: a peer that
         // stops reading and keeps asking for large replies is still cut off.
@@ -271,6 +272,41 @@ public final class Connection {
             reactor.readBuffer.withUnsafeBytes { onRead(UnsafeRawBufferPointer(rebasing: $0[0..<count]), fds) }
         } else {
             for received in fds { Glibc.close(received) }
+        }
+    }
+
+    /// With nothing queued, writes `bytes` straight from the caller's array: true when the kernel took
+    /// them all (or the write failed and the connection closed), false when the rest must be queued —
+    /// then `bytes` is unchanged and `fds` are still to be sent. Most sends end here, with no chunk.
+    private func writeDirectly(_ bytes: [UInt8], fds: [Int32]) -> Bool {
+        let socket = fd
+        while true {
+            let sent = bytes.withUnsafeBytes { raw in
+                fds.withUnsafeBufferPointer { fdPointer in
+                    cqmp_sendmsg_fds(socket, raw.baseAddress!, raw.count, fdPointer.baseAddress, fdPointer.count, 0)
+                }
+            }
+            if sent < 0 {
+                let err = errno
+                if err == EINTR { continue }
+                if err == EAGAIN || err == EWOULDBLOCK { return false }
+                for pending in fds { Glibc.close(pending) }
+                closeNow(reason: .error(.systemCall("sendmsg", errno: err)))
+                return true
+            }
+            guard sent == bytes.count else {
+                // Partial: the kernel has the fds with the first bytes; the rest waits for POLLOUT.
+                for passed in fds { Glibc.close(passed) }
+                bytesWritten += sent
+                queue.append(Chunk(bytes: bytes, offset: sent, fds: [], oversized: bytes.count > maxPendingBytes))
+                pendingBytes += bytes.count - sent
+                if bytes.count > maxPendingBytes { oversizedBytes += bytes.count - sent }
+                updateInterest()
+                return true
+            }
+            for passed in fds { Glibc.close(passed) }
+            bytesWritten += sent
+            return true
         }
     }
 

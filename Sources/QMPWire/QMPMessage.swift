@@ -53,6 +53,14 @@ public struct QMPMessage: Hashable, Sendable {
         parse(line, acceptNonFinite: true)
     }
 
+    /// One message of QEMU's output (as ``QMPOutputFramer`` delivers it) with its members found by
+    /// structure alone, for routing: the same ranges as ``parseOutput(_:)`` for anything QEMU's writer
+    /// prints, without validating the values. Nil for what the writer never prints; then
+    /// ``parseOutput(_:)`` says what is wrong.
+    public static func scanOutput(_ line: [UInt8]) -> QMPMessage? {
+        line.withUnsafeBufferPointer { QMPOutputScan.members(of: $0) }.map { QMPMessage(bytes: line, top: $0) }
+    }
+
     private static func parse(_ bytes: [UInt8], acceptNonFinite: Bool) -> Result<QMPMessage, QMPInputError> {
         let scanned = bytes.withUnsafeBufferPointer { buffer in
             Result { () throws(QMPInputError) -> QMPGrammar.TopLevel in
@@ -68,7 +76,7 @@ public struct QMPMessage: Hashable, Sendable {
         }
     }
 
-    private init(bytes: [UInt8], top: MessageOffsets) {
+    init(bytes: [UInt8], top: MessageOffsets) {
         self.bytes = bytes
         self.top = top
     }

@@ -46,6 +46,40 @@ public struct QMPOutputFramer: Sendable {
         return messages
     }
 
+    /// Feeds bytes read from QEMU (a read buffer) and appends the complete messages to `messages`,
+    /// each with its members found by ``QMPMessage/scanOutput(_:)`` when the scan finds them.
+    ///
+    /// Splits exactly as ``append(_:into:)-([[UInt8]])``. A message that lies whole in one read is
+    /// framed and scanned in one pass; the rest goes through the byte-wise framer.
+    public mutating func append(_ bytes: UnsafeRawBufferPointer, into messages: inout [QMPOutputMessage]) {
+        let all = bytes.bindMemory(to: UInt8.self)
+        var i = 0
+        if depth == 0 {
+            while i < all.count {
+                let b = all[i]
+                if b == UInt8(ascii: "{") {
+                    // A scan that succeeds ends where the depth count ends (each value it skips is
+                    // balanced); one that fails leaves the message to the byte-wise framer.
+                    let rest = UnsafeBufferPointer(rebasing: all[i...])
+                    guard let (offsets, end) = QMPOutputScan.leadingObject(of: rest) else { break }
+                    let line = Array(UnsafeBufferPointer(rebasing: rest[..<end]))
+                    messages.append(.scanned(QMPMessage(bytes: line, top: offsets)))
+                    i += end
+                } else if b == UInt8(ascii: "[") {
+                    break
+                } else {
+                    i += 1  // CR, LF, or anything else between messages: dropped, as the framer does
+                }
+            }
+        }
+        guard i < all.count else { return }
+        var lines: [[UInt8]] = []
+        feed(UnsafeRawBufferPointer(rebasing: bytes[i...]), into: &lines)
+        for line in lines {
+            messages.append(QMPMessage.scanOutput(line).map { .scanned($0) } ?? .unscanned(line))
+        }
+    }
+
     private mutating func feed(_ buffer: UnsafeRawBufferPointer, into messages: inout [[UInt8]]) {
         let bytes = buffer.bindMemory(to: UInt8.self)
         var start = depth > 0 ? 0 : -1
@@ -82,6 +116,22 @@ public struct QMPOutputFramer: Sendable {
         }
         if depth > 0 {
             pending.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[max(start, 0)...]))
+        }
+    }
+}
+
+/// One message of QEMU's output as ``QMPOutputFramer`` splits it.
+public enum QMPOutputMessage: Hashable, Sendable {
+    /// Its members found by structure (``QMPMessage/scanOutput(_:)``).
+    case scanned(QMPMessage)
+    /// Something QEMU's writer does not print: ``QMPMessage/parseOutput(_:)`` says what.
+    case unscanned([UInt8])
+
+    /// The message's bytes.
+    public var bytes: [UInt8] {
+        switch self {
+        case .scanned(let message): message.bytes
+        case .unscanned(let bytes): bytes
         }
     }
 }

@@ -23,6 +23,34 @@ struct OutputFramerTests {
         }
     }
 
+    @Test("framing with the scan splits as the byte-wise framer, and scans what the grammar parses")
+    func scannedFraming() throws {
+        let stream = Array(
+            ("\r\n{\"return\": {\"s\": \"}]\\\"{[\"}, \"id\": 1}\r\n[1, {\"a\": 2}]\r\n"
+                + "{\"i\\u0064\": 5}\r\n{\"event\": \"X\", \"data\": {\"b\": [[], {}]}, \"timestamp\": {}}\r\n"
+                + "{\"a\": [1}, \"b\": 2]}\r\n{\n    \"return\": {\n    }\n}\r\n").utf8)
+        var reference = QMPOutputFramer()
+        let messages = reference.append(stream)
+        #expect(messages.count == 6)
+        for cut in 0...stream.count {
+            var framer = QMPOutputFramer()
+            var units: [QMPOutputMessage] = []
+            stream[..<cut].withUnsafeBytes { framer.append($0, into: &units) }
+            stream[cut...].withUnsafeBytes { framer.append($0, into: &units) }
+            #expect(units.map(\.bytes) == messages, "cut \(cut)")
+            for unit in units {
+                switch unit {
+                case .scanned(let message):
+                    #expect(message == (try QMPMessage.parseOutput(message.bytes).get()), "cut \(cut)")
+                case .unscanned(let bytes):
+                    #expect(QMPMessage.scanOutput(bytes) == nil, "cut \(cut): \(text(bytes))")
+                }
+            }
+            // The top-level array, the escaped key and the mismatched brackets are left to the grammar.
+            #expect(units.filter { if case .scanned = $0 { true } else { false } }.count == 3, "cut \(cut)")
+        }
+    }
+
     @Test("no input limits: a reply with more than 2 Mi tokens is one message")
     func manyTokens() {
         let reply = Array(("{\"return\": [" + String(repeating: "1, ", count: 1_100_000) + "1], \"id\": 2}\r\n").utf8)
@@ -30,5 +58,32 @@ struct OutputFramerTests {
         let messages = framer.append(reply)
         #expect(messages.count == 1)
         #expect(messages.first.map { QMPMessage.parseOutput($0).isSuccess } == true)
+    }
+
+    @Test("the structural scan finds the members the output grammar finds")
+    func scanMatchesGrammar() throws {
+        let lines = [
+            #"{"return": {"status": "running", "singlestep": false, "running": true}, "id": 1}"#,
+            #"{"id": "libvirt-7", "return": {}}"#,
+            #"{"return": [], "id": {"a": ["}", "\"{"]}, "x": -inf}"#,
+            #"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "DEVICE_DELETED", "data": {"device": "h"}}"#,
+            #"{"error": {"class": "GenericError", "desc": "x \u00e9"}}"#,
+            "{\n    \"return\": {\n    },\n    \"id\": 3\n}",
+            #"{"QMP": {"version": {"qemu": {"micro": 0}}, "capabilities": ["oob"]}}"#,
+            #"{"return": nan, "id": -1.5e+3}"#,
+            "{}",
+        ]
+        for line in lines {
+            let bytes = Array(line.utf8)
+            let scanned = try #require(QMPMessage.scanOutput(bytes), "scan of \(line)")
+            #expect(scanned == (try QMPMessage.parseOutput(bytes).get()), "\(line)")
+            #expect(scanned.replacingID(with: 9) == (try QMPMessage.parseOutput(bytes).get()).replacingID(with: 9))
+        }
+        // What QEMU's writer never prints falls back to the grammar.
+        for line in [
+            #"{"i\u0064": 1}"#, #"{"id": 1, "id": 2}"#, "[1]", #"{"return" 1}"#, #"{"return": }"#, #"{"a": 1,}"#,
+        ] {
+            #expect(QMPMessage.scanOutput(Array(line.utf8)) == nil, "\(line)")
+        }
     }
 }

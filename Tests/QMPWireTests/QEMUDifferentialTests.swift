@@ -114,6 +114,7 @@ struct QEMUDifferentialTests {
                 #expect(text(reply) == text(line), "for \(shown)")
             case .dispatched(let id):
                 let message = try #require(try? QMPMessage.parseOutput(reply).get(), "QEMU reply \(text(reply))")
+                #expect(QMPMessage.scanOutput(reply) == message, "scan of QEMU's reply \(text(reply))")
                 #expect(!text(reply).contains("JSON parse error"), "for \(shown)")
                 #expect(!text(reply).contains("must be a JSON object"), "for \(shown)")
                 #expect(message[.id].map { Array($0) } == id, "id echo for \(shown): \(text(reply))")
