@@ -23,18 +23,19 @@ extension ProxyRouter {
         }
         upstreamFramer.append(bytes, into: &lines)
         for output in lines {
-            // The structural scan routes what QEMU's writer prints; the grammar explains the rest.
-            let parsed: Result<QMPMessage, QMPInputError>
             switch output {
-            case .scanned(let message): parsed = .success(message)
-            case .unscanned(let bytes): parsed = QMPMessage.parseOutput(bytes)
-            }
-            switch parsed {
-            case .failure(let error):
-                actions.append(.warning("unparsable output from QEMU: \(error.desc)"))
-            case .success(let message):
+            case .scanned(let message):
                 traffic.fromQEMU += 1
                 handleUpstream(Envelope(message), into: &actions)
+            case .unscanned(let bytes):
+                // What QEMU's writer never prints: the grammar says what is wrong, or parses it.
+                switch QMPMessage.parseOutput(bytes) {
+                case .failure(let error):
+                    actions.append(.warning("unparsable output from QEMU: \(error.desc)"))
+                case .success(let message):
+                    traffic.fromQEMU += 1
+                    handleUpstream(Envelope(message), into: &actions)
+                }
             }
         }
     }

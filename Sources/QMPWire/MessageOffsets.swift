@@ -1,22 +1,18 @@
 /// Where a message's top-level members are (their value ranges) and the offsets id splicing needs.
 ///
-/// Four bytes per offset, held inline: the parser fills one per message and the router passes
-/// messages by value, so an array (an allocation) or eight-byte offsets (copies through `memcpy`) would
-/// cost more than the scan itself. A message of 4 GiB or more keeps full-width offsets in an array.
+/// Held inline, with no reference inside: the parser fills one per message and the router passes
+/// messages by value, so an array here (an allocation, and a retain and release on every copy of a
+/// message) would cost more than the scan itself.
 struct MessageOffsets: Hashable, Sendable {
     private static let slotCount = 23
-    private static let absent = UInt32.max
+    private static let absent = -1
     private static let idKeyStartSlot = 18
     private static let valueEndBeforeIDSlot = 19
     private static let keyStartAfterIDSlot = 20
     private static let lastValueEndSlot = 21
     private static let closingBraceSlot = 22
 
-    private var packed = InlineArray<23, UInt32>(repeating: UInt32.max)
-    /// Whether an offset did not fit in four bytes: then `wide` holds them all. A flag, not an optional
-    /// array, so that reading an offset touches no reference count.
-    private var isWide = false
-    private var wide: [Int?] = []
+    private var slots = InlineArray<23, Int>(repeating: MessageOffsets.absent)
 
     /// The value range of a top-level member, if present.
     subscript(member: QMPMessage.Member) -> Range<Int>? {
@@ -81,20 +77,11 @@ struct MessageOffsets: Hashable, Sendable {
     }
 
     @inline(__always) private func offset(_ slot: Int) -> Int? {
-        if isWide { return wide[slot] }
-        let value = packed[slot]
-        return value == Self.absent ? nil : Int(value)
+        let value = slots[slot]
+        return value == Self.absent ? nil : value
     }
 
     @inline(__always) private mutating func setOffset(_ slot: Int, _ value: Int?) {
-        if !isWide, let value, value >= Int(Self.absent) {
-            wide = (0..<Self.slotCount).map { offset($0) }
-            isWide = true
-        }
-        if isWide {
-            wide[slot] = value
-        } else {
-            packed[slot] = value.map { UInt32($0) } ?? Self.absent
-        }
+        slots[slot] = value ?? Self.absent
     }
 }
