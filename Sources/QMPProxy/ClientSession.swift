@@ -24,7 +24,7 @@ struct ClientSession: Sendable {
     /// Bytes received so far: the stream offset of the next byte.
     var received = 0
     /// Frames that arrived before the greeting; handled once it is sent.
-    var deferred: [QMPFrame] = []
+    var deferred: [QMPInputUnit] = []
     /// The fds of the latest read that carried fds, with the stream offset at which that read began.
     ///
     /// QEMU's char-socket keeps only the fds of the latest `recvmsg` that carried any, closing older

@@ -48,8 +48,8 @@ extension ProxyRouter {
         if session.phase == .awaitingGreeting {
             session.deferred += frames
         } else {
-            for frame in frames {
-                handleClientFrame(frame, clientID, &session, into: &actions)
+            for unit in frames {
+                handleClientUnit(unit, clientID, &session, into: &actions)
             }
             flushClient(clientID, &session, into: &actions)
         }
@@ -127,10 +127,18 @@ extension ProxyRouter {
 
     // MARK: - Client input
 
-    mutating func handleClientFrame(
-        _ frame: QMPFrame, _ clientID: ClientID, _ session: inout ClientSession, into actions: inout [Action]
+    mutating func handleClientUnit(
+        _ unit: QMPInputUnit, _ clientID: ClientID, _ session: inout ClientSession, into actions: inout [Action]
     ) {
         traffic.fromClients += 1
+        let frame: QMPFrame
+        switch unit {
+        case .parsed(let message, let end):
+            handleClientMessage(Envelope(message), end: end, clientID, &session, into: &actions)
+            return
+        case .frame(let unparsed):
+            frame = unparsed
+        }
         switch frame {
         case .invalid(let error, _):
             replyLocally(QMPBuilder.error(error), clientID, &session, into: &actions)

@@ -62,8 +62,8 @@ extension ProxyRouter {
                 sendGreeting(clientID, &session, into: &actions)
                 let frames = session.deferred
                 session.deferred = []
-                for frame in frames {
-                    handleClientFrame(frame, clientID, &session, into: &actions)
+                for unit in frames {
+                    handleClientUnit(unit, clientID, &session, into: &actions)
                 }
                 flushClient(clientID, &session, into: &actions)
                 clients[clientID] = session

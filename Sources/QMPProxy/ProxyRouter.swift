@@ -189,7 +189,7 @@ public struct ProxyRouter: Sendable {
     /// Clients not read because their queue is full.
     var pausedClients: Set<ClientID> = []
     /// Emptied frame and line arrays of the last read, kept for their capacity.
-    var spareFrames: [QMPFrame] = []
+    var spareFrames: [QMPInputUnit] = []
     var spareLines: [QMPOutputMessage] = []
     var clientGateOpen: Bool
 

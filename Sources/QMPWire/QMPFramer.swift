@@ -79,7 +79,7 @@ public struct QMPFramer: Sendable {
     private var pending: [UInt8] = []
     private var inUnit = false
     private var whitespaceRun = 0
-    private static let maxWhitespaceRun = 64
+    static let maxWhitespaceRun = 64
 
     /// Creates a framer at the start of a stream.
     public init(limits: Limits = .qemu) {
@@ -88,6 +88,17 @@ public struct QMPFramer: Sendable {
 
     /// Bytes consumed so far (the stream offset of the next byte).
     public var streamOffset: Int { offset }
+
+    /// Whether the next byte starts a new unit (nothing of one pending, the lexer in its start state).
+    var isBetweenUnits: Bool { lex == .start && !inUnit }
+
+    /// Whether the limits are QEMU's own (the grammar applies the same ones).
+    var hasQEMULimits: Bool { limits == .qemu }
+
+    /// Moves past `count` bytes that formed whole units, framed by the caller exactly as ``feed`` would.
+    mutating func skipUnits(byteCount count: Int) {
+        offset += count
+    }
 
     /// Feeds the next bytes of the stream and returns the units they complete, in order.
     public mutating func append(_ bytes: UnsafeRawBufferPointer) -> [QMPFrame] {

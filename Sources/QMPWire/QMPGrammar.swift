@@ -52,6 +52,16 @@ struct QMPGrammar {
         return parser.top
     }
 
+    /// Validates the value at the start of `bytes`, which may go on past it; returns what its top-level
+    /// object holds and the index just past its last token.
+    static func scanLeading(_ bytes: UnsafeBufferPointer<UInt8>) throws(QMPInputError) -> (TopLevel, end: Int) {
+        var parser = QMPGrammar(bytes: bytes, build: false)
+        _ = try parser.parseValue(depth: 0)
+        // An object or array ends with its closing token popped: nothing is peeked past it.
+        guard parser.peeked == nil else { throw .parse("unexpected input after the value") }
+        return (parser.top, parser.position)
+    }
+
     /// Parses `bytes` as one QMP JSON value into a tree.
     static func parseTree(_ bytes: [UInt8]) throws(QMPInputError) -> JSONValue {
         try bytes.withUnsafeBufferPointer { (buffer) throws(QMPInputError) -> JSONValue in

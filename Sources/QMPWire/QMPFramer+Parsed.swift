@@ -1,0 +1,62 @@
+/// One unit of client input, parsed when framing could do it in the same pass.
+public enum QMPInputUnit: Hashable, Sendable {
+    /// A unit that QEMU's grammar accepts as an object: what ``QMPMessage/parse(_:)`` gives for the
+    /// unit ``QMPFramer`` delivers. `end` as in ``QMPFrame``.
+    case parsed(QMPMessage, end: Int)
+    /// A unit as ``QMPFramer/append(_:into:)-([QMPFrame])`` delivers it, not parsed yet.
+    case frame(QMPFrame)
+}
+
+extension QMPFramer {
+    /// Units bigger than this go through the byte-wise lexer: far below QEMU's 64 MiB and 2 Mi token
+    /// limits, so the grammar alone can stand in for the streamer's checks.
+    static let parsedUnitLimit = 1 << 20
+
+    /// Feeds the next bytes of the stream; appends the units they complete, in order.
+    ///
+    /// Splits exactly as ``append(_:into:)-([QMPFrame])``. An object that starts between units and
+    /// ends within these bytes is validated by QEMU's grammar and framed in the same pass: the grammar
+    /// ends where the streamer's depth count ends, and it lexes as the streamer does. Anything else
+    /// (a lexer or grammar error, an object not complete yet, whitespace runs the framer would shorten,
+    /// limits other than QEMU's) goes through the byte-wise framer, unparsed.
+    public mutating func append(_ bytes: UnsafeRawBufferPointer, into units: inout [QMPInputUnit]) {
+        let all = bytes.bindMemory(to: UInt8.self)
+        var i = 0
+        if hasQEMULimits {
+            while i < all.count, isBetweenUnits {
+                let b = all[i]
+                if b == 0x20 || b == 0x09 || b == 0x0D || b == 0x0A {
+                    i += 1  // between units whitespace belongs to no unit
+                    continue
+                }
+                let rest = UnsafeBufferPointer(rebasing: all[i..<min(all.count, i + Self.parsedUnitLimit)])
+                guard b == UInt8(ascii: "{"), let (message, length) = QMPMessage.parseLeading(rest) else { break }
+                units.append(.parsed(message, end: streamOffset + i + length))
+                i += length
+            }
+            skipUnits(byteCount: i)
+        }
+        guard i < all.count else { return }
+        var frames: [QMPFrame] = []
+        append(UnsafeRawBufferPointer(rebasing: bytes[i...]), into: &frames)
+        for frame in frames { units.append(.frame(frame)) }
+    }
+}
+
+extension QMPMessage {
+    /// The object at the start of `bytes` when QEMU's grammar accepts it and the framer would deliver
+    /// exactly its bytes (no whitespace run it would shorten), with its length.
+    static func parseLeading(_ bytes: UnsafeBufferPointer<UInt8>) -> (QMPMessage, length: Int)? {
+        guard let (top, end) = try? QMPGrammar.scanLeading(bytes), top.isObject else { return nil }
+        var run = 0
+        for b in bytes[..<end] {
+            if b == 0x20 || b == 0x09 || b == 0x0D || b == 0x0A {
+                run += 1
+                if run > QMPFramer.maxWhitespaceRun { return nil }
+            } else {
+                run = 0
+            }
+        }
+        return (QMPMessage(bytes: Array(UnsafeBufferPointer(rebasing: bytes[..<end])), top: top.offsets), end)
+    }
+}
