@@ -10,7 +10,7 @@ extension ProxyRouter {
         if greeting != nil {
             sendGreeting(clientID, &session, into: &actions)
         }
-        clients[clientID] = session
+        clients[clientID] = consume session
         scheduler.connectedClients = clients.count
         return actions
     }
@@ -121,7 +121,7 @@ extension ProxyRouter {
         trace(.sidecarToClient, client: entry.client, fds: 0, Self.trimmed(line), into: &actions)
         _ = session.fill(token, with: line)
         flushClient(entry.client, &session, into: &actions)
-        clients[entry.client] = session
+        clients[entry.client] = consume session
         return actions
     }
 

@@ -113,7 +113,7 @@ extension ProxyRouter {
                 _ = session.fill(id, with: line)
                 flushClient(clientID, &session, into: &actions)
             }
-            clients[clientID] = session
+            clients[clientID] = consume session
         }
     }
 
