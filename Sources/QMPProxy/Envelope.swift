@@ -1,5 +1,9 @@
 import QMPWire
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The parts of a parsed message the router looks at. Keeps every use of the wire layer's member
 /// ranges in one place.
 struct Envelope {
@@ -35,6 +39,33 @@ struct Envelope {
     var isOOBRequest: Bool { message.execOOB != nil && message.execute == nil }
     /// The command name QEMU would look up.
     var commandName: String? { message.execute != nil ? executeName : execOOBName }
+
+    /// The element of `names` that is the command name QEMU would look up, if any. A plain token
+    /// (double quotes, printable ASCII, no escapes) is compared byte for byte, without a string.
+    func commandName(in names: [String]) -> String? {
+        guard let range = message.execute ?? message.execOOB else { return nil }
+        // nil: the token is not plain, decode it.
+        let matched: String?? = message.bytes.withUnsafeBufferPointer { bytes in
+            guard range.count >= 2, bytes[range.lowerBound] == 0x22, bytes[range.upperBound - 1] == 0x22 else {
+                return nil
+            }
+            let inner = UnsafeBufferPointer(rebasing: bytes[(range.lowerBound + 1)..<(range.upperBound - 1)])
+            guard inner.allSatisfy({ $0 >= 0x20 && $0 < 0x7F && $0 != 0x22 && $0 != 0x5C }) else { return nil }
+            return .some(names.first { Self.utf8($0, equals: inner) })
+        }
+        if let matched { return matched }
+        let name = commandName
+        return names.first { $0 == name }
+    }
+
+    private static func utf8(_ string: String, equals bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+        var string = string
+        return string.withUTF8 { utf8 in
+            utf8.count == bytes.count
+                && (bytes.isEmpty || memcmp(utf8.baseAddress!, bytes.baseAddress!, bytes.count) == 0)
+        }
+    }
+
     var idBytes: [UInt8]? { slice(message.id).map(Array.init) }
     var argumentBytes: [UInt8]? { slice(message.arguments).map(Array.init) }
     var eventName: String? { string(message.event) }

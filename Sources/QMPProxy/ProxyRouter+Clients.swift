@@ -178,8 +178,7 @@ extension ProxyRouter {
                     into: &actions)
                 return
             }
-            let name = message.commandName
-            if message.message.execute != nil, let name, localCommandNames.contains(name) {
+            if message.message.execute != nil, let name = message.commandName(in: localCommandNames) {
                 if let error = QEMURequestRules.checkRequest(members(), allowOOB: oob) {
                     replyLocally(error, id: message.idBytes, clientID, &session, into: &actions)
                     return
@@ -193,19 +192,19 @@ extension ProxyRouter {
                 dispatch(into: &actions)
                 return
             }
-            forward(message, name: name, end: end, clientID, &session, into: &actions)
+            forward(message, end: end, clientID, &session, into: &actions)
         }
     }
 
     private mutating func forward(
-        _ message: Envelope, name: String?, end: Int, _ clientID: ClientID, _ session: inout ClientSession,
+        _ message: Envelope, end: Int, _ clientID: ClientID, _ session: inout ClientSession,
         into actions: inout [Action]
     ) {
         let id = allocateID()
         let oob = message.isOOBRequest
         var fds: [Int32] = []
         // QEMU refuses `getfd`/`add-fd` as OOB before their handler runs, so their fds stay held.
-        if !oob, name == "getfd" || name == "add-fd", let held = session.heldFDs, held.start < end {
+        if !oob, let held = session.heldFDs, held.start < end, message.commandName(in: Self.fdCommandNames) != nil {
             fds = held.fds
             session.heldFDs = nil
         }
@@ -215,7 +214,7 @@ extension ProxyRouter {
         let kind: FairScheduler<ClientItem>.Kind? = oob ? nil : (fds.isEmpty ? .command : .fdCommand)
         if configuration.reportsRoundTrips { actions.append(.commandForwarded(sidecarID: id)) }
         var observed: (name: String, arguments: [UInt8])?
-        if let name, observedCommandNames.contains(name) {
+        if let name = message.commandName(in: observedCommandNames) {
             let arguments = message.argumentBytes ?? Array("{}".utf8)
             observed = (name, arguments)
             // Reported before the command can reach QEMU: the VFIO side watches what it will open.

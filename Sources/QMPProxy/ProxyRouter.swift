@@ -170,9 +170,12 @@ public struct ProxyRouter: Sendable {
 
     let configuration: Configuration
     /// ``Configuration/localCommands`` and ``Configuration/observedCommands`` as lists: they hold a few
-    /// names, and comparing a command's name with each costs less than hashing it (twice per command).
+    /// names, and comparing a command's name token with each costs less than making a string of it
+    /// and hashing that (twice per command).
     let localCommandNames: [String]
     let observedCommandNames: [String]
+    /// The commands that take the fds a client passed (QEMU's `getfd` and `add-fd`).
+    static let fdCommandNames = ["getfd", "add-fd"]
     var phase = UpstreamPhase.awaitingGreeting
     var upstreamFramer = QMPOutputFramer()
     /// QEMU's greeting line, CRLF included, once received.

@@ -180,6 +180,29 @@ import Testing
         #expect(h.take(1).contains(#""id": 3"#))
     }
 
+    @Test func commandNamesMatchAsQEMUDecodesThem() throws {
+        // QEMU looks up the decoded name: an escape or single quotes name the same command.
+        var h = RouterHarness(
+            configuration: .init(
+                localCommands: ["x-query-vfio-groups"], observedCommands: ["device_add"], maxClientInFlight: 8))
+        h.negotiated(1)
+        h.other.removeAll()
+        h.send(1, #"{"execute":"device_add","id":1}{'execute':'device_add','id':2}{"execute":"device_addx","id":3}"#)
+        #expect(
+            h.other == [
+                .commandObserved(name: "device_add", arguments: Array("{}".utf8)),
+                .commandObserved(name: "device_add", arguments: Array("{}".utf8)),
+            ])
+        h.other.removeAll()
+        h.send(1, #"{"execute":"x-query-vfio-groups","id":4}{"execute":"x-query-vfio-group","id":5}"#)
+        #expect(h.upstream.count == 4, "the local command never reaches QEMU, the other name does")
+        #expect(
+            h.other.contains { if case .localCommand(1, _, "x-query-vfio-groups", nil) = $0 { true } else { false } })
+        // getfd spelled with an escape takes the fds that came with it.
+        h.send(1, #"{"execute": "getfd", "arguments": {"fdname": "f"}, "id": 6}"#, fds: [70])
+        #expect(h.upstream.last?.fds == [70])
+    }
+
     @Test func nothingIsObservedUnlessConfigured() {
         var h = RouterHarness()
         h.negotiated(1)
