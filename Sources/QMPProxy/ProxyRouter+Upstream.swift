@@ -15,19 +15,16 @@ extension ProxyRouter {
     public mutating func upstreamReceived(_ bytes: UnsafeRawBufferPointer, into actions: inout [Action]) {
         // QEMU's output is not bound by its input rules (size, token and nesting limits; `inf`/`nan`):
         // split it by brace depth and find its members by structure (the output grammar for the rest).
-        var lines = spareLines
-        spareLines = []
-        defer {
-            lines.removeAll(keepingCapacity: lines.capacity <= 64)
-            spareLines = lines
-        }
-        upstreamFramer.append(bytes, into: &lines)
-        for output in lines {
-            switch output {
-            case .scanned(let message):
+        // The framer leaves `self` while it hands messages over, which go on to `self`.
+        var framer = upstreamFramer
+        upstreamFramer = QMPOutputFramer()
+        framer.append(
+            bytes,
+            scanned: { message in
                 traffic.fromQEMU += 1
                 handleUpstream(Envelope(message), into: &actions)
-            case .unscanned(let bytes):
+            },
+            unscanned: { bytes in
                 // What QEMU's writer never prints: the grammar says what is wrong, or parses it.
                 switch QMPMessage.parseOutput(bytes) {
                 case .failure(let error):
@@ -36,8 +33,8 @@ extension ProxyRouter {
                     traffic.fromQEMU += 1
                     handleUpstream(Envelope(message), into: &actions)
                 }
-            }
-        }
+            })
+        upstreamFramer = framer
     }
 
     private mutating func handleUpstream(_ message: Envelope, into actions: inout [Action]) {

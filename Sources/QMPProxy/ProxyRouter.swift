@@ -193,7 +193,6 @@ public struct ProxyRouter: Sendable {
     var pausedClients: Set<ClientID> = []
     /// Emptied frame and line arrays of the last read, kept for their capacity.
     var spareFrames: [QMPInputUnit] = []
-    var spareLines: [QMPOutputMessage] = []
     var clientGateOpen: Bool
 
     public init(configuration: Configuration = Configuration()) {

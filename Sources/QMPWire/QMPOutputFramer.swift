@@ -46,12 +46,16 @@ public struct QMPOutputFramer: Sendable {
         return messages
     }
 
-    /// Feeds bytes read from QEMU (a read buffer) and appends the complete messages to `messages`,
-    /// each with its members found by ``QMPMessage/scanOutput(_:)`` when the scan finds them.
+    /// Feeds bytes read from QEMU (a read buffer) and hands each complete message, in order, to
+    /// `scanned` with its members found by ``QMPMessage/scanOutput(_:)``, or to `unscanned` when the
+    /// scan does not find them (then ``QMPMessage/parseOutput(_:)`` says why).
     ///
-    /// Splits exactly as ``append(_:into:)-([[UInt8]])``. A message that lies whole in one read is
-    /// framed and scanned in one pass; the rest goes through the byte-wise framer.
-    public mutating func append(_ bytes: UnsafeRawBufferPointer, into messages: inout [QMPOutputMessage]) {
+    /// Splits exactly as ``append(_:into:)``. A message that lies whole in one read is framed and
+    /// scanned in one pass; the rest goes through the byte-wise framer. Handing messages over as they
+    /// are found, not in an array, spares a copy of each.
+    public mutating func append(
+        _ bytes: UnsafeRawBufferPointer, scanned: (QMPMessage) -> Void, unscanned: ([UInt8]) -> Void
+    ) {
         let all = bytes.bindMemory(to: UInt8.self)
         var i = 0
         if depth == 0 {
@@ -62,8 +66,7 @@ public struct QMPOutputFramer: Sendable {
                     // balanced); one that fails leaves the message to the byte-wise framer.
                     let rest = UnsafeBufferPointer(rebasing: all[i...])
                     guard let (offsets, end) = QMPOutputScan.leadingObject(of: rest) else { break }
-                    let line = Array(UnsafeBufferPointer(rebasing: rest[..<end]))
-                    messages.append(.scanned(QMPMessage(bytes: line, top: offsets)))
+                    scanned(QMPMessage(bytes: Array(UnsafeBufferPointer(rebasing: rest[..<end])), top: offsets))
                     i += end
                 } else if b == UInt8(ascii: "[") {
                     break
@@ -76,7 +79,7 @@ public struct QMPOutputFramer: Sendable {
         var lines: [[UInt8]] = []
         feed(UnsafeRawBufferPointer(rebasing: bytes[i...]), into: &lines)
         for line in lines {
-            messages.append(QMPMessage.scanOutput(line).map { .scanned($0) } ?? .unscanned(line))
+            if let message = QMPMessage.scanOutput(line) { scanned(message) } else { unscanned(line) }
         }
     }
 
@@ -116,22 +119,6 @@ public struct QMPOutputFramer: Sendable {
         }
         if depth > 0 {
             pending.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[max(start, 0)...]))
-        }
-    }
-}
-
-/// One message of QEMU's output as ``QMPOutputFramer`` splits it.
-public enum QMPOutputMessage: Hashable, Sendable {
-    /// Its members found by structure (``QMPMessage/scanOutput(_:)``).
-    case scanned(QMPMessage)
-    /// Something QEMU's writer does not print: ``QMPMessage/parseOutput(_:)`` says what.
-    case unscanned([UInt8])
-
-    /// The message's bytes.
-    public var bytes: [UInt8] {
-        switch self {
-        case .scanned(let message): message.bytes
-        case .unscanned(let bytes): bytes
         }
     }
 }
