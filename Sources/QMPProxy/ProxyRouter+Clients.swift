@@ -42,19 +42,24 @@ extension ProxyRouter {
             }
             session.heldFDs = (start, fds)
         }
-        var frames = spareFrames
-        spareFrames = []
-        session.framer.append(bytes, into: &frames)
+        // The framer leaves the session while it hands units over, which go on to the session.
+        var framer = session.framer
+        session.framer = QMPFramer()
         if session.phase == .awaitingGreeting {
-            session.deferred += frames
+            framer.append(
+                bytes, parsed: { session.deferred.append(.parsed($0, end: $1)) },
+                frame: { session.deferred.append(.frame($0)) })
         } else {
-            for unit in frames {
-                handleClientUnit(unit, clientID, &session, into: &actions)
-            }
+            framer.append(
+                bytes,
+                parsed: { message, end in
+                    traffic.fromClients += 1
+                    handleClientMessage(Envelope(message), end: end, clientID, &session, into: &actions)
+                },
+                frame: { handleClientUnit(.frame($0), clientID, &session, into: &actions) })
             flushClient(clientID, &session, into: &actions)
         }
-        frames.removeAll(keepingCapacity: frames.capacity <= 64)
-        spareFrames = frames
+        session.framer = framer
         clients[clientID] = session
         if scheduler.queued(clientID) >= configuration.maxClientQueue, pausedClients.insert(clientID).inserted {
             actions.append(.setClientReading(clientID, enabled: false))

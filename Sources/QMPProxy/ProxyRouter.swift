@@ -191,8 +191,6 @@ public struct ProxyRouter: Sendable {
     var early: [UpstreamItem] = []
     /// Clients not read because their queue is full.
     var pausedClients: Set<ClientID> = []
-    /// Emptied frame and line arrays of the last read, kept for their capacity.
-    var spareFrames: [QMPInputUnit] = []
     var clientGateOpen: Bool
 
     public init(configuration: Configuration = Configuration()) {

@@ -3,7 +3,7 @@ public enum QMPInputUnit: Hashable, Sendable {
     /// A unit that QEMU's grammar accepts as an object: what ``QMPMessage/parse(_:)`` gives for the
     /// unit ``QMPFramer`` delivers. `end` as in ``QMPFrame``.
     case parsed(QMPMessage, end: Int)
-    /// A unit as ``QMPFramer/append(_:into:)-([QMPFrame])`` delivers it, not parsed yet.
+    /// A unit as ``QMPFramer/append(_:into:)`` delivers it, not parsed yet.
     case frame(QMPFrame)
 }
 
@@ -12,14 +12,18 @@ extension QMPFramer {
     /// limits, so the grammar alone can stand in for the streamer's checks.
     static let parsedUnitLimit = 1 << 20
 
-    /// Feeds the next bytes of the stream; appends the units they complete, in order.
+    /// Feeds the next bytes of the stream and hands the units they complete, in order, to `parsed`
+    /// (a message with the stream offset just past it) or `frame`.
     ///
     /// Splits exactly as ``append(_:into:)-([QMPFrame])``. An object that starts between units and
     /// ends within these bytes is validated by QEMU's grammar and framed in the same pass: the grammar
     /// ends where the streamer's depth count ends, and it lexes as the streamer does. Anything else
     /// (a lexer or grammar error, an object not complete yet, whitespace runs the framer would shorten,
-    /// limits other than QEMU's) goes through the byte-wise framer, unparsed.
-    public mutating func append(_ bytes: UnsafeRawBufferPointer, into units: inout [QMPInputUnit]) {
+    /// limits other than QEMU's) goes through the byte-wise framer, unparsed. Units are handed over
+    /// as they are found, not in an array, which spares a copy of each.
+    public mutating func append(
+        _ bytes: UnsafeRawBufferPointer, parsed: (QMPMessage, _ end: Int) -> Void, frame: (QMPFrame) -> Void
+    ) {
         let all = bytes.bindMemory(to: UInt8.self)
         var i = 0
         if hasQEMULimits {
@@ -31,15 +35,15 @@ extension QMPFramer {
                 }
                 let rest = UnsafeBufferPointer(rebasing: all[i..<min(all.count, i + Self.parsedUnitLimit)])
                 guard b == UInt8(ascii: "{"), let (message, length) = QMPMessage.parseLeading(rest) else { break }
-                units.append(.parsed(message, end: streamOffset + i + length))
                 i += length
+                parsed(message, streamOffset + i)
             }
             skipUnits(byteCount: i)
         }
         guard i < all.count else { return }
         var frames: [QMPFrame] = []
         append(UnsafeRawBufferPointer(rebasing: bytes[i...]), into: &frames)
-        for frame in frames { units.append(.frame(frame)) }
+        for unit in frames { frame(unit) }
     }
 }
 

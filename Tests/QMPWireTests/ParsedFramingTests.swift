@@ -24,8 +24,11 @@ func frameParsed(_ input: [UInt8], cut: Int? = nil) -> [QMPInputUnit] {
     var framer = QMPFramer()
     var units: [QMPInputUnit] = []
     let cut = cut ?? input.count
-    input[..<cut].withUnsafeBytes { framer.append($0, into: &units) }
-    input[cut...].withUnsafeBytes { framer.append($0, into: &units) }
+    for piece in [input[..<cut], input[cut...]] {
+        piece.withUnsafeBytes { raw in
+            framer.append(raw, parsed: { units.append(.parsed($0, end: $1)) }, frame: { units.append(.frame($0)) })
+        }
+    }
     return units
 }
 
