@@ -61,7 +61,11 @@ extension ProxyRouter {
         }
         session.framer = framer
         clients[clientID] = session
-        if scheduler.queued(clientID) >= configuration.maxClientQueue, pausedClients.insert(clientID).inserted {
+        // The total bounds every client's queue: most reads need no lookup.
+        if scheduler.totalQueued >= configuration.maxClientQueue,
+            scheduler.queued(clientID) >= configuration.maxClientQueue,
+            pausedClients.insert(clientID).inserted
+        {
             actions.append(.setClientReading(clientID, enabled: false))
         }
     }

@@ -44,9 +44,16 @@ public final class Reactor {
     }
 
     /// Identifies one registration; stays unique for the reactor's lifetime even if the fd is reused.
+    ///
+    /// A serial number above the index of the registration's slot: the epoll token finds the slot
+    /// without hashing, and the serial tells a reused slot from the one an old token named.
     public struct RegistrationID: Hashable, Sendable, CustomStringConvertible {
         fileprivate let raw: UInt64
-        public var description: String { "reg#\(raw)" }
+        fileprivate static let slotBits: UInt64 = 24
+        fileprivate init(raw: UInt64) { self.raw = raw }
+        fileprivate init(serial: UInt64, slot: Int) { self.raw = serial << Self.slotBits | UInt64(slot) }
+        fileprivate var slot: Int { Int(truncatingIfNeeded: raw & (1 << Self.slotBits - 1)) }
+        public var description: String { "reg#\(raw >> Self.slotBits)" }
     }
 
     /// Identifies one armed timer.
@@ -85,7 +92,10 @@ public final class Reactor {
     /// The logger given at creation.
     public let logger: Logger
 
-    private var registrations: [RegistrationID: Registration] = [:]
+    /// Registrations by slot (``RegistrationID/slot``); nil slots are free, and listed in `freeSlots`.
+    private var slots: [Registration?] = []
+    private var freeSlots: [Int] = []
+    private var liveRegistrations = 0
     private let epollFD: Int32
     /// Ready events of one `epoll_wait`: their ``Events`` bits and registration ids.
     private var readyMasks = [UInt32](repeating: 0, count: 64)
@@ -140,30 +150,36 @@ public final class Reactor {
     ///   The handler is retained until `unregister`.
     @discardableResult
     public func register(fd: Int32, interest: Interest, handler: @escaping (Events) -> Void) -> RegistrationID {
-        let id = RegistrationID(raw: nextID)
+        let slot = freeSlots.popLast() ?? slots.count
+        precondition(slot < 1 << RegistrationID.slotBits, "Reactor: too many registrations")
+        let id = RegistrationID(serial: nextID, slot: slot)
         nextID += 1
         let registration = Registration(id: id, fd: fd, interest: interest, handler: handler)
-        registrations[id] = registration
+        if slot == slots.count { slots.append(registration) } else { slots[slot] = registration }
+        liveRegistrations += 1
         updateKernel(registration)
         return id
     }
 
     /// Changes what a registration is polled for. Unknown ids are ignored.
     public func setInterest(_ interest: Interest, for id: RegistrationID) {
-        guard let registration = registrations[id], registration.interest != interest else { return }
+        guard let registration = registration(id), registration.interest != interest else { return }
         registration.interest = interest
         updateKernel(registration)
     }
 
     /// The current interest of a registration, or nil when it is not registered.
     public func interest(of id: RegistrationID) -> Interest? {
-        registrations[id]?.interest
+        registration(id)?.interest
     }
 
     /// Removes a registration; its handler is not called again, even for events of the current round.
     /// Idempotent. Does not close the descriptor.
     public func unregister(_ id: RegistrationID) {
-        if let registration = registrations.removeValue(forKey: id) {
+        if let registration = registration(id) {
+            slots[id.slot] = nil
+            freeSlots.append(id.slot)
+            liveRegistrations -= 1
             registration.isActive = false
             registration.interest = []
             updateKernel(registration)
@@ -194,7 +210,15 @@ public final class Reactor {
     }
 
     /// Number of registrations (the reactor's own eventfd excluded).
-    public var registrationCount: Int { registrations.count - (wakeRegistration == nil ? 0 : 1) }
+    public var registrationCount: Int { liveRegistrations - (wakeRegistration == nil ? 0 : 1) }
+
+    /// The live registration `id` names, if any.
+    @inline(__always)
+    private func registration(_ id: RegistrationID) -> Registration? {
+        let slot = id.slot
+        guard slot < slots.count, let registration = slots[slot], registration.id == id else { return nil }
+        return registration
+    }
 
     // MARK: Timers
 
@@ -266,7 +290,7 @@ public final class Reactor {
         }
         for index in 0..<Int(ready) {
             // Unregistered (or replaced) by an earlier handler of this round: no longer in the table.
-            guard let registration = registrations[RegistrationID(raw: readyTokens[index])], registration.isActive
+            guard let registration = registration(RegistrationID(raw: readyTokens[index])), registration.isActive
             else { continue }
             let mask = readyMasks[index]
             var events: Events = []
@@ -325,14 +349,20 @@ public final class Reactor {
     /// in their `deinit` once released.
     func dropAll() {
         handle.channel.close()
-        let wake = wakeRegistration.flatMap { registrations[$0] }
-        for registration in registrations.values where registration !== wake {
+        let wake = wakeRegistration.flatMap { registration($0) }
+        for case let registration? in slots where registration !== wake {
             registration.isActive = false
             registration.interest = []
             updateKernel(registration)
         }
-        registrations.removeAll()
-        if let wake { registrations[wake.id] = wake }
+        slots = Array(repeating: nil, count: slots.count)
+        freeSlots = Array(slots.indices.reversed())
+        liveRegistrations = 0
+        if let wake {
+            slots[wake.id.slot] = wake
+            freeSlots.removeAll { $0 == wake.id.slot }
+            liveRegistrations = 1
+        }
         timers.removeAll()
         heap.removeAll()
     }

@@ -73,6 +73,42 @@ struct ReactorTests {
         #expect(reactor.registrationCount == 0)
     }
 
+    @Test("a slot freed and taken again within a round does not get the old registration's event")
+    func reusedSlotWithinRound() throws {
+        let reactor = try Reactor()
+        let (a, b) = try Sockets.socketPair()
+        let (c, d) = try Sockets.socketPair()
+        let (e, f) = try Sockets.socketPair()
+        defer { for fd in [a, b, c, d, e, f] { close(fd) } }
+        writeAll(b, [1])
+        writeAll(d, [1])
+        var calls: [String] = []
+        var first: Reactor.RegistrationID?
+        var second: Reactor.RegistrationID?
+        var replacement: Reactor.RegistrationID?
+        // Whichever of the two ready descriptors is served first replaces the other one's registration
+        // (same slot, a new serial) with one on an idle descriptor: its handler must not run.
+        func replace(_ other: Reactor.RegistrationID?) {
+            reactor.unregister(other!)
+            replacement = reactor.register(fd: e, interest: .read) { _ in calls.append("replacement") }
+            reactor.schedule(after: .milliseconds(20)) { reactor.stop() }
+        }
+        first = reactor.register(fd: a, interest: .read) { _ in
+            calls.append("first")
+            reactor.unregister(first!)
+            if replacement == nil { replace(second) }
+        }
+        second = reactor.register(fd: c, interest: .read) { _ in
+            calls.append("second")
+            reactor.unregister(second!)
+            if replacement == nil { replace(first) }
+        }
+        try runUntilStopped(reactor)
+        #expect(calls == ["first"] || calls == ["second"])
+        #expect(replacement != first && replacement != second)
+        #expect(reactor.registrationCount == 1)
+    }
+
     @Test("another thread wakes the loop, runs jobs on it, and stops it")
     func crossThreadWake() async throws {
         let counter = Mutex(0)
