@@ -40,30 +40,32 @@ struct Envelope {
     /// The command name QEMU would look up.
     var commandName: String? { message.execute != nil ? executeName : execOOBName }
 
-    /// The element of `names` that is the command name QEMU would look up, if any. A plain token
-    /// (double quotes, printable ASCII, no escapes) is compared byte for byte, without a string.
-    func commandName(in names: [String]) -> String? {
+    /// The name in `list` that is the command name QEMU would look up, if any. A plain token (double
+    /// quotes, printable ASCII, no escapes) is compared byte for byte, without a string.
+    func commandName(in list: CommandNames) -> String? {
         guard let range = message.execute ?? message.execOOB else { return nil }
-        // nil: the token is not plain, decode it.
-        let matched: String?? = message.bytes.withUnsafeBufferPointer { bytes in
+        // Outer nil: the token is not plain, decode it.
+        let found: Int?? = message.bytes.withUnsafeBufferPointer { bytes in
             guard range.count >= 2, bytes[range.lowerBound] == 0x22, bytes[range.upperBound - 1] == 0x22 else {
                 return nil
             }
-            let inner = UnsafeBufferPointer(rebasing: bytes[(range.lowerBound + 1)..<(range.upperBound - 1)])
-            guard inner.allSatisfy({ $0 >= 0x20 && $0 < 0x7F && $0 != 0x22 && $0 != 0x5C }) else { return nil }
-            return .some(names.first { Self.utf8($0, equals: inner) })
+            let start = range.lowerBound + 1
+            let count = range.count - 2
+            for index in start..<(start + count) {
+                let b = bytes[index]
+                guard b >= 0x20, b < 0x7F, b != 0x22, b != 0x5C else { return nil }
+            }
+            for (position, name) in list.utf8.enumerated() where name.count == count {
+                let same = name.withUnsafeBufferPointer { name in
+                    count == 0 || memcmp(name.baseAddress!, bytes.baseAddress! + start, count) == 0
+                }
+                if same { return .some(position) }
+            }
+            return .some(nil)
         }
-        if let matched { return matched }
+        if let found { return found.map { list.names[$0] } }
         let name = commandName
-        return names.first { $0 == name }
-    }
-
-    private static func utf8(_ string: String, equals bytes: UnsafeBufferPointer<UInt8>) -> Bool {
-        var string = string
-        return string.withUTF8 { utf8 in
-            utf8.count == bytes.count
-                && (bytes.isEmpty || memcmp(utf8.baseAddress!, bytes.baseAddress!, bytes.count) == 0)
-        }
+        return list.names.first { $0 == name }
     }
 
     var idBytes: [UInt8]? { slice(message.id).map(Array.init) }
@@ -93,5 +95,16 @@ struct Envelope {
             value = sum
         }
         return value
+    }
+}
+
+/// Command names the router compares commands with, as text and as UTF-8.
+struct CommandNames: Sendable {
+    let names: [String]
+    let utf8: [[UInt8]]
+
+    init(_ names: some Sequence<String>) {
+        self.names = names.sorted()
+        utf8 = self.names.map { Array($0.utf8) }
     }
 }

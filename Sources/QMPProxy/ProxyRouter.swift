@@ -172,10 +172,10 @@ public struct ProxyRouter: Sendable {
     /// ``Configuration/localCommands`` and ``Configuration/observedCommands`` as lists: they hold a few
     /// names, and comparing a command's name token with each costs less than making a string of it
     /// and hashing that (twice per command).
-    let localCommandNames: [String]
-    let observedCommandNames: [String]
+    let localCommandNames: CommandNames
+    let observedCommandNames: CommandNames
     /// The commands that take the fds a client passed (QEMU's `getfd` and `add-fd`).
-    static let fdCommandNames = ["getfd", "add-fd"]
+    static let fdCommandNames = CommandNames(["getfd", "add-fd"])
     var phase = UpstreamPhase.awaitingGreeting
     var upstreamFramer = QMPOutputFramer()
     /// QEMU's greeting line, CRLF included, once received.
@@ -195,8 +195,8 @@ public struct ProxyRouter: Sendable {
 
     public init(configuration: Configuration = Configuration()) {
         self.configuration = configuration
-        self.localCommandNames = configuration.localCommands.sorted()
-        self.observedCommandNames = configuration.observedCommands.sorted()
+        self.localCommandNames = CommandNames(configuration.localCommands)
+        self.observedCommandNames = CommandNames(configuration.observedCommands)
         self.clientGateOpen = !configuration.gateClientCommands
         self.scheduler = FairScheduler(
             maxInFlight: configuration.maxClientInFlight, loneInFlight: configuration.maxLoneClientInFlight,
