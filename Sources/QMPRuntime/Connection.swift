@@ -245,13 +245,10 @@ public final class Connection {
         var fdCount = 0
         var truncated: Int32 = 0
         let socket = fd
-        let count = reactor.readBuffer.withUnsafeMutableBytes { buffer in
-            reactor.fdBuffer.withUnsafeMutableBufferPointer { fdPointer in
-                cqmp_recvmsg_fds(
-                    socket, buffer.baseAddress, buffer.count, fdPointer.baseAddress, fdPointer.count, &fdCount,
-                    &truncated)
-            }
-        }
+        let buffer = reactor.readBuffer
+        let fdPointer = reactor.fdBuffer
+        let count = cqmp_recvmsg_fds(
+            socket, buffer.baseAddress, buffer.count, fdPointer.baseAddress, fdPointer.count, &fdCount, &truncated)
         if count < 0 {
             let err = errno
             if err == EAGAIN || err == EWOULDBLOCK || err == EINTR { return }
@@ -261,7 +258,7 @@ public final class Connection {
         if truncated != 0 {
             logger.error("received descriptors were truncated (MSG_CTRUNC): the kernel closed the extra ones")
         }
-        let fds = fdCount == 0 ? [] : Array(reactor.fdBuffer[0..<fdCount])
+        let fds = fdCount == 0 ? [] : Array(fdPointer[0..<fdCount])
         if count == 0 {
             for received in fds { Glibc.close(received) }
             closeNow(reason: .endOfFile)
@@ -269,7 +266,7 @@ public final class Connection {
         }
         bytesRead += count
         if let onRead {
-            reactor.readBuffer.withUnsafeBytes { onRead(UnsafeRawBufferPointer(rebasing: $0[0..<count]), fds) }
+            onRead(UnsafeRawBufferPointer(rebasing: buffer[0..<count]), fds)
         } else {
             for received in fds { Glibc.close(received) }
         }

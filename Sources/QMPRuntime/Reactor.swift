@@ -106,9 +106,10 @@ public final class Reactor {
     private var stopFlag = false
     private var wakeRegistration: RegistrationID?
     /// A scratch buffer shared by the connections of this reactor for reads (only used on its thread).
-    var readBuffer = [UInt8](repeating: 0, count: 64 * 1024)
+    /// Raw memory, not an array: a read touches no reference count and no uniqueness check.
+    let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
     /// Scratch space for descriptors received by `recvmsg` (only used on the reactor thread).
-    var fdBuffer = [Int32](repeating: -1, count: Int(CQMP_MAX_FDS))
+    let fdBuffer = UnsafeMutableBufferPointer<Int32>.allocate(capacity: Int(CQMP_MAX_FDS))
 
     /// `true` while `run()` is executing.
     public private(set) var isRunning = false
@@ -138,6 +139,8 @@ public final class Reactor {
     deinit {
         handle.channel.close()
         Glibc.close(epollFD)
+        readBuffer.deallocate()
+        fdBuffer.deallocate()
     }
 
     // MARK: Descriptors
