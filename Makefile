@@ -2,7 +2,7 @@
 SWIFT ?= swift
 CONFIG ?= debug
 
-.PHONY: all deps build release static install demo test test-install test-libvirt lint format bench fuzz vfio-lab clean-lab
+.PHONY: all deps build release static install demo test test-install test-libvirt lint format bench bench-instructions fuzz vfio-lab clean-lab
 
 all: build
 
@@ -86,6 +86,10 @@ bench: release
 	.build/release/qmp-bench router
 	.build/release/qmp-bench proxy
 	.build/release/qmp-bench release
+
+# User-space instructions per round trip (valgrind), and the functions they go to: compares builds.
+bench-instructions: release
+	bench/instructions.sh 30
 
 fuzz: deps
 	fuzz/run.sh 60

@@ -1,0 +1,60 @@
+#!/bin/bash
+# User-space instructions per round trip of the release qmp-sidecar, counted by valgrind (callgrind)
+# on a lone client's back-to-back `query-status` through the sidecar to a real QEMU 7.2: the run with
+# 3000 round trips minus the run with 1000, divided by 2000, so start-up and negotiation cancel out.
+# Deterministic (no timing), warm caches: a figure to compare builds by, next to `qmp-bench proxy`.
+# valgrind does not read this toolchain's debug info, so it runs on a copy without it.
+# Usage: bench/instructions.sh [TOP]   (TOP: also list the TOP functions by instructions per round trip)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+top=${1:-0}
+for tool in valgrind callgrind_annotate qemu-system-x86_64 cc strip python3; do
+    command -v "$tool" >/dev/null || { echo "bench/instructions.sh: $tool is missing (apt-get install valgrind qemu-system-x86 gcc binutils python3)" >&2; exit 1; }
+done
+[ -x .build/release/qmp-sidecar ] || { echo "bench/instructions.sh: build first: swift build -c release" >&2; exit 1; }
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+cc -O2 -Wall -o "$work/lone-client" bench/lone-client.c
+cp .build/release/qmp-sidecar "$work/qmp-sidecar"
+strip --strip-debug "$work/qmp-sidecar"
+
+count() { # N -> annotated callgrind profile of the sidecar over N round trips
+    local n=$1
+    rm -f "$work"/*.sock "$work"/cg.*
+    qemu-system-x86_64 -machine none -nodefaults -display none -qmp "unix:$work/q.sock,server=on,wait=off" 2>/dev/null &
+    local qemu=$!
+    while [ ! -S "$work/q.sock" ]; do sleep 0.05; done
+    valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
+        "$work/qmp-sidecar" --upstream "unix:$work/q.sock" --listen "unix:$work/s.sock" --log-level error \
+        2>"$work/valgrind.log" &
+    local sidecar=$!
+    for _ in $(seq 200); do [ -S "$work/s.sock" ] && break; sleep 0.1; done
+    "$work/lone-client" "$work/s.sock" "$n"
+    kill "$sidecar"; wait "$sidecar" || true
+    kill "$qemu"; wait "$qemu" 2>/dev/null || true
+    callgrind_annotate --threshold=100 "$work/cg.out" > "$work/profile-$n.txt"
+}
+count 1000
+count 3000
+python3 - "$work/profile-1000.txt" "$work/profile-3000.txt" "$top" <<'PY'
+import re, sys
+def load(path):
+    functions, total = {}, 0
+    for line in open(path):
+        m = re.match(r'\s*([\d,]+) \([ \d.]+%\)\s+(.*)$', line)
+        if not m:
+            continue
+        value, name = int(m.group(1).replace(',', '')), m.group(2)
+        if 'PROGRAM TOTALS' in name:
+            total = value
+        else:
+            functions[name] = functions.get(name, 0) + value
+    return functions, total
+small, small_total = load(sys.argv[1])
+large, large_total = load(sys.argv[2])
+print(f"qmp-sidecar: {(large_total - small_total) / 2000:.0f} user-space instructions per round trip")
+rows = sorted(((large.get(k, 0) - small.get(k, 0)) / 2000, k) for k in set(small) | set(large))
+for value, name in reversed(rows[-int(sys.argv[3]):] if int(sys.argv[3]) else []):
+    name = re.sub(r' \[.*\]$', '', name).replace('???:', '')
+    print(f"{value:8.0f}  {name[:140]}")
+PY
