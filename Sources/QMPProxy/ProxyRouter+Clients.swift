@@ -51,12 +51,8 @@ extension ProxyRouter {
                 frame: { session.deferred.append(.frame($0)) })
         } else {
             framer.append(
-                bytes,
-                parsed: { message, end in
-                    traffic.fromClients += 1
-                    handleClientMessage(Envelope(message), end: end, clientID, &session, into: &actions)
-                },
-                frame: { handleClientUnit(.frame($0), clientID, &session, into: &actions) })
+                bytes, parsed: { handleParsedMessage($0, end: $1, clientID, &session, into: &actions) },
+                frame: { handleClientFrame($0, clientID, &session, into: &actions) })
             flushClient(clientID, &session, into: &actions)
         }
         session.framer = framer
@@ -139,15 +135,25 @@ extension ProxyRouter {
     mutating func handleClientUnit(
         _ unit: QMPInputUnit, _ clientID: ClientID, _ session: inout ClientSession, into actions: inout [Action]
     ) {
-        traffic.fromClients += 1
-        let frame: QMPFrame
         switch unit {
-        case .parsed(let message, let end):
-            handleClientMessage(Envelope(message), end: end, clientID, &session, into: &actions)
-            return
-        case .frame(let unparsed):
-            frame = unparsed
+        case .parsed(let message, let end): handleParsedMessage(message, end: end, clientID, &session, into: &actions)
+        case .frame(let frame): handleClientFrame(frame, clientID, &session, into: &actions)
         }
+    }
+
+    /// A unit the framer parsed already.
+    private mutating func handleParsedMessage(
+        _ message: QMPMessage, end: Int, _ clientID: ClientID, _ session: inout ClientSession,
+        into actions: inout [Action]
+    ) {
+        traffic.fromClients += 1
+        handleClientMessage(Envelope(message), end: end, clientID, &session, into: &actions)
+    }
+
+    private mutating func handleClientFrame(
+        _ frame: QMPFrame, _ clientID: ClientID, _ session: inout ClientSession, into actions: inout [Action]
+    ) {
+        traffic.fromClients += 1
         switch frame {
         case .invalid(let error, _):
             replyLocally(QMPBuilder.error(error), clientID, &session, into: &actions)
