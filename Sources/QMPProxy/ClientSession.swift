@@ -23,7 +23,7 @@ struct ClientSession: Sendable {
     var framer = QMPFramer()
     /// Bytes received so far: the stream offset of the next byte.
     var received = 0
-    /// Frames that arrived before the greeting; handled once it is sent.
+    /// Units that arrived before the greeting; handled once it is sent.
     var deferred: [QMPInputUnit] = []
     /// The fds of the latest read that carried fds, with the stream offset at which that read began.
     ///

@@ -20,14 +20,21 @@ struct Envelope {
     }
 
     private func string(_ range: Range<Int>?) -> String? {
-        guard let token = slice(range) else { return nil }
-        // Fast path: a double-quoted token of printable ASCII without escapes is its own text.
-        if token.count >= 2, token.first == 0x22, token.last == 0x22,
-            token.dropFirst().dropLast().allSatisfy({ $0 >= 0x20 && $0 < 0x7F && $0 != 0x22 && $0 != 0x5C })
-        {
-            return String(decoding: token.dropFirst().dropLast(), as: UTF8.self)
+        guard let range else { return nil }
+        return message.bytes.withUnsafeBufferPointer { bytes in
+            let token = UnsafeBufferPointer(rebasing: bytes[range])
+            if let text = Self.plainText(of: token) { return String(decoding: text, as: UTF8.self) }
+            return QMPMessage.decodeString(token)
         }
-        return QMPMessage.decodeString(token)
+    }
+
+    /// The bytes between the quotes of a double-quoted token of printable ASCII without escapes: a
+    /// string that is its own text, and that QEMU echoes unchanged. Nil for any other token.
+    static func plainText(of token: UnsafeBufferPointer<UInt8>) -> UnsafeBufferPointer<UInt8>? {
+        guard token.count >= 2, token[0] == 0x22, token[token.count - 1] == 0x22 else { return nil }
+        let text = UnsafeBufferPointer(rebasing: token[1..<(token.count - 1)])
+        for b in text where b < 0x20 || b >= 0x7F || b == 0x22 || b == 0x5C { return nil }
+        return text
     }
 
     /// The value of `execute` when it is a string.
@@ -46,22 +53,14 @@ struct Envelope {
         guard let range = message.execute ?? message.execOOB else { return nil }
         // Outer nil: the token is not plain, decode it.
         let found: Int?? = message.bytes.withUnsafeBufferPointer { bytes in
-            guard range.count >= 2, bytes[range.lowerBound] == 0x22, bytes[range.upperBound - 1] == 0x22 else {
-                return nil
-            }
-            let start = range.lowerBound + 1
-            let count = range.count - 2
-            for index in start..<(start + count) {
-                let b = bytes[index]
-                guard b >= 0x20, b < 0x7F, b != 0x22, b != 0x5C else { return nil }
-            }
-            for (position, name) in list.utf8.enumerated() where name.count == count {
-                let same = name.withUnsafeBufferPointer { name in
-                    count == 0 || memcmp(name.baseAddress!, bytes.baseAddress! + start, count) == 0
-                }
-                if same { return .some(position) }
-            }
-            return .some(nil)
+            guard let text = Self.plainText(of: UnsafeBufferPointer(rebasing: bytes[range])) else { return nil }
+            return .some(
+                list.utf8.firstIndex { name in
+                    name.count == text.count
+                        && name.withUnsafeBufferPointer {
+                            text.isEmpty || memcmp($0.baseAddress!, text.baseAddress!, text.count) == 0
+                        }
+                })
         }
         if let found { return found.map { list.names[$0] } }
         let name = commandName

@@ -9,11 +9,7 @@ extension ProxyRouter {
     /// small integers): a double-quoted string of printable ASCII without escapes, or a decimal
     /// integer without leading zeros below 2^53, is echoed unchanged by QEMU.
     static func echo(_ id: [UInt8]) -> [UInt8] {
-        if id.count >= 2, id.first == 0x22, id.last == 0x22,
-            id.dropFirst().dropLast().allSatisfy({ $0 >= 0x20 && $0 < 0x7F && $0 != 0x22 && $0 != 0x5C })
-        {
-            return id
-        }
+        if id.withUnsafeBufferPointer({ Envelope.plainText(of: $0) != nil }) { return id }
         if !id.isEmpty, id.count <= 15, id.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), id.count == 1 || id[0] != 0x30 {
             return id
         }

@@ -57,9 +57,9 @@ extension ProxyRouter {
             for clientID in clients.keys.sorted() where clients[clientID]!.phase == .awaitingGreeting {
                 var session = clients.removeValue(forKey: clientID)!
                 sendGreeting(clientID, &session, into: &actions)
-                let frames = session.deferred
+                let units = session.deferred
                 session.deferred = []
-                for unit in frames {
+                for unit in units {
                     handleClientUnit(unit, clientID, &session, into: &actions)
                 }
                 flushClient(clientID, &session, into: &actions)

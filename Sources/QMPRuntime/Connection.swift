@@ -165,8 +165,14 @@ public final class Connection {
             precondition(fds.isEmpty, "Connection.send: descriptors need at least one byte to carry them")
             return
         }
-        if queueHead == queue.count, writeDirectly(bytes, fds: fds) { return }
-        let wasIdle = pendingBytes == 0
+        var offset = 0
+        var fds = fds
+        if pendingBytes == 0 {
+            // Nothing queued: write straight from the caller's bytes; only what the kernel leaves waits.
+            guard let sent = writeDirectly(bytes, fds: fds) else { return }
+            offset = sent
+            if sent > 0 { fds = [] }  // they went with the first bytes
+        }
         // One send larger than the bound is exempt while it drains, only one at a time: a peer that
         // stops reading and keeps asking for large replies is still cut off.
         let oversized = bytes.count > maxPendingBytes && oversizedBytes == 0
@@ -175,14 +181,10 @@ public final class Connection {
         {
             queue[queue.count - 1].bytes.append(contentsOf: bytes)
         } else {
-            queue.append(Chunk(bytes: bytes, offset: 0, fds: fds, oversized: oversized))
+            queue.append(Chunk(bytes: bytes, offset: offset, fds: fds, oversized: oversized))
         }
-        pendingBytes += bytes.count
-        if oversized { oversizedBytes += bytes.count }
-        if wasIdle {
-            flush()
-            if fd < 0 { return }
-        }
+        pendingBytes += bytes.count - offset
+        if oversized { oversizedBytes += bytes.count - offset }
         if pendingBytes - oversizedBytes > maxPendingBytes {
             if !overflowSignalled {
                 overflowSignalled = true
@@ -272,10 +274,10 @@ public final class Connection {
         }
     }
 
-    /// With nothing queued, writes `bytes` straight from the caller's array: true when the kernel took
-    /// them all (or the write failed and the connection closed), false when the rest must be queued —
-    /// then `bytes` is unchanged and `fds` are still to be sent. Most sends end here, with no chunk.
-    private func writeDirectly(_ bytes: [UInt8], fds: [Int32]) -> Bool {
+    /// With nothing queued, writes `bytes` straight from the caller's array. Returns how many bytes
+    /// the kernel took when some are left (0 on EAGAIN; `fds` went with the first bytes of a partial
+    /// write), nil when it took them all or the write failed and the connection closed.
+    private func writeDirectly(_ bytes: [UInt8], fds: [Int32]) -> Int? {
         let socket = fd
         while true {
             let sent = bytes.withUnsafeBytes { raw in
@@ -286,24 +288,15 @@ public final class Connection {
             if sent < 0 {
                 let err = errno
                 if err == EINTR { continue }
-                if err == EAGAIN || err == EWOULDBLOCK { return false }
+                if err == EAGAIN || err == EWOULDBLOCK { return 0 }
                 for pending in fds { Glibc.close(pending) }
                 closeNow(reason: .error(.systemCall("sendmsg", errno: err)))
-                return true
+                return nil
             }
-            guard sent == bytes.count else {
-                // Partial: the kernel has the fds with the first bytes; the rest waits for POLLOUT.
-                for passed in fds { Glibc.close(passed) }
-                bytesWritten += sent
-                queue.append(Chunk(bytes: bytes, offset: sent, fds: [], oversized: bytes.count > maxPendingBytes))
-                pendingBytes += bytes.count - sent
-                if bytes.count > maxPendingBytes { oversizedBytes += bytes.count - sent }
-                updateInterest()
-                return true
-            }
+            // The kernel holds its own references to the fds now; ours go.
             for passed in fds { Glibc.close(passed) }
             bytesWritten += sent
-            return true
+            return sent == bytes.count ? nil : sent
         }
     }
 

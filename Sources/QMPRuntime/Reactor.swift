@@ -359,13 +359,9 @@ public final class Reactor {
             updateKernel(registration)
         }
         slots = Array(repeating: nil, count: slots.count)
-        freeSlots = Array(slots.indices.reversed())
-        liveRegistrations = 0
-        if let wake {
-            slots[wake.id.slot] = wake
-            freeSlots.removeAll { $0 == wake.id.slot }
-            liveRegistrations = 1
-        }
+        if let wake { slots[wake.id.slot] = wake }
+        freeSlots = slots.indices.reversed().filter { slots[$0] == nil }
+        liveRegistrations = wake == nil ? 0 : 1
         timers.removeAll()
         heap.removeAll()
     }

@@ -29,7 +29,7 @@ extension QMPFramer {
         if hasQEMULimits {
             while i < all.count, isBetweenUnits {
                 let b = all[i]
-                if b == 0x20 || b == 0x09 || b == 0x0D || b == 0x0A {
+                if b.isJSONWhitespace {
                     i += 1  // between units whitespace belongs to no unit
                     continue
                 }
@@ -54,7 +54,7 @@ extension QMPMessage {
         guard let (top, end) = try? QMPGrammar.scanLeading(bytes), top.isObject else { return nil }
         var run = 0
         for b in bytes[..<end] {
-            if b == 0x20 || b == 0x09 || b == 0x0D || b == 0x0A {
+            if b.isJSONWhitespace {
                 run += 1
                 if run > QMPFramer.maxWhitespaceRun { return nil }
             } else {

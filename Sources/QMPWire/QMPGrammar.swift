@@ -101,7 +101,7 @@ struct QMPGrammar {
     private mutating func lexToken() throws(QMPInputError) -> Token? {
         let n = bytes.count
         var i = position
-        while i < n, bytes[i] == 0x20 || bytes[i] == 0x0A || bytes[i] == 0x0D || bytes[i] == 0x09 {
+        while i < n, bytes[i].isJSONWhitespace {
             i += 1
         }
         guard i < n else {

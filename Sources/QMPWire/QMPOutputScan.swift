@@ -70,7 +70,7 @@ enum QMPOutputScan {
     @inline(__always)
     private static func skipWhitespace(_ bytes: UnsafeBufferPointer<UInt8>, from start: Int) -> Int {
         var i = start
-        while i < bytes.count, bytes[i] == 0x20 || bytes[i] == 0x0A || bytes[i] == 0x0D || bytes[i] == 0x09 {
+        while i < bytes.count, bytes[i].isJSONWhitespace {
             i += 1
         }
         return i
