@@ -65,7 +65,7 @@ struct FairScheduler<Item: Sendable>: Sendable {
     /// Clients connected, as the owner counts them (0 when it does not): the lone bound applies only
     /// while at most one is.
     var connectedClients = 0
-    private var queues: [ClientID: Queue] = [:]
+    private var queues = IDTable<Queue>()
     /// The round: clients in the order they are offered a turn; the one served moves to the end.
     private var round: [ClientID] = []
     /// Whether an fd-carrying command is at QEMU, unanswered.
@@ -80,10 +80,10 @@ struct FairScheduler<Item: Sendable>: Sendable {
     }
 
     /// Entries of `client` waiting to be dispatched.
-    func queued(_ client: ClientID) -> Int { queues[client]?.count ?? 0 }
+    func queued(_ client: ClientID) -> Int { queues.read(client) { $0.count } ?? 0 }
 
     /// Commands of `client` dispatched and not yet ``completed(_:kind:)``.
-    func inFlight(_ client: ClientID) -> Int { queues[client]?.inFlight ?? 0 }
+    func inFlight(_ client: ClientID) -> Int { queues.read(client) { $0.inFlight } ?? 0 }
 
     /// Entries waiting over all clients.
     private(set) var totalQueued = 0
@@ -93,10 +93,12 @@ struct FairScheduler<Item: Sendable>: Sendable {
     /// Appends an entry to the client's queue.
     mutating func enqueue(_ item: Item, kind: Kind, from client: ClientID) {
         totalQueued += 1
-        if let index = queues.index(forKey: client) {
-            if !queues.values[index].isActive { activeClients += 1 }
-            queues.values[index].entries.append((item, kind))
-        } else {
+        let wasActive = queues.withValue(forKey: client) { queue in
+            defer { queue.entries.append((item, kind)) }
+            return queue.isActive
+        }
+        if wasActive == false { activeClients += 1 }
+        if wasActive == nil {
             var queue = Queue()
             queue.entries.append((item, kind))
             queues[client] = queue
@@ -105,14 +107,52 @@ struct FairScheduler<Item: Sendable>: Sendable {
         }
     }
 
+    /// Dispatches the entry at once when nothing else is waiting and it may go (what ``next()`` would
+    /// do right after ``enqueue(_:kind:from:)``, without queueing it); otherwise queues it and
+    /// returns nil. Most commands arrive to an empty scheduler.
+    mutating func admit(_ item: Item, kind: Kind, from client: ClientID) -> Item? {
+        guard isOpen, totalQueued == 0, kind != .fdCommand || !fdCommandInFlight else {
+            enqueue(item, kind: kind, from: client)
+            return nil
+        }
+        let inFlight = queues.read(client) { $0.isActive ? $0.inFlight : -1 }
+        // The client counts as active from this entry on, as it would once queued.
+        let active = inFlight == nil || inFlight! < 0 ? activeClients + 1 : activeClients
+        let limit = active == 1 && connectedClients <= 1 ? loneInFlight : maxInFlight
+        guard kind == .local || max(inFlight ?? 0, 0) < limit else {
+            enqueue(item, kind: kind, from: client)
+            return nil
+        }
+        // As served by `next()`: the client goes to the end of the round; a local entry takes no
+        // slot and leaves the client as active as it was.
+        let counting = kind != .local
+        if inFlight == nil {
+            var queue = Queue()
+            if counting { queue.inFlight = 1 }
+            queues[client] = queue
+            round.append(client)
+        } else {
+            if counting { queues.withValue(forKey: client) { $0.inFlight += 1 } }
+            if round.last != client, let position = round.firstIndex(of: client) {
+                round.remove(at: position)
+                round.append(client)
+            }
+        }
+        if counting { activeClients = active }
+        if kind == .fdCommand { fdCommandInFlight = true }
+        return item
+    }
+
     /// QEMU answered a command dispatched for `client` (the client may be gone by now).
     mutating func completed(_ client: ClientID, kind: Kind) {
         if kind == .fdCommand { fdCommandInFlight = false }
-        guard kind != .local, let index = queues.index(forKey: client), queues.values[index].inFlight > 0 else {
-            return
+        guard kind != .local else { return }
+        let idle = queues.withValue(forKey: client) { queue in
+            guard queue.inFlight > 0 else { return false }
+            queue.inFlight -= 1
+            return !queue.isActive
         }
-        queues.values[index].inFlight -= 1
-        if !queues.values[index].isActive { activeClients -= 1 }
+        if idle == true { activeClients -= 1 }
     }
 
     /// The next entry to dispatch, round robin over the clients that may send; nil when none may.
@@ -122,17 +162,21 @@ struct FairScheduler<Item: Sendable>: Sendable {
         // Every client looked at below has an entry waiting, so it is active itself.
         let limit = activeClients == 1 && connectedClients <= 1 ? loneInFlight : maxInFlight
         for (position, client) in round.enumerated() {
-            // Through the index, in place: one lookup, no copy of the queue's entries.
-            guard let index = queues.index(forKey: client), queues.values[index].count > 0 else { continue }
-            let (item, kind) = queues.values[index].entries[queues.values[index].head]
-            let inFlight = queues.values[index].inFlight
-            switch kind {
-            case .local: break
-            case .command: guard inFlight < limit else { continue }
-            case .fdCommand: guard inFlight < limit, !fdCommandInFlight else { continue }
+            // In place: one lookup, no copy of the queue's entries.
+            let fdBusy = fdCommandInFlight
+            let taken = queues.withValue(forKey: client) { queue -> (item: Item, kind: Kind, idle: Bool)? in
+                guard queue.count > 0 else { return nil }
+                let (item, kind) = queue.entries[queue.head]
+                switch kind {
+                case .local: break
+                case .command: guard queue.inFlight < limit else { return nil }
+                case .fdCommand: guard queue.inFlight < limit, !fdBusy else { return nil }
+                }
+                queue.popFirst(counting: kind != .local)
+                return (item, kind, !queue.isActive)
             }
-            queues.values[index].popFirst(counting: kind != .local)
-            if !queues.values[index].isActive { activeClients -= 1 }
+            guard let (item, kind, idle) = taken ?? nil else { continue }
+            if idle { activeClients -= 1 }
             totalQueued -= 1
             if kind == .fdCommand { fdCommandInFlight = true }
             if position != round.count - 1 {
@@ -156,8 +200,8 @@ struct FairScheduler<Item: Sendable>: Sendable {
 
     /// Forgets everything (QEMU went away); returns every undispatched entry.
     mutating func removeAll() -> [Item] {
-        let items = round.flatMap { client in queues[client].map { $0.entries[$0.head...].map(\.item) } ?? [] }
-        queues = [:]
+        let items = round.flatMap { client in queues.read(client) { $0.entries[$0.head...].map(\.item) } ?? [] }
+        queues.removeAll()
         round = []
         totalQueued = 0
         activeClients = 0

@@ -10,7 +10,7 @@ extension ProxyRouter {
         if greeting != nil {
             sendGreeting(clientID, &session, into: &actions)
         }
-        clients[clientID] = consume session
+        clients[clientID] = session
         scheduler.connectedClients = clients.count
         return actions
     }
@@ -30,33 +30,35 @@ extension ProxyRouter {
     public mutating func clientReceived(
         _ clientID: ClientID, _ bytes: UnsafeRawBufferPointer, fds: [Int32] = [], into actions: inout [Action]
     ) {
-        guard var session = clients.removeValue(forKey: clientID) else {
+        let known: Void? = withSession(clientID) { router, session in
+            let start = session.received
+            session.received += bytes.count
+            if !fds.isEmpty {
+                if let old = session.heldFDs {
+                    actions.append(.closeFDs(old.fds))
+                }
+                session.heldFDs = (start, fds)
+            }
+            // The framer leaves the session while it hands units over, which go on to the session.
+            var framer = QMPFramer()
+            swap(&framer, &session.framer)
+            if session.phase == .awaitingGreeting {
+                framer.append(
+                    bytes, parsed: { session.deferred.append(.parsed($0, end: $1)) },
+                    frame: { session.deferred.append(.frame($0)) })
+            } else {
+                framer.append(
+                    bytes,
+                    parsed: { router.handleParsedMessage($0, end: $1, clientID, &session, into: &actions) },
+                    frame: { router.handleClientFrame($0, clientID, &session, into: &actions) })
+                router.flushClient(clientID, &session, into: &actions)
+            }
+            swap(&framer, &session.framer)
+        }
+        guard known != nil else {
             if !fds.isEmpty { actions.append(.closeFDs(fds)) }
             return
         }
-        let start = session.received
-        session.received += bytes.count
-        if !fds.isEmpty {
-            if let old = session.heldFDs {
-                actions.append(.closeFDs(old.fds))
-            }
-            session.heldFDs = (start, fds)
-        }
-        // The framer leaves the session while it hands units over, which go on to the session.
-        var framer = session.framer
-        session.framer = QMPFramer()
-        if session.phase == .awaitingGreeting {
-            framer.append(
-                bytes, parsed: { session.deferred.append(.parsed($0, end: $1)) },
-                frame: { session.deferred.append(.frame($0)) })
-        } else {
-            framer.append(
-                bytes, parsed: { handleParsedMessage($0, end: $1, clientID, &session, into: &actions) },
-                frame: { handleClientFrame($0, clientID, &session, into: &actions) })
-            flushClient(clientID, &session, into: &actions)
-        }
-        session.framer = framer
-        clients[clientID] = session
         // The total bounds every client's queue: most reads need no lookup.
         if scheduler.totalQueued >= configuration.maxClientQueue,
             scheduler.queued(clientID) >= configuration.maxClientQueue,
@@ -90,7 +92,7 @@ extension ProxyRouter {
         if synthesized {
             trace(.sidecarToClient, client: 0, fds: 0, Self.trimmed(line), into: &actions)
         }
-        for clientID in clients.keys.sorted() where clients[clientID]!.isNegotiated {
+        for clientID in clients.sortedKeys where clients[clientID]!.isNegotiated {
             traffic.toClients += 1
             actions.append(.sendToClient(clientID, line))
         }
@@ -101,7 +103,7 @@ extension ProxyRouter {
     /// included): the same event told to each as far as it may know (traced per client).
     public mutating func broadcastEvent(lineFor line: (ClientID) -> [UInt8]) -> [Action] {
         var actions: [Action] = []
-        for clientID in clients.keys.sorted() where clients[clientID]!.isNegotiated {
+        for clientID in clients.sortedKeys where clients[clientID]!.isNegotiated {
             let bytes = line(clientID)
             trace(.sidecarToClient, client: clientID, fds: 0, Self.trimmed(bytes), into: &actions)
             traffic.toClients += 1
@@ -113,20 +115,19 @@ extension ProxyRouter {
     /// Completes a ``Action/localCommand(client:token:name:arguments:)``; its reply takes its place in
     /// the client's in-band order.
     public mutating func completeLocalCommand(token: UInt64, reply: LocalReply) -> [Action] {
-        guard let entry = localPending.removeValue(forKey: token),
-            var session = clients.removeValue(forKey: entry.client)
-        else { return [] }
-        let echoed = entry.originalID.map(Self.echo)
-        let line: [UInt8]
-        switch reply {
-        case .success(let value): line = QEMUReply.success(value, echoedID: echoed)
-        case .failure(let error): line = QEMUReply.error(error, echoedID: echoed)
-        }
+        guard let entry = localPending.removeValue(forKey: Int(truncatingIfNeeded: token)) else { return [] }
         var actions: [Action] = []
-        trace(.sidecarToClient, client: entry.client, fds: 0, Self.trimmed(line), into: &actions)
-        _ = session.fill(token, with: line)
-        flushClient(entry.client, &session, into: &actions)
-        clients[entry.client] = consume session
+        withSession(entry.client) { router, session in
+            let echoed = entry.originalID.map(Self.echo)
+            let line: [UInt8]
+            switch reply {
+            case .success(let value): line = QEMUReply.success(value, echoedID: echoed)
+            case .failure(let error): line = QEMUReply.error(error, echoedID: echoed)
+            }
+            router.trace(.sidecarToClient, client: entry.client, fds: 0, Self.trimmed(line), into: &actions)
+            _ = session.fill(token, with: line)
+            router.flushClient(entry.client, &session, into: &actions)
+        }
         return actions
     }
 
@@ -199,12 +200,11 @@ extension ProxyRouter {
                     return
                 }
                 let token = allocateID()
-                localPending[token] = (clientID, message.idBytes)
+                localPending[Int(truncatingIfNeeded: token)] = (clientID, message.idBytes)
                 session.enqueue(.waiting(token))
                 let local = Action.localCommand(
                     client: clientID, token: token, name: name, arguments: message.argumentBytes)
-                scheduler.enqueue(.local(local), kind: .local, from: clientID)
-                dispatch(into: &actions)
+                schedule(.local(local), kind: .local, from: clientID, into: &actions)
                 return
             }
             forward(message, end: end, clientID, &session, into: &actions)
@@ -235,14 +235,14 @@ extension ProxyRouter {
             // Reported before the command can reach QEMU: the VFIO side watches what it will open.
             actions.append(.commandObserved(name: name, arguments: arguments))
         }
-        pending[id] = .client(clientID, originalID: message.idBytes, kind: kind, observed: observed)
+        pending[Int(truncatingIfNeeded: id)] = .client(
+            clientID, originalID: message.idBytes, kind: kind, observed: observed)
         guard let kind else {
             sendEarly(item, client: clientID, direction: .clientToQEMU, into: &actions)
             return
         }
         session.enqueue(.waiting(id))
-        scheduler.enqueue(.upstream(item), kind: kind, from: clientID)
-        dispatch(into: &actions)
+        schedule(.upstream(item), kind: kind, from: clientID, into: &actions)
     }
 
     private mutating func replyLocally(

@@ -58,20 +58,54 @@ extension ProxyRouter {
         }
         early = []
         while let (clientID, item, _) = scheduler.next() {
-            switch item {
-            case .local(let action):
-                actions.append(action)
-            case .upstream(let item):
-                trace(.clientToQEMU, client: clientID, fds: item.fds.count, Self.trimmed(item.bytes), into: &actions)
-                traffic.toQEMU += 1
-                actions.append(.sendUpstream(item.bytes, fds: item.fds))
-            }
-            if !pausedClients.isEmpty, scheduler.queued(clientID) < configuration.maxClientQueue,
-                pausedClients.remove(clientID) != nil
-            {
-                actions.append(.setClientReading(clientID, enabled: true))
-            }
+            send(item, of: clientID, into: &actions)
         }
+    }
+
+    /// Gives a client's entry to the scheduler: sent at once when it may go now (most commands find
+    /// nobody waiting), else queued for its turn.
+    mutating func schedule(
+        _ item: ClientItem, kind: FairScheduler<ClientItem>.Kind, from clientID: ClientID, into actions: inout [Action]
+    ) {
+        // Early commands are flushed as the upstream becomes ready: none wait ahead of this one.
+        guard phase == .ready else {
+            scheduler.enqueue(item, kind: kind, from: clientID)
+            return
+        }
+        if let item = scheduler.admit(item, kind: kind, from: clientID) {
+            send(item, of: clientID, into: &actions)
+        } else {
+            dispatch(into: &actions)
+        }
+    }
+
+    /// An entry the scheduler let go: a local command to answer, or bytes for QEMU.
+    private mutating func send(_ item: ClientItem, of clientID: ClientID, into actions: inout [Action]) {
+        switch item {
+        case .local(let action):
+            actions.append(action)
+        case .upstream(let item):
+            trace(.clientToQEMU, client: clientID, fds: item.fds.count, Self.trimmed(item.bytes), into: &actions)
+            traffic.toQEMU += 1
+            actions.append(.sendUpstream(item.bytes, fds: item.fds))
+        }
+        if !pausedClients.isEmpty, scheduler.queued(clientID) < configuration.maxClientQueue,
+            pausedClients.remove(clientID) != nil
+        {
+            actions.append(.setClientReading(clientID, enabled: true))
+        }
+    }
+
+    /// Runs `body` with the client's session taken out of the table (moved, not copied) while the
+    /// router's own methods run on it; nil when the client is not connected.
+    @discardableResult
+    mutating func withSession<Result>(
+        _ clientID: ClientID, _ body: (inout ProxyRouter, inout ClientSession) -> Result
+    ) -> Result? {
+        var session = clients.checkOut(clientID)
+        guard session != nil else { return nil }
+        defer { clients.checkIn(&session, forKey: clientID) }
+        return body(&self, &session!)
     }
 
     mutating func allocateID() -> UInt64 {

@@ -48,22 +48,22 @@ extension ProxyRouter {
             offered = message.offeredCapabilities
             phase = .negotiating
             let id = allocateID()
-            pending[id] = .negotiation
+            pending[Int(truncatingIfNeeded: id)] = .negotiation
             let arguments = offered.contains("oob") ? ", \"arguments\": {\"enable\": [\"oob\"]}" : ""
             let request = Array("{\"execute\": \"qmp_capabilities\"\(arguments), \"id\": \(id)}".utf8)
             trace(.sidecarToQEMU, client: 0, fds: 0, request, into: &actions)
             traffic.toQEMU += 1
             actions.append(.sendUpstream(request + QEMUReply.crlf, fds: []))
-            for clientID in clients.keys.sorted() where clients[clientID]!.phase == .awaitingGreeting {
-                var session = clients.removeValue(forKey: clientID)!
-                sendGreeting(clientID, &session, into: &actions)
-                let units = session.deferred
-                session.deferred = []
-                for unit in units {
-                    handleClientUnit(unit, clientID, &session, into: &actions)
+            for clientID in clients.sortedKeys where clients[clientID]!.phase == .awaitingGreeting {
+                withSession(clientID) { router, session in
+                    router.sendGreeting(clientID, &session, into: &actions)
+                    let units = session.deferred
+                    session.deferred = []
+                    for unit in units {
+                        router.handleClientUnit(unit, clientID, &session, into: &actions)
+                    }
+                    router.flushClient(clientID, &session, into: &actions)
                 }
-                flushClient(clientID, &session, into: &actions)
-                clients[clientID] = session
             }
             return
         }
@@ -72,7 +72,9 @@ extension ProxyRouter {
             actions.append(.event(name: name, message: message.message))
             return
         }
-        guard message.isReply, let id = message.sidecarID, let entry = pending.removeValue(forKey: id) else {
+        guard message.isReply, let id = message.sidecarID,
+            let entry = pending.removeValue(forKey: Int(truncatingIfNeeded: id))
+        else {
             actions.append(.warning("QEMU sent a message the sidecar cannot route: \(Self.excerpt(message.bytes))"))
             return
         }
@@ -100,17 +102,18 @@ extension ProxyRouter {
                 actions.append(
                     .observedReply(name: observed.name, arguments: observed.arguments, succeeded: message.isSuccess))
             }
-            guard var session = clients.removeValue(forKey: clientID) else { return }  // gone: drop quietly
+            guard clients.contains(clientID) else { return }  // gone: drop quietly
             var line = message.message.replacingID(with: originalID.map(Self.echo), spare: 2)
             line.append(contentsOf: QEMUReply.crlf)
             if kind == nil {
                 traffic.toClients += 1
                 actions.append(.sendToClient(clientID, line))
             } else {
-                _ = session.fill(id, with: line)
-                flushClient(clientID, &session, into: &actions)
+                withSession(clientID) { router, session in
+                    _ = session.fill(id, with: line)
+                    router.flushClient(clientID, &session, into: &actions)
+                }
             }
-            clients[clientID] = consume session
         }
     }
 
@@ -118,7 +121,7 @@ extension ProxyRouter {
     /// and unsent fds are closed, and the router waits for a new QEMU greeting.
     public mutating func upstreamClosed() -> [Action] {
         var actions: [Action] = []
-        for clientID in clients.keys.sorted() {
+        for clientID in clients.sortedKeys {
             if let held = clients[clientID]!.heldFDs {
                 actions.append(.closeFDs(held.fds))
             }
@@ -129,10 +132,10 @@ extension ProxyRouter {
         }
         clientGateOpen = !configuration.gateClientCommands
         scheduler.isOpen = clientGateOpen
-        clients = [:]
+        clients.removeAll()
         scheduler.connectedClients = 0
-        pending = [:]
-        localPending = [:]
+        pending.removeAll()
+        localPending.removeAll()
         early = []
         pausedClients = []
         upstreamFramer = QMPOutputFramer()
@@ -150,7 +153,7 @@ extension ProxyRouter {
     {
         var actions: [Action] = []
         let id = allocateID()
-        pending[id] = .sidecar
+        pending[Int(truncatingIfNeeded: id)] = .sidecar
         var request = Array("{\"execute\": ".utf8) + QMPJSON.quoted(name)
         if let arguments {
             request += Array(", \"arguments\": ".utf8) + arguments

@@ -181,10 +181,11 @@ public struct ProxyRouter: Sendable {
     /// QEMU's greeting line, CRLF included, once received.
     public internal(set) var greeting: [UInt8]?
     var offered: [String] = []
-    var clients: [ClientID: ClientSession] = [:]
+    var clients = IDTable<ClientSession>()
     var nextID: UInt64 = 1
-    var pending: [UInt64: Pending] = [:]
-    var localPending: [UInt64: (client: ClientID, originalID: [UInt8]?)] = [:]
+    /// Keyed by the sidecar id (`Int(truncatingIfNeeded:)` of it).
+    var pending = IDTable<Pending>()
+    var localPending = IDTable<(client: ClientID, originalID: [UInt8]?)>()
     /// Clients' commands (and local commands, in their order) waiting for their turn at QEMU.
     var scheduler: FairScheduler<ClientItem>
     /// The sidecar's own and OOB commands written before the upstream negotiation finished.
@@ -236,7 +237,7 @@ public struct ProxyRouter: Sendable {
     /// Each connected client's commands in flight to QEMU and still queued.
     public var clientLoads: [ClientID: ClientLoad] {
         var loads: [ClientID: ClientLoad] = [:]
-        for id in clients.keys {
+        for id in clients.allKeys {
             loads[id] = ClientLoad(inFlight: scheduler.inFlight(id), queued: scheduler.queued(id))
         }
         return loads

@@ -130,7 +130,7 @@ extension SidecarCore {
         guard pause != clientsPaused else { return }
         clientsPaused = pause
         logger.debug("client reading \(pause ? "paused" : "resumed")", metadata: ["upstream-backlog": "\(backlog)"])
-        for (id, client) in clients { client.isReadingEnabled = !pause && !fullClients.contains(id) }
+        for (id, client) in clients.entries { client.isReadingEnabled = !pause && !fullClients.contains(id) }
     }
 
     func fail(_ error: SidecarError) {

@@ -26,7 +26,7 @@ final class SidecarCore: QMPUpstreamCommander {
     var qemuPID: pid_t?
     var retry: ConnectRetry?
     var listeners: [Listener] = []
-    var clients: [Int: Connection] = [:]
+    var clients = IDTable<Connection>()
     /// What each client may be told about holders (its SO_PEERCRED uid).
     var disclosures: [Int: HolderDisclosure] = [:]
     var nextClient = 1
@@ -179,9 +179,11 @@ final class SidecarCore: QMPUpstreamCommander {
         while true {
             flushUpstreamBatch()
             guard index < clientBatches.count else { break }
-            let batch = clientBatches[index]
+            let id = clientBatches[index].id
+            var bytes: [UInt8] = []
+            swap(&bytes, &clientBatches[index].bytes)  // moved out, not copied
             index += 1
-            clients[batch.id]?.send(batch.bytes)
+            clients.read(id) { $0.send(bytes) }
         }
         clientBatches.removeAll(keepingCapacity: true)
         performDepth -= 1
@@ -199,21 +201,28 @@ final class SidecarCore: QMPUpstreamCommander {
 
     /// Runs `body` on the router with an empty action array and performs what it appended.
     func performRouter(_ body: (inout ProxyRouter, inout [ProxyRouter.Action]) -> Void) {
-        var actions = spareActions
-        spareActions = []  // a nested call (from a hook) gets an array of its own
+        var actions: [ProxyRouter.Action] = []
+        swap(&actions, &spareActions)  // a nested call (from a hook) gets an array of its own
         body(&router, &actions)
-        perform(actions)
-        actions.removeAll(keepingCapacity: actions.capacity <= 64)
-        spareActions = actions
+        perform(taking: &actions)
+        if actions.capacity <= 64 { swap(&actions, &spareActions) }
     }
 
-    func perform(_ actions: [ProxyRouter.Action]) {
+    func perform(_ actions: consuming [ProxyRouter.Action]) {
+        var actions = consume actions
+        perform(taking: &actions)
+    }
+
+    /// Performs the actions in order and leaves `actions` empty (its capacity kept): each one is
+    /// moved out, not copied.
+    func perform(taking actions: inout [ProxyRouter.Action]) {
         performDepth += 1
         defer {
             performDepth -= 1
             if performDepth == 0 { flushAllBatches() }
         }
-        for action in actions {
+        actions.reverse()
+        while let action = actions.popLast() {
             switch action {
             case .sendToClient(let id, let bytes):
                 instruments?.sentToClient(bytes.count)
