@@ -18,18 +18,16 @@ struct ObjectKeys {
 
     /// Adds `key` (bytes of `input`); false when the object already has a key with the same bytes.
     mutating func insert(_ key: KeyBytes, in input: UnsafeBufferPointer<UInt8>) -> Bool {
-        // Inline keys are few: their lengths screen them. The spilled ones are told apart by hash.
-        let hash = others.isEmpty && key.decoded == nil && slotCount < Self.inlineCapacity ? 0 : key.hash(in: input)
+        if key.decoded == nil, others.isEmpty, slotCount < Self.inlineCapacity {
+            // The common case, a plain key while all keys so far are inline: no hash, no closure.
+            if hasInlineKey(UnsafeBufferPointer(rebasing: input[key.start..<key.end]), in: input) { return false }
+            addInline(key)
+            return true
+        }
+        // The spilled keys are told apart by hash.
+        let hash = key.hash(in: input)
         let duplicate = key.withBytes(in: input) { bytes in
-            let inlineHit = withUnsafeBytes(of: slots) { raw in
-                let stored = raw.assumingMemoryBound(to: Slot.self)
-                for index in 0..<slotCount where stored[index].end - stored[index].start == bytes.count {
-                    let slot = stored[index]
-                    if Self.same(UnsafeBufferPointer(rebasing: input[slot.start..<slot.end]), bytes) { return true }
-                }
-                return false
-            }
-            if inlineHit { return true }
+            if hasInlineKey(bytes, in: input) { return true }
             for other in others where other.hash == hash {
                 if other.key.withBytes(in: input, { Self.same($0, bytes) }) { return true }
             }
@@ -37,14 +35,35 @@ struct ObjectKeys {
         }
         if duplicate { return false }
         if key.decoded == nil, slotCount < Self.inlineCapacity {
-            withUnsafeMutableBytes(of: &slots) { raw in
-                raw.bindMemory(to: Slot.self)[slotCount] = (key.start, key.end)
-            }
-            slotCount += 1
+            addInline(key)
         } else {
             others.append((key, hash))
         }
         return true
+    }
+
+    /// Whether an inline key has `bytes`. Inline keys are few: their lengths screen them.
+    /// (Mutating: borrowing the tuple would copy it.)
+    private mutating func hasInlineKey(_ bytes: UnsafeBufferPointer<UInt8>, in input: UnsafeBufferPointer<UInt8>)
+        -> Bool
+    {
+        let count = slotCount
+        return withUnsafeMutableBytes(of: &slots) { raw in
+            let stored = raw.assumingMemoryBound(to: Slot.self)
+            for index in 0..<count where stored[index].end - stored[index].start == bytes.count {
+                let slot = stored[index]
+                if Self.same(UnsafeBufferPointer(rebasing: input[slot.start..<slot.end]), bytes) { return true }
+            }
+            return false
+        }
+    }
+
+    private mutating func addInline(_ key: KeyBytes) {
+        let index = slotCount
+        withUnsafeMutableBytes(of: &slots) { raw in
+            raw.assumingMemoryBound(to: Slot.self)[index] = (key.start, key.end)
+        }
+        slotCount += 1
     }
 
     private static func same(_ a: UnsafeBufferPointer<UInt8>, _ b: UnsafeBufferPointer<UInt8>) -> Bool {

@@ -51,16 +51,9 @@ extension QMPMessage {
     /// The object at the start of `bytes` when QEMU's grammar accepts it and the framer would deliver
     /// exactly its bytes (no whitespace run it would shorten), with its length.
     static func parseLeading(_ bytes: UnsafeBufferPointer<UInt8>) -> (QMPMessage, length: Int)? {
-        guard let (top, end) = try? QMPGrammar.scanLeading(bytes), top.isObject else { return nil }
-        var run = 0
-        for b in bytes[..<end] {
-            if b.isJSONWhitespace {
-                run += 1
-                if run > QMPFramer.maxWhitespaceRun { return nil }
-            } else {
-                run = 0
-            }
-        }
+        guard let (top, end, longestWhitespaceRun) = try? QMPGrammar.scanLeading(bytes), top.isObject,
+            longestWhitespaceRun <= QMPFramer.maxWhitespaceRun
+        else { return nil }
         return (QMPMessage(bytes: Array(UnsafeBufferPointer(rebasing: bytes[..<end])), top: top.offsets), end)
     }
 }

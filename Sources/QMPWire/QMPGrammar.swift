@@ -15,6 +15,8 @@ struct QMPGrammar {
         var kind: Kind
         var start: Int
         var end: Int
+        /// A string of printable ASCII without escapes: valid as it is, and its own decoding.
+        var plain = false
     }
 
     /// What the scan learned about the top-level object.
@@ -32,7 +34,8 @@ struct QMPGrammar {
     var position = 0
     var peeked: Token?
     var top = TopLevel()
-    private var scratch: [UInt8] = []
+    /// The longest whitespace run between two tokens (``QMPFramer`` shortens runs above its limit).
+    var longestWhitespaceRun = 0
 
     init(bytes: UnsafeBufferPointer<UInt8>, build: Bool, maxDepth: Int = QMPFramer.Limits.qemu.nesting) {
         self.bytes = bytes
@@ -53,13 +56,16 @@ struct QMPGrammar {
     }
 
     /// Validates the value at the start of `bytes`, which may go on past it; returns what its top-level
-    /// object holds and the index just past its last token.
-    static func scanLeading(_ bytes: UnsafeBufferPointer<UInt8>) throws(QMPInputError) -> (TopLevel, end: Int) {
+    /// object holds, the index just past its last token and the longest whitespace run between its
+    /// tokens.
+    static func scanLeading(_ bytes: UnsafeBufferPointer<UInt8>) throws(QMPInputError) -> (
+        TopLevel, end: Int, longestWhitespaceRun: Int
+    ) {
         var parser = QMPGrammar(bytes: bytes, build: false)
         _ = try parser.parseValue(depth: 0)
         // An object or array ends with its closing token popped: nothing is peeked past it.
         guard parser.peeked == nil else { throw .parse("unexpected input after the value") }
-        return (parser.top, parser.position)
+        return (parser.top, parser.position, parser.longestWhitespaceRun)
     }
 
     /// Parses `bytes` as one QMP JSON value into a tree.
@@ -104,6 +110,7 @@ struct QMPGrammar {
         while i < n, bytes[i].isJSONWhitespace {
             i += 1
         }
+        longestWhitespaceRun = max(longestWhitespaceRun, i - position)
         guard i < n else {
             position = i
             return nil
@@ -121,6 +128,14 @@ struct QMPGrammar {
         case UInt8(ascii: "\""), UInt8(ascii: "'"):
             let quote = bytes[i]
             i += 1
+            // Most strings are printable ASCII without escapes: a tight loop finds their end.
+            while i < n, bytes[i] != quote, bytes[i] != 0x5C, bytes[i] &- 0x20 < 0x60 {
+                i += 1
+            }
+            if i < n, bytes[i] == quote {
+                position = i + 1
+                return Token(kind: .string, start: start, end: i + 1, plain: true)
+            }
             while true {
                 guard i < n else { throw stray(n) }
                 let b = bytes[i]
@@ -221,7 +236,10 @@ struct QMPGrammar {
                 try decodeString(token, into: &out, keep: true)
                 return .string(ModifiedUTF8.string(out))
             }
-            try decodeString(token, into: &scratch, keep: false)
+            if !token.plain {
+                var unused: [UInt8] = []
+                try decodeString(token, into: &unused, keep: false)
+            }
             return nil
         case .integer:
             guard build else { return nil }
@@ -335,6 +353,7 @@ struct QMPGrammar {
 
     /// Decodes an object key; keys that decoding would not change stay a range of the input.
     private func decodeKey(_ token: Token) throws(QMPInputError) -> KeyBytes {
+        if token.plain { return KeyBytes(start: token.start + 1, end: token.end - 1, decoded: nil) }
         var plain = true
         for p in (token.start + 1)..<(token.end - 1) where bytes[p] == 0x5C || bytes[p] >= 0x80 {
             plain = false

@@ -139,8 +139,7 @@ public struct QMPMessage: Hashable, Sendable {
     /// level: every other byte is unchanged.
     ///
     /// - Parameter newID: the bytes of the new id value (inserted verbatim), or `nil` to remove it.
-    ///   - spare: extra capacity to reserve (e.g. for a CRLF the caller appends), so the result is one
-    ///     allocation.
+    ///   - spare: extra capacity to reserve (e.g. for a CRLF the caller appends).
     public func replacingID(with newID: [UInt8]?, spare: Int = 0) -> [UInt8] {
         guard let newID else { return replacingID(withBytes: nil, spare: spare) }
         return newID.withUnsafeBufferPointer { replacingID(withBytes: $0, spare: spare) }
@@ -161,39 +160,63 @@ public struct QMPMessage: Hashable, Sendable {
         }
     }
 
+    /// Results up to this size are assembled on the stack, then copied into their array.
+    private static let stackAssemblyLimit = 1024
+
     private func replacingID(withBytes newID: UnsafeBufferPointer<UInt8>?, spare: Int) -> [UInt8] {
-        var out: [UInt8] = []
-        out.reserveCapacity(bytes.count + (newID?.count ?? 0) + 8 + spare)
-        // Through one buffer pointer: slices of `bytes` would retain and release it per piece.
-        bytes.withUnsafeBufferPointer { bytes in
-            func copy(_ range: Range<Int>) { out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[range])) }
-            let all = 0..<bytes.count
-            if let range = top[.id] {
-                if let newID {
-                    copy(0..<range.lowerBound)
-                    out.append(contentsOf: newID)
-                    copy(range.upperBound..<all.upperBound)
-                } else if let before = top.valueEndBeforeID {
-                    copy(0..<before)
-                    copy(range.upperBound..<all.upperBound)
-                } else {
-                    copy(0..<(top.idKeyStart ?? range.lowerBound))
-                    copy((top.keyStartAfterID ?? range.upperBound)..<all.upperBound)
-                }
-                return
+        // The result is the message's head, a joiner (`, "id": ` or its tail), the new id and the
+        // message's tail: sized once, each piece copied with one memcpy.
+        let joiner: StaticString = ", \"id\": "
+        var headEnd = bytes.count
+        var tailStart = bytes.count
+        var joinerStart = joiner.utf8CodeUnitCount
+        if let range = top[.id] {
+            if newID != nil {
+                headEnd = range.lowerBound
+                tailStart = range.upperBound
+            } else if let before = top.valueEndBeforeID {
+                headEnd = before
+                tailStart = range.upperBound
+            } else {
+                headEnd = top.idKeyStart ?? range.lowerBound
+                tailStart = top.keyStartAfterID ?? range.upperBound
             }
-            guard let newID else {
-                copy(all)
-                return
-            }
-            let insertAt = top.lastValueEnd ?? top.closingBrace
-            copy(0..<insertAt)
-            if top.lastValueEnd != nil { out += ", ".utf8 }
-            out += "\"id\": ".utf8
-            out.append(contentsOf: newID)
-            copy(insertAt..<all.upperBound)
+        } else if newID != nil {
+            headEnd = top.lastValueEnd ?? top.closingBrace
+            tailStart = headEnd
+            joinerStart = top.lastValueEnd == nil ? 2 : 0
         }
-        return out
+        let newIDCount = newID?.count ?? 0
+        let joinerCount = joiner.utf8CodeUnitCount - joinerStart
+        let count = headEnd + joinerCount + newIDCount + bytes.count - tailStart
+        return bytes.withUnsafeBufferPointer { bytes in
+            func write(_ out: UnsafeMutableBufferPointer<UInt8>) {
+                guard var to = out.baseAddress, let from = bytes.baseAddress else { return }
+                func put(_ source: UnsafePointer<UInt8>, _ length: Int) {
+                    to.initialize(from: source, count: length)
+                    to += length
+                }
+                put(from, headEnd)
+                put(joiner.utf8Start + joinerStart, joinerCount)
+                if let newID, let base = newID.baseAddress { put(base, newIDCount) }
+                put(from + tailStart, bytes.count - tailStart)
+            }
+            guard count + spare <= Self.stackAssemblyLimit else {
+                // This initializer has a large fixed cost (an unspecialized allocation): paid once
+                // for a big message, it saves a copy.
+                return [UInt8](unsafeUninitializedCapacity: count + spare) { out, initialized in
+                    write(out)
+                    initialized = count
+                }
+            }
+            // A small message is assembled on the stack: an array copied from a buffer costs least.
+            var result = withUnsafeTemporaryAllocation(of: UInt8.self, capacity: count) { temp in
+                write(temp)
+                return Array(temp)
+            }
+            result.reserveCapacity(count + spare)  // usually within what the allocation already has
+            return result
+        }
     }
 
 }

@@ -35,12 +35,8 @@ enum QMPOutputScan {
                 offsets.keyStartAfterID = keyStart
                 idJustSeen = false
             }
-            var keyEnd = i + 1
-            while keyEnd < n, bytes[keyEnd] != UInt8(ascii: "\"") {
-                if bytes[keyEnd] == UInt8(ascii: "\\") { return nil }
-                keyEnd += 1
-            }
-            guard keyEnd < n else { return nil }
+            let keyEnd = quoteOrBackslash(bytes, from: i + 1)
+            guard keyEnd < n, bytes[keyEnd] == UInt8(ascii: "\"") else { return nil }
             i = skipWhitespace(bytes, from: keyEnd + 1)
             guard i < n, bytes[i] == UInt8(ascii: ":") else { return nil }
             let valueStart = skipWhitespace(bytes, from: i + 1)
@@ -114,14 +110,34 @@ enum QMPOutputScan {
     @inline(__always)
     private static func stringEnd(_ bytes: UnsafeBufferPointer<UInt8>, from start: Int) -> Int? {
         var i = start + 1
-        while i < bytes.count {
-            switch bytes[i] {
-            case UInt8(ascii: "\""): return i + 1
-            case UInt8(ascii: "\\"): i += 2
-            default: i += 1
+        while true {
+            i = quoteOrBackslash(bytes, from: i)
+            guard i < bytes.count else { return nil }
+            if bytes[i] == UInt8(ascii: "\"") { return i + 1 }
+            i += 2  // past the escaped byte
+        }
+    }
+
+    /// The index of the first `"` or `\` at or after `start` (at least `bytes.count` when none):
+    /// eight bytes at a time while eight remain, since strings make up most of a reply.
+    @inline(__always)
+    private static func quoteOrBackslash(_ bytes: UnsafeBufferPointer<UInt8>, from start: Int) -> Int {
+        var i = start
+        if let base = bytes.baseAddress {
+            let ones: UInt64 = 0x0101_0101_0101_0101
+            while i + 8 <= bytes.count {
+                let word = UInt64(littleEndian: UnsafeRawPointer(base + i).loadUnaligned(as: UInt64.self))
+                let quotes = word ^ (ones &* 0x22)
+                let backslashes = word ^ (ones &* 0x5C)
+                // High bits mark zero bytes of each; the lowest marked byte is exact (a borrow only
+                // marks bytes above a real zero).
+                let found = ((quotes &- ones) & ~quotes | (backslashes &- ones) & ~backslashes) & (ones &* 0x80)
+                if found != 0 { return i + found.trailingZeroBitCount / 8 }
+                i += 8
             }
         }
-        return nil
+        while i < bytes.count, bytes[i] != UInt8(ascii: "\""), bytes[i] != UInt8(ascii: "\\") { i += 1 }
+        return i
     }
 
     @inline(__always)
