@@ -68,6 +68,8 @@ struct Envelope {
     }
 
     var idBytes: [UInt8]? { slice(message.id).map(Array.init) }
+    /// The id's bytes as a view of the message (no copy: it keeps the message's bytes alive).
+    var idSlice: ArraySlice<UInt8>? { slice(message.id) }
     var argumentBytes: [UInt8]? { slice(message.arguments).map(Array.init) }
     var eventName: String? { string(message.event) }
     var isGreeting: Bool { message.qmp != nil }

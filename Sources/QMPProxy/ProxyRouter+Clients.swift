@@ -236,7 +236,7 @@ extension ProxyRouter {
             actions.append(.commandObserved(name: name, arguments: arguments))
         }
         pending[Int(truncatingIfNeeded: id)] = .client(
-            clientID, originalID: message.idBytes, kind: kind, observed: observed)
+            clientID, originalID: message.idSlice, kind: kind, observed: observed)
         guard let kind else {
             sendEarly(item, client: clientID, direction: .clientToQEMU, into: &actions)
             return

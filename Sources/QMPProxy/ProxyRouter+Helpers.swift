@@ -8,13 +8,17 @@ extension ProxyRouter {
     /// Fast path for the ids clients really use (libvirt's `"libvirt-N"`, qemu.qmp's `"__qmp#00001"`,
     /// small integers): a double-quoted string of printable ASCII without escapes, or a decimal
     /// integer without leading zeros below 2^53, is echoed unchanged by QEMU.
-    static func echo(_ id: [UInt8]) -> [UInt8] {
+    static func echo(_ id: ArraySlice<UInt8>) -> ArraySlice<UInt8> {
         if id.withUnsafeBufferPointer({ Envelope.plainText(of: $0) != nil }) { return id }
-        if !id.isEmpty, id.count <= 15, id.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), id.count == 1 || id[0] != 0x30 {
+        if !id.isEmpty, id.count <= 15, id.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
+            id.count == 1 || id.first != 0x30
+        {
             return id
         }
-        return QMPJSON.echoed(id) ?? id
+        return QMPJSON.echoed(id).map { $0[...] } ?? id
     }
+
+    static func echo(_ id: [UInt8]) -> [UInt8] { Array(echo(id[...])) }
 
     mutating func sendGreeting(
         _ clientID: ClientID, _ session: inout ClientSession, into actions: inout [Action]

@@ -152,7 +152,7 @@ public struct ProxyRouter: Sendable {
         case sidecar
         /// `kind` is nil for OOB commands (they bypass the scheduler).
         case client(
-            ClientID, originalID: [UInt8]?, kind: FairScheduler<ClientItem>.Kind?,
+            ClientID, originalID: ArraySlice<UInt8>?, kind: FairScheduler<ClientItem>.Kind?,
             observed: (name: String, arguments: [UInt8])?)
     }
 
