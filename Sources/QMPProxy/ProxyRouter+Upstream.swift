@@ -103,7 +103,7 @@ extension ProxyRouter {
                     .observedReply(name: observed.name, arguments: observed.arguments, succeeded: message.isSuccess))
             }
             guard clients.contains(clientID) else { return }  // gone: drop quietly
-            var line = message.message.replacingID(with: originalID.map(Self.echo), spare: 2)
+            var line = message.message.replacingID(withSlice: originalID.map(Self.echo), spare: 2)
             line.append(contentsOf: QEMUReply.crlf)
             if kind == nil {
                 traffic.toClients += 1

@@ -141,11 +141,11 @@ public struct QMPMessage: Hashable, Sendable {
     /// - Parameter newID: the bytes of the new id value (inserted verbatim), or `nil` to remove it.
     ///   - spare: extra capacity to reserve (e.g. for a CRLF the caller appends).
     public func replacingID(with newID: [UInt8]?, spare: Int = 0) -> [UInt8] {
-        replacingID(with: newID?[...], spare: spare)
+        replacingID(withSlice: newID?[...], spare: spare)
     }
 
     /// ``replacingID(with:spare:)`` with the new id's bytes in a slice (e.g. of another message).
-    public func replacingID(with newID: ArraySlice<UInt8>?, spare: Int = 0) -> [UInt8] {
+    public func replacingID(withSlice newID: ArraySlice<UInt8>?, spare: Int = 0) -> [UInt8] {
         guard let newID else { return replacingID(withBytes: nil, spare: spare) }
         return newID.withUnsafeBufferPointer { replacingID(withBytes: $0, spare: spare) }
     }
