@@ -67,8 +67,8 @@ public struct IDTable<Value> {
 
     /// Runs `body` on the value stored for `key` (no copy of it); nil when there is none.
     @inlinable public func read<Result>(_ key: Int, _ body: (Value) -> Result) -> Result? {
-        guard let slot = slot(of: key), let value = slotValues[slot] else { return nil }
-        return body(value)
+        guard let slot = slot(of: key) else { return nil }
+        return slotValues[slot].map(body)  // borrowed in place, not copied
     }
 
     /// Runs `body` on the value stored for `key` in place; nil when there is none.

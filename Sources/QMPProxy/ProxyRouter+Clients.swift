@@ -92,7 +92,7 @@ extension ProxyRouter {
         if synthesized {
             trace(.sidecarToClient, client: 0, fds: 0, Self.trimmed(line), into: &actions)
         }
-        for clientID in clients.sortedKeys where clients[clientID]!.isNegotiated {
+        for clientID in clients.sortedKeys where clients.read(clientID, \.isNegotiated) == true {
             traffic.toClients += 1
             actions.append(.sendToClient(clientID, line))
         }
@@ -103,7 +103,7 @@ extension ProxyRouter {
     /// included): the same event told to each as far as it may know (traced per client).
     public mutating func broadcastEvent(lineFor line: (ClientID) -> [UInt8]) -> [Action] {
         var actions: [Action] = []
-        for clientID in clients.sortedKeys where clients[clientID]!.isNegotiated {
+        for clientID in clients.sortedKeys where clients.read(clientID, \.isNegotiated) == true {
             let bytes = line(clientID)
             trace(.sidecarToClient, client: clientID, fds: 0, Self.trimmed(bytes), into: &actions)
             traffic.toClients += 1

@@ -54,7 +54,7 @@ extension ProxyRouter {
             trace(.sidecarToQEMU, client: 0, fds: 0, request, into: &actions)
             traffic.toQEMU += 1
             actions.append(.sendUpstream(request + QEMUReply.crlf, fds: []))
-            for clientID in clients.sortedKeys where clients[clientID]!.phase == .awaitingGreeting {
+            for clientID in clients.sortedKeys where clients.read(clientID, { $0.phase == .awaitingGreeting }) == true {
                 withSession(clientID) { router, session in
                     router.sendGreeting(clientID, &session, into: &actions)
                     let units = session.deferred
