@@ -11,6 +11,7 @@ struct QMPBench: ParsableCommand {
         abstract: "Benchmarks for qmp-sidecar (figures with a same-run baseline and ratio).",
         subcommands: [
             FramerBench.self, ProxyBenchmark.self, RouterBench.self, ReleaseBenchmark.self, ReleaseFloor.self,
+            ShellFloor.self,
         ]
     )
 }
