@@ -6,6 +6,8 @@
 # The same runs simulate 2 KiB first-level caches: the code and data lines fetched per round trip then
 # approximate the footprint that runs cold after every sleep, which is what the benchmark's user CPU
 # tracks more closely than the instruction count (the C floor's loop fits those caches: 0 lines).
+# The shell floor (`qmp-bench shell-floor`, a byte pump on the sidecar's runtime) is counted the same
+# way: what the sidecar fetches beyond it is its protocol work.
 # valgrind does not read this toolchain's debug info, so it runs on a copy without it.
 # Usage: bench/instructions.sh [TOP]   (TOP: also list the TOP functions by instructions per round trip)
 set -euo pipefail
@@ -14,44 +16,53 @@ top=${1:-0}
 for tool in valgrind callgrind_annotate qemu-system-x86_64 cc strip python3; do
     command -v "$tool" >/dev/null || { echo "bench/instructions.sh: $tool is missing (apt-get install valgrind qemu-system-x86 gcc binutils python3)" >&2; exit 1; }
 done
-[ -x .build/release/qmp-sidecar ] || { echo "bench/instructions.sh: build first: swift build -c release" >&2; exit 1; }
+[ -x .build/release/qmp-sidecar ] && [ -x .build/release/qmp-bench ] ||
+    { echo "bench/instructions.sh: build first: swift build -c release" >&2; exit 1; }
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 cc -O2 -Wall -o "$work/lone-client" bench/lone-client.c
-cp .build/release/qmp-sidecar "$work/qmp-sidecar"
-strip --strip-debug "$work/qmp-sidecar"
+for program in qmp-sidecar qmp-bench; do
+    cp ".build/release/$program" "$work/$program"
+    strip --strip-debug "$work/$program"
+done
 
-count() { # N -> annotated callgrind profile of the sidecar over N round trips
-    local n=$1
+count() { # PROGRAM N -> callgrind profile and totals of qmp-sidecar or the shell floor over N round trips
+    local program=$1 n=$2
     rm -f "$work"/*.sock "$work"/cg.*
     qemu-system-x86_64 -machine none -nodefaults -display none -qmp "unix:$work/q.sock,server=on,wait=off" 2>/dev/null &
     local qemu=$!
     while [ ! -S "$work/q.sock" ]; do sleep 0.05; done
+    if [ "$program" = qmp-sidecar ]; then
+        set -- "$work/qmp-sidecar" --upstream "unix:$work/q.sock" --listen "unix:$work/s.sock" --log-level error
+    else # the shell floor: a byte pump on the sidecar's runtime (qmp-bench shell-floor)
+        set -- "$work/qmp-bench" shell-floor "$work/s.sock" "$work/q.sock"
+    fi
     valgrind --tool=callgrind --cache-sim=yes --I1=2048,2,64 --D1=2048,2,64 --LL=8192,2,64 \
-        --callgrind-out-file="$work/cg.out" \
-        "$work/qmp-sidecar" --upstream "unix:$work/q.sock" --listen "unix:$work/s.sock" --log-level error \
-        2>"$work/valgrind.log" &
+        --callgrind-out-file="$work/cg.out" "$@" 2>"$work/valgrind.log" &
     local sidecar=$!
     for _ in $(seq 200); do [ -S "$work/s.sock" ] && break; sleep 0.1; done
     "$work/lone-client" "$work/s.sock" "$n"
     kill "$sidecar"; wait "$sidecar" || true
     kill "$qemu"; wait "$qemu" 2>/dev/null || true
-    callgrind_annotate --show=Ir --threshold=100 "$work/cg.out" > "$work/profile-$n.txt"
-    grep -E '^(events|summary):' "$work/cg.out" > "$work/summary-$n.txt"
+    callgrind_annotate --show=Ir --threshold=100 "$work/cg.out" > "$work/profile-$program-$n.txt"
+    grep -E '^(events|summary):' "$work/cg.out" > "$work/summary-$program-$n.txt"
 }
-count 1000
-count 3000
-python3 - "$work/summary-1000.txt" "$work/summary-3000.txt" <<'PY'
+for program in qmp-sidecar shell-floor; do
+    count "$program" 1000
+    count "$program" 3000
+done
+python3 - "$work" <<'PY'
 import sys
 def load(path):
     lines = dict(line.split(":", 1) for line in open(path))
     return dict(zip(lines["events"].split(), map(int, lines["summary"].split())))
-small, large = load(sys.argv[1]), load(sys.argv[2])
-per = {event: (large[event] - small[event]) / 2000 for event in large}
-print(f"qmp-sidecar: {per['I1mr']:.0f} code and {per['D1mr'] + per['D1mw']:.0f} data cache lines fetched per round trip"
-      " (2 KiB L1 caches)")
+for program in ("qmp-sidecar", "shell-floor"):
+    small, large = (load(f"{sys.argv[1]}/summary-{program}-{n}.txt") for n in (1000, 3000))
+    per = {event: (large[event] - small[event]) / 2000 for event in large}
+    print(f"{program}: {per['Ir']:.0f} instructions, {per['I1mr']:.0f} code and {per['D1mr'] + per['D1mw']:.0f} data"
+          " cache lines fetched per round trip (2 KiB L1 caches)")
 PY
-python3 - "$work/profile-1000.txt" "$work/profile-3000.txt" "$top" <<'PY'
+python3 - "$work/profile-qmp-sidecar-1000.txt" "$work/profile-qmp-sidecar-3000.txt" "$top" <<'PY'
 import re, sys
 def load(path):
     functions, total = {}, 0
@@ -67,7 +78,6 @@ def load(path):
     return functions, total
 small, small_total = load(sys.argv[1])
 large, large_total = load(sys.argv[2])
-print(f"qmp-sidecar: {(large_total - small_total) / 2000:.0f} user-space instructions per round trip")
 rows = sorted(((large.get(k, 0) - small.get(k, 0)) / 2000, k) for k in set(small) | set(large))
 for value, name in reversed(rows[-int(sys.argv[3]):] if int(sys.argv[3]) else []):
     name = re.sub(r' \[.*\]$', '', name).replace('???:', '')
