@@ -94,8 +94,9 @@ struct FairScheduler<Item: Sendable>: Sendable {
     mutating func enqueue(_ item: Item, kind: Kind, from client: ClientID) {
         totalQueued += 1
         let wasActive = queues.withValue(forKey: client) { queue in
-            defer { queue.entries.append((item, kind)) }
-            return queue.isActive
+            let active = queue.isActive
+            queue.entries.append((item, kind))
+            return active
         }
         if wasActive == false { activeClients += 1 }
         if wasActive == nil {
@@ -115,21 +116,21 @@ struct FairScheduler<Item: Sendable>: Sendable {
             enqueue(item, kind: kind, from: client)
             return nil
         }
-        let inFlight = queues.read(client) { $0.isActive ? $0.inFlight : -1 }
+        let queue = queues.read(client) { (isActive: $0.isActive, inFlight: $0.inFlight) }
         // The client counts as active from this entry on, as it would once queued.
-        let active = inFlight == nil || inFlight! < 0 ? activeClients + 1 : activeClients
+        let active = queue?.isActive == true ? activeClients : activeClients + 1
         let limit = active == 1 && connectedClients <= 1 ? loneInFlight : maxInFlight
-        guard kind == .local || max(inFlight ?? 0, 0) < limit else {
+        guard kind == .local || (queue?.inFlight ?? 0) < limit else {
             enqueue(item, kind: kind, from: client)
             return nil
         }
         // As served by `next()`: the client goes to the end of the round; a local entry takes no
         // slot and leaves the client as active as it was.
         let counting = kind != .local
-        if inFlight == nil {
-            var queue = Queue()
-            if counting { queue.inFlight = 1 }
-            queues[client] = queue
+        if queue == nil {
+            var added = Queue()
+            if counting { added.inFlight = 1 }
+            queues[client] = added
             round.append(client)
         } else {
             if counting { queues.withValue(forKey: client) { $0.inFlight += 1 } }
