@@ -112,18 +112,23 @@ struct FairScheduler<Item: Sendable>: Sendable {
     /// do right after ``enqueue(_:kind:from:)``, without queueing it); otherwise queues it and
     /// returns nil. Most commands arrive to an empty scheduler.
     mutating func admit(_ item: Item, kind: Kind, from client: ClientID) -> Item? {
-        guard isOpen, totalQueued == 0, kind != .fdCommand || !fdCommandInFlight else {
+        guard admitNow(kind: kind, from: client) else {
             enqueue(item, kind: kind, from: client)
             return nil
         }
+        return item
+    }
+
+    /// Counts an entry as dispatched and returns true when ``admit(_:kind:from:)`` would let it go
+    /// at once; otherwise changes nothing and returns false (the express lane then leaves the entry
+    /// to the router's general path).
+    mutating func admitNow(kind: Kind, from client: ClientID) -> Bool {
+        guard isOpen, totalQueued == 0, kind != .fdCommand || !fdCommandInFlight else { return false }
         let queue = queues.read(client) { (isActive: $0.isActive, inFlight: $0.inFlight) }
         // The client counts as active from this entry on, as it would once queued.
         let active = queue?.isActive == true ? activeClients : activeClients + 1
         let limit = active == 1 && connectedClients <= 1 ? loneInFlight : maxInFlight
-        guard kind == .local || (queue?.inFlight ?? 0) < limit else {
-            enqueue(item, kind: kind, from: client)
-            return nil
-        }
+        guard kind == .local || (queue?.inFlight ?? 0) < limit else { return false }
         // As served by `next()`: the client goes to the end of the round; a local entry takes no
         // slot and leaves the client as active as it was.
         let counting = kind != .local
@@ -141,7 +146,7 @@ struct FairScheduler<Item: Sendable>: Sendable {
         }
         if counting { activeClients = active }
         if kind == .fdCommand { fdCommandInFlight = true }
-        return item
+        return true
     }
 
     /// QEMU answered a command dispatched for `client` (the client may be gone by now).

@@ -34,6 +34,11 @@ extension SidecarCore {
             qemuPID = configuration.qemuPID
         }
         connection.onRead = { bytes, fds in
+            if fds.isEmpty, let (client, line) = self.router.expressReply(bytes) {
+                self.clients.read(client) { $0.send(line) }  // the express lane
+                self.updateClientReading()
+                return
+            }
             for fd in fds { Glibc.close(fd) }
             self.instruments?.readFromQEMU(bytes.count)
             self.performRouter { router, actions in router.upstreamReceived(bytes, into: &actions) }

@@ -124,6 +124,12 @@ final class SidecarCore: QMPUpstreamCommander {
         let connection = Connection(
             fd: fd, reactor: reactor, maxPendingBytes: configuration.clientOutputLimit, logger: clientLogger)
         connection.onRead = { bytes, fds in
+            if fds.isEmpty, let upstream = self.upstream, let line = self.router.expressCommand(id, bytes) {
+                // The express lane (no metrics then: it is closed while round trips are reported).
+                upstream.send(line)
+                self.updateClientReading()
+                return
+            }
             self.instruments?.readFromClient(bytes.count)
             self.performRouter { router, actions in router.clientReceived(id, bytes, fds: fds, into: &actions) }
             self.updateClientReading()

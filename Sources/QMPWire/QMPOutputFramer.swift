@@ -15,6 +15,9 @@ public struct QMPOutputFramer: Sendable {
     /// Creates a framer at the start of QEMU's output.
     public init() {}
 
+    /// Whether the next byte is outside any message (nothing of one pending).
+    var isBetweenMessages: Bool { depth == 0 }
+
     /// Feeds bytes read from QEMU; returns the complete messages, in order.
     public mutating func append(_ bytes: [UInt8]) -> [[UInt8]] {
         // Not through the generic version: across modules it runs unspecialized (metadata lookups

@@ -1,0 +1,140 @@
+import Testing
+
+@testable import QMPProxy
+
+/// The express lane (`expressCommand`, `expressReply`) is header prediction: on a read it takes, the
+/// router must end in the state the general path leaves and return the bytes of the general path's
+/// only action; on any other read it must change nothing. Checked by running two routers side by
+/// side, one with the lane in front of the general path, over random traffic: commands plain, local,
+/// observed, OOB, malformed, split or batched, with all kinds of ids; replies in order, batched with
+/// events, split; clients coming and going. Every step's actions must be equal.
+@Suite struct ExpressLaneTests {
+    private static let configurations: [ProxyRouter.Configuration] = [
+        .init(),
+        .init(localCommands: ["query-sidecar"], observedCommands: ["device_del"], maxClientInFlight: 1),
+        .init(maxClientQueue: 2, maxClientInFlight: 2, maxLoneClientInFlight: 4),
+        .init(tracing: true),
+    ]
+
+    /// Client input: the express lane may take only the first few shapes.
+    private static let commands: [String] = [
+        #"{"execute": "query-status", "id": "libvirt-ID"}"# + "\r\n",
+        #"{"execute":"query-status","id":ID}"# + "\n",
+        #"{"execute": "qom-get", "arguments": {"path": "/machine", "property": "type"}, "id": "__qmp#ID"}"#,
+        #"{"execute": "query-name"}"# + "\n",
+        #"{"id": "x\u0041ID", "execute": "query-kvm"}"#,
+        #"{"execute": "query-status", "id": ID.50}"#,
+        #"{'execute': 'query-status', 'id': 'sqID'}"#,
+        #"{"execute": "query-sidecar", "id": ID}"#,
+        #"{"execute": "device_del", "arguments": {"id": "hostdev0"}, "id": ID}"#,
+        #"{"exec-oob": "migrate-pause", "id": ID}"#,
+        #"{"execute": "query-status", "execute": "stop"}"#,
+        #"{"execute": "query-status", "id": ID"#,
+        #"{"execute": "query-status", "id": ID}{"execute": "query-name", "id": 2ID}"#,
+        #"  {"execute": "query-status", "id": ID}"#,
+        #"{"execute": "query-status", "id": ID} x"#,
+        #"{"id": ID}"#,
+        "[1, 2]\n",
+        "}",
+    ]
+
+    @Test(arguments: 0..<4, [21, 22, 23] as [UInt64])
+    func expressLaneLeavesTheRouterAsTheGeneralPathDoes(configuration index: Int, seed: UInt64) {
+        let configuration = Self.configurations[index]
+        var random = Xorshift(seed: seed)
+        var general = ProxyRouter(configuration: configuration)
+        var express = ProxyRouter(configuration: configuration)
+        /// Sidecar ids at QEMU, in the order QEMU answers them (in-band first come, first served).
+        var atQEMU: [String] = []
+        var expressCommands = 0
+        var expressReplies = 0
+
+        func compare(_ a: [ProxyRouter.Action], _ b: [ProxyRouter.Action], _ step: Int) {
+            #expect(a == b, "step \(step)")
+            for case .sendUpstream(let bytes, _) in a {
+                let text = String(decoding: bytes, as: UTF8.self)
+                if let range = text.firstRange(of: #""id": "#) {
+                    atQEMU.append(String(text[range.upperBound...].prefix { $0.isNumber }))
+                }
+            }
+            // Local commands are answered alike on both sides.
+            for case .localCommand(_, let token, _, _) in a {
+                let reply = ProxyRouter.LocalReply.success(Array("{}".utf8))
+                compare(
+                    general.completeLocalCommand(token: token, reply: reply),
+                    express.completeLocalCommand(token: token, reply: reply), step)
+            }
+        }
+        func fromQEMU(_ text: String, _ step: Int) {
+            let bytes = Array(text.utf8)
+            let a = general.upstreamReceived(bytes)
+            let b: [ProxyRouter.Action]
+            if let (client, line) = bytes.withUnsafeBytes({ express.expressReply($0) }) {
+                b = [.sendToClient(client, line)]
+                expressReplies += 1
+            } else {
+                b = express.upstreamReceived(bytes)
+            }
+            compare(a, b, step)
+        }
+        func fromClient(_ client: Int, _ text: String, _ step: Int) {
+            let bytes = Array(text.utf8)
+            let a = general.clientReceived(client, bytes)
+            let b: [ProxyRouter.Action]
+            if let line = bytes.withUnsafeBytes({ express.expressCommand(client, $0) }) {
+                b = [.sendUpstream(line, fds: [])]
+                expressCommands += 1
+            } else {
+                b = express.clientReceived(client, bytes)
+            }
+            compare(a, b, step)
+        }
+
+        fromQEMU(qemuGreeting, -1)
+        fromQEMU(#"{"return": {}, "id": \#(atQEMU.removeFirst())}"# + "\r\n", -1)
+        var connected: Set<Int> = []
+        for step in 0..<4_000 {
+            let client = Int.random(in: 1...3, using: &random)
+            switch Int.random(in: 0..<20, using: &random) {
+            case 0..<9:
+                guard connected.contains(client) else {
+                    compare(general.clientConnected(client), express.clientConnected(client), step)
+                    fromClient(client, #"{"execute": "qmp_capabilities"}"#, step)
+                    connected.insert(client)
+                    continue
+                }
+                // Half the commands have a shape the lane may take (the first four).
+                let shapes = Bool.random(using: &random) ? 4 : Self.commands.count
+                let shape = Self.commands[Int.random(in: 0..<shapes, using: &random)]
+                fromClient(client, shape.replacing("ID", with: "\(step)"), step)
+            case 9..<17:
+                guard !atQEMU.isEmpty else { continue }
+                let reply = #"{"return": {"status": "running"}, "id": \#(atQEMU.removeFirst())}"# + "\r\n"
+                switch Int.random(in: 0..<5, using: &random) {
+                case 0:
+                    fromQEMU(reply + #"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP"}"# + "\r\n", step)
+                case 1:
+                    let cut = reply.index(reply.startIndex, offsetBy: 9)
+                    fromQEMU(String(reply[..<cut]), step)
+                    fromQEMU(String(reply[cut...]), step)
+                default:
+                    fromQEMU(reply, step)
+                }
+            case 17:
+                fromQEMU(#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "RESUME"}"# + "\r\n", step)
+            default:
+                guard connected.remove(client) != nil else { continue }
+                compare(general.clientClosed(client), express.clientClosed(client), step)
+            }
+            #expect(general.traffic == express.traffic, "step \(step)")
+            #expect(general.commandsInFlight == express.commandsInFlight, "step \(step)")
+            #expect(general.clientLoads == express.clientLoads, "step \(step)")
+        }
+        // The lane must have carried traffic, or this compared nothing; with tracing it stays shut.
+        if configuration.tracing {
+            #expect(expressCommands == 0 && expressReplies == 0)
+        } else {
+            #expect(expressCommands > 100 && expressReplies > 40, "\(expressCommands) \(expressReplies)")
+        }
+    }
+}
