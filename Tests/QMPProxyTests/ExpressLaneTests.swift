@@ -38,6 +38,10 @@ import Testing
         "}",
     ]
 
+    private static func event(_ name: String) -> String {
+        #"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "\#(name)"}"# + "\r\n"
+    }
+
     @Test(arguments: 0..<4, [21, 22, 23] as [UInt64])
     func expressLaneLeavesTheRouterAsTheGeneralPathDoes(configuration index: Int, seed: UInt64) {
         let configuration = Self.configurations[index]
@@ -112,7 +116,7 @@ import Testing
                 let reply = #"{"return": {"status": "running"}, "id": \#(atQEMU.removeFirst())}"# + "\r\n"
                 switch Int.random(in: 0..<5, using: &random) {
                 case 0:
-                    fromQEMU(reply + #"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP"}"# + "\r\n", step)
+                    fromQEMU(reply + Self.event("STOP"), step)
                 case 1:
                     let cut = reply.index(reply.startIndex, offsetBy: 9)
                     fromQEMU(String(reply[..<cut]), step)
@@ -121,7 +125,7 @@ import Testing
                     fromQEMU(reply, step)
                 }
             case 17:
-                fromQEMU(#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "RESUME"}"# + "\r\n", step)
+                fromQEMU(Self.event("RESUME"), step)
             default:
                 guard connected.remove(client) != nil else { continue }
                 compare(general.clientClosed(client), express.clientClosed(client), step)
