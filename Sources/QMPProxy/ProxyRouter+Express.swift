@@ -15,19 +15,21 @@ extension ProxyRouter {
     }
 
     /// A client's read (without fds) that is one whole in-band command for QEMU which may go now:
-    /// returns the bytes to write to QEMU, as ``clientReceived(_:_:fds:into:)`` would have put them
-    /// in its only action. Nil, changing nothing, for any other read.
-    public mutating func expressCommand(_ clientID: ClientID, _ bytes: UnsafeRawBufferPointer) -> [UInt8]? {
-        guard isExpressOpen else { return nil }
+    /// writes over `line` the bytes to write to QEMU, as ``clientReceived(_:_:fds:into:)`` would have
+    /// put them in its only action, and returns true. False, changing nothing, for any other read.
+    public mutating func expressCommand(
+        _ clientID: ClientID, _ bytes: UnsafeRawBufferPointer, line: inout [UInt8]
+    ) -> Bool {
+        guard isExpressOpen else { return false }
         return withSession(clientID) { router, session in
-            guard session.isExpressReady, let (message, _) = session.framer.loneObject(bytes) else { return nil }
+            guard session.isExpressReady, let (message, _) = session.framer.loneObject(bytes) else { return false }
             let envelope = Envelope(message)
             // Local, observed and OOB commands, and objects without `execute`, take the general path.
             guard message.execute != nil, !envelope.hasExecOOB,
                 envelope.commandName(in: router.localCommandNames) == nil,
                 envelope.commandName(in: router.observedCommandNames) == nil,
                 router.scheduler.admitNow(kind: .command, from: clientID)
-            else { return nil }
+            else { return false }
             session.framer.consumeLoneObject(byteCount: bytes.count)
             session.received += bytes.count
             let id = router.allocateID()
@@ -36,17 +38,16 @@ extension ProxyRouter {
             session.enqueue(.waiting(id))
             router.traffic.fromClients += 1
             router.traffic.toQEMU += 1
-            var line = message.replacingID(with: id, spare: 2)
-            line.append(contentsOf: QEMUReply.crlf)
-            return line
-        } ?? nil
+            message.writeLine(replacingIDWith: id, into: &line)
+            return true
+        } ?? false
     }
 
     /// QEMU's read that is one whole reply to a client's in-band command whose reply that client
-    /// gets next: returns the client and the bytes to write to it, as
-    /// ``upstreamReceived(_:into:)`` would have put them in its only action. Nil, changing nothing,
-    /// for any other read.
-    public mutating func expressReply(_ bytes: UnsafeRawBufferPointer) -> (client: ClientID, line: [UInt8])? {
+    /// gets next: writes over `line` the bytes to write to that client, as
+    /// ``upstreamReceived(_:into:)`` would have put them in its only action, and returns the client.
+    /// Nil, changing nothing, for any other read.
+    public mutating func expressReply(_ bytes: UnsafeRawBufferPointer, line: inout [UInt8]) -> ClientID? {
         guard isExpressOpen, let message = upstreamFramer.loneMessage(bytes) else { return nil }
         let envelope = Envelope(message)
         guard !envelope.isGreeting, message.event == nil, envelope.isReply, let id = envelope.sidecarID,
@@ -57,9 +58,8 @@ extension ProxyRouter {
         scheduler.completed(clientID, kind: .command)
         traffic.fromQEMU += 1
         traffic.toClients += 1
-        var line = message.replacingID(withSlice: originalID.map(Self.echo), spare: 2)
-        line.append(contentsOf: QEMUReply.crlf)
-        return (clientID, line)
+        message.writeLine(replacingIDWith: originalID.map(Self.echo), into: &line)
+        return clientID
     }
 
     /// The client and id of a pending in-band command without fds that nothing observes: the only

@@ -124,9 +124,9 @@ final class SidecarCore: QMPUpstreamCommander {
         let connection = Connection(
             fd: fd, reactor: reactor, maxPendingBytes: configuration.clientOutputLimit, logger: clientLogger)
         connection.onRead = { bytes, fds in
-            if fds.isEmpty, let upstream = self.upstream, let line = self.router.expressCommand(id, bytes) {
+            if fds.isEmpty, let upstream = self.upstream, self.router.expressCommand(id, bytes, line: &self.expressLine) {
                 // The express lane (no metrics then: it is closed while round trips are reported).
-                upstream.send(line)
+                upstream.send(self.expressLine)
                 self.updateClientReading()
                 return
             }
@@ -201,6 +201,9 @@ final class SidecarCore: QMPUpstreamCommander {
         let batch = clientBatches.remove(at: index)
         clients[id]?.send(batch.bytes)
     }
+
+    /// The express lane's output line, kept for its capacity (``ProxyRouter/expressCommand(_:_:line:)``).
+    var expressLine: [UInt8] = []
 
     /// Emptied actions of the last read, kept for their capacity: one array for every read.
     var spareActions: [ProxyRouter.Action] = []

@@ -153,6 +153,10 @@ public struct QMPMessage: Hashable, Sendable {
     /// ``replacingID(with:spare:)`` with the decimal digits of `number` as the new id, written without
     /// an array of their own.
     public func replacingID(with number: UInt64, spare: Int = 0) -> [UInt8] {
+        withDecimalDigits(of: number) { replacingID(withBytes: $0, spare: spare) }
+    }
+
+    private func withDecimalDigits<Result>(of number: UInt64, _ body: (UnsafeBufferPointer<UInt8>) -> Result) -> Result {
         withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 20) { digits in
             var start = digits.count
             var rest = number
@@ -161,38 +165,80 @@ public struct QMPMessage: Hashable, Sendable {
                 digits[start] = UInt8(truncatingIfNeeded: rest % 10) + 0x30
                 rest /= 10
             } while rest > 0
-            return replacingID(withBytes: UnsafeBufferPointer(rebasing: digits[start...]), spare: spare)
+            return body(UnsafeBufferPointer(rebasing: digits[start...]))
         }
     }
 
     /// Results up to this size are assembled on the stack, then copied into their array.
     private static let stackAssemblyLimit = 1024
 
+    /// Where the new id goes: the message's head ends at `headEnd`, then come the tail of the joiner
+    /// `, "id": ` from `joinerStart`, the new id, and the message from `tailStart`.
+    private struct IDSplice {
+        static let joiner: StaticString = ", \"id\": "
+        var headEnd: Int
+        var tailStart: Int
+        var joinerStart: Int
+        var joinerCount: Int { Self.joiner.utf8CodeUnitCount - joinerStart }
+    }
+
+    private func idSplice(hasNewID: Bool) -> IDSplice {
+        var splice = IDSplice(headEnd: bytes.count, tailStart: bytes.count, joinerStart: IDSplice.joiner.utf8CodeUnitCount)
+        if let range = top[.id] {
+            if hasNewID {
+                splice.headEnd = range.lowerBound
+                splice.tailStart = range.upperBound
+            } else if let before = top.valueEndBeforeID {
+                splice.headEnd = before
+                splice.tailStart = range.upperBound
+            } else {
+                splice.headEnd = top.idKeyStart ?? range.lowerBound
+                splice.tailStart = top.keyStartAfterID ?? range.upperBound
+            }
+        } else if hasNewID {
+            splice.headEnd = top.lastValueEnd ?? top.closingBrace
+            splice.tailStart = splice.headEnd
+            splice.joinerStart = top.lastValueEnd == nil ? 2 : 0
+        }
+        return splice
+    }
+
+    /// ``replacingID(withSlice:spare:)`` followed by CR LF, written over `line` (whose capacity a
+    /// caller that reuses it keeps: no allocation once it is large enough).
+    public func writeLine(replacingIDWith newID: ArraySlice<UInt8>?, into line: inout [UInt8]) {
+        guard let newID else { return writeLine(newID: nil, into: &line) }
+        newID.withUnsafeBufferPointer { writeLine(newID: $0, into: &line) }
+    }
+
+    /// ``replacingID(with:spare:)`` (a decimal id) followed by CR LF, written over `line`.
+    public func writeLine(replacingIDWith number: UInt64, into line: inout [UInt8]) {
+        withDecimalDigits(of: number) { writeLine(newID: $0, into: &line) }
+    }
+
+    private func writeLine(newID: UnsafeBufferPointer<UInt8>?, into line: inout [UInt8]) {
+        let splice = idSplice(hasNewID: newID != nil)
+        line.removeAll(keepingCapacity: true)
+        bytes.withUnsafeBufferPointer { bytes in
+            line.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[..<splice.headEnd]))
+            line.append(
+                contentsOf: UnsafeBufferPointer(
+                    start: IDSplice.joiner.utf8Start + splice.joinerStart, count: splice.joinerCount))
+            if let newID { line.append(contentsOf: newID) }
+            line.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[splice.tailStart...]))
+        }
+        line.append(0x0D)
+        line.append(0x0A)
+    }
+
     private func replacingID(withBytes newID: UnsafeBufferPointer<UInt8>?, spare: Int) -> [UInt8] {
         // The result is the message's head, a joiner (`, "id": ` or its tail), the new id and the
         // message's tail: sized once, each piece copied with one memcpy.
-        let joiner: StaticString = ", \"id\": "
-        var headEnd = bytes.count
-        var tailStart = bytes.count
-        var joinerStart = joiner.utf8CodeUnitCount
-        if let range = top[.id] {
-            if newID != nil {
-                headEnd = range.lowerBound
-                tailStart = range.upperBound
-            } else if let before = top.valueEndBeforeID {
-                headEnd = before
-                tailStart = range.upperBound
-            } else {
-                headEnd = top.idKeyStart ?? range.lowerBound
-                tailStart = top.keyStartAfterID ?? range.upperBound
-            }
-        } else if newID != nil {
-            headEnd = top.lastValueEnd ?? top.closingBrace
-            tailStart = headEnd
-            joinerStart = top.lastValueEnd == nil ? 2 : 0
-        }
+        let splice = idSplice(hasNewID: newID != nil)
+        let (headEnd, tailStart, joinerStart, joinerCount) = (
+            splice.headEnd, splice.tailStart, splice.joinerStart, splice.joinerCount
+        )
+        let joiner = IDSplice.joiner
         let newIDCount = newID?.count ?? 0
-        let joinerCount = joiner.utf8CodeUnitCount - joinerStart
         let count = headEnd + joinerCount + newIDCount + bytes.count - tailStart
         return bytes.withUnsafeBufferPointer { bytes in
             func write(_ out: UnsafeMutableBufferPointer<UInt8>) {

@@ -73,7 +73,8 @@ import Testing
             let bytes = Array(text.utf8)
             let a = general.upstreamReceived(bytes)
             let b: [ProxyRouter.Action]
-            if let (client, line) = bytes.withUnsafeBytes({ express.expressReply($0) }) {
+            var line: [UInt8] = Array("stale".utf8)
+            if let client = bytes.withUnsafeBytes({ express.expressReply($0, line: &line) }) {
                 b = [.sendToClient(client, line)]
                 expressReplies += 1
             } else {
@@ -85,7 +86,8 @@ import Testing
             let bytes = Array(text.utf8)
             let a = general.clientReceived(client, bytes)
             let b: [ProxyRouter.Action]
-            if let line = bytes.withUnsafeBytes({ express.expressCommand(client, $0) }) {
+            var line: [UInt8] = Array("stale".utf8)
+            if bytes.withUnsafeBytes({ express.expressCommand(client, $0, line: &line) }) {
                 b = [.sendUpstream(line, fds: [])]
                 expressCommands += 1
             } else {
