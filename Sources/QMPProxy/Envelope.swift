@@ -50,7 +50,7 @@ struct Envelope {
     /// The name in `list` that is the command name QEMU would look up, if any. A plain token (double
     /// quotes, printable ASCII, no escapes) is compared byte for byte, without a string.
     func commandName(in list: CommandNames) -> String? {
-        guard let range = message.execute ?? message.execOOB else { return nil }
+        guard !list.names.isEmpty, let range = message.execute ?? message.execOOB else { return nil }
         // Outer nil: the token is not plain, decode it.
         let found: Int?? = message.bytes.withUnsafeBufferPointer { bytes in
             guard let text = Self.plainText(of: UnsafeBufferPointer(rebasing: bytes[range])) else { return nil }
