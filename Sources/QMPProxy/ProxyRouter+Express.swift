@@ -22,7 +22,9 @@ extension ProxyRouter {
     ) -> Bool {
         guard isExpressOpen else { return false }
         return withSession(clientID) { router, session in
-            guard session.isExpressReady, let (message, _) = session.framer.loneObject(bytes) else { return false }
+            guard session.isExpressReady,
+                let (message, _) = session.framer.loneObject(bytes, storage: &router.expressCommandBytes)
+            else { return false }
             let envelope = Envelope(message)
             // Local, observed and OOB commands, and objects without `execute`, take the general path.
             guard message.execute != nil, !envelope.hasExecOOB,
@@ -48,7 +50,8 @@ extension ProxyRouter {
     /// ``upstreamReceived(_:into:)`` would have put them in its only action, and returns the client.
     /// Nil, changing nothing, for any other read.
     public mutating func expressReply(_ bytes: UnsafeRawBufferPointer, line: inout [UInt8]) -> ClientID? {
-        guard isExpressOpen, let message = upstreamFramer.loneMessage(bytes) else { return nil }
+        guard isExpressOpen, let message = upstreamFramer.loneMessage(bytes, storage: &expressReplyBytes)
+        else { return nil }
         let envelope = Envelope(message)
         guard !envelope.isGreeting, message.event == nil, envelope.isReply, let id = envelope.sidecarID,
             let (clientID, originalID) = pending.read(Int(truncatingIfNeeded: id), Self.expressEntry) ?? nil,

@@ -51,9 +51,15 @@ extension QMPMessage {
     /// The object at the start of `bytes` when QEMU's grammar accepts it and the framer would deliver
     /// exactly its bytes (no whitespace run it would shorten), with its length.
     static func parseLeading(_ bytes: UnsafeBufferPointer<UInt8>) -> (QMPMessage, length: Int)? {
+        guard let (top, end) = scanLeading(bytes) else { return nil }
+        return (QMPMessage(bytes: Array(UnsafeBufferPointer(rebasing: bytes[..<end])), top: top), end)
+    }
+
+    /// ``parseLeading(_:)`` without making the message: its members' offsets and its length.
+    static func scanLeading(_ bytes: UnsafeBufferPointer<UInt8>) -> (MessageOffsets, length: Int)? {
         guard let (top, end, longestWhitespaceRun) = try? QMPGrammar.scanLeading(bytes), top.isObject,
             longestWhitespaceRun <= QMPFramer.maxWhitespaceRun
         else { return nil }
-        return (QMPMessage(bytes: Array(UnsafeBufferPointer(rebasing: bytes[..<end])), top: top.offsets), end)
+        return (top.offsets, end)
     }
 }
