@@ -124,7 +124,8 @@ final class SidecarCore: QMPUpstreamCommander {
         let connection = Connection(
             fd: fd, reactor: reactor, maxPendingBytes: configuration.clientOutputLimit, logger: clientLogger)
         connection.onRead = { bytes, fds in
-            if fds.isEmpty, let upstream = self.upstream, self.router.expressCommand(id, bytes, line: &self.expressLine) {
+            if fds.isEmpty, let upstream = self.upstream, self.router.expressCommand(id, bytes, line: &self.expressLine)
+            {
                 // The express lane (no metrics then: it is closed while round trips are reported).
                 upstream.send(self.expressLine)
                 self.updateClientReading()

@@ -156,7 +156,8 @@ public struct QMPMessage: Hashable, Sendable {
         withDecimalDigits(of: number) { replacingID(withBytes: $0, spare: spare) }
     }
 
-    private func withDecimalDigits<Result>(of number: UInt64, _ body: (UnsafeBufferPointer<UInt8>) -> Result) -> Result {
+    private func withDecimalDigits<Result>(of number: UInt64, _ body: (UnsafeBufferPointer<UInt8>) -> Result) -> Result
+    {
         withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 20) { digits in
             var start = digits.count
             var rest = number
@@ -183,7 +184,8 @@ public struct QMPMessage: Hashable, Sendable {
     }
 
     private func idSplice(hasNewID: Bool) -> IDSplice {
-        var splice = IDSplice(headEnd: bytes.count, tailStart: bytes.count, joinerStart: IDSplice.joiner.utf8CodeUnitCount)
+        var splice = IDSplice(
+            headEnd: bytes.count, tailStart: bytes.count, joinerStart: IDSplice.joiner.utf8CodeUnitCount)
         if let range = top[.id] {
             if hasNewID {
                 splice.headEnd = range.lowerBound
