@@ -21,28 +21,32 @@ extension ProxyRouter {
         _ clientID: ClientID, _ bytes: UnsafeRawBufferPointer, line: inout [UInt8]
     ) -> Bool {
         guard isExpressOpen else { return false }
-        return withSession(clientID) { router, session in
-            guard session.isExpressReady,
-                let (message, _) = session.framer.loneObject(bytes, storage: &router.expressCommandBytes)
-            else { return false }
-            let envelope = Envelope(message)
-            // Local, observed and OOB commands, and objects without `execute`, take the general path.
-            guard message.execute != nil, !envelope.hasExecOOB,
-                envelope.commandName(in: router.localCommandNames) == nil,
-                envelope.commandName(in: router.observedCommandNames) == nil,
-                router.scheduler.admitNow(kind: .command, from: clientID)
-            else { return false }
+        // The session is read, then changed in place, not checked out: the router's own state
+        // changes in between.
+        var storage: [UInt8] = []
+        swap(&storage, &expressCommandBytes)
+        defer { swap(&storage, &expressCommandBytes) }
+        guard
+            let (message, _) = clients.read(
+                clientID, { $0.isExpressReady ? $0.framer.loneObject(bytes, storage: &storage) : nil }) ?? nil
+        else { return false }
+        let envelope = Envelope(message)
+        // Local, observed and OOB commands, and objects without `execute`, take the general path.
+        guard message.execute != nil, !envelope.hasExecOOB, envelope.commandName(in: localCommandNames) == nil,
+            envelope.commandName(in: observedCommandNames) == nil, scheduler.admitNow(kind: .command, from: clientID)
+        else { return false }
+        let id = allocateID()
+        clients.withValue(forKey: clientID) { session in
             session.framer.consumeLoneObject(byteCount: bytes.count)
             session.received += bytes.count
-            let id = router.allocateID()
-            router.pending[Int(truncatingIfNeeded: id)] = .client(
-                clientID, originalID: envelope.idSlice, kind: .command, observed: nil)
             session.enqueue(.waiting(id))
-            router.traffic.fromClients += 1
-            router.traffic.toQEMU += 1
-            message.writeLine(replacingIDWith: id, into: &line)
-            return true
-        } ?? false
+        }
+        pending[Int(truncatingIfNeeded: id)] = .client(
+            clientID, originalID: envelope.idSlice, kind: .command, observed: nil)
+        traffic.fromClients += 1
+        traffic.toQEMU += 1
+        message.writeLine(replacingIDWith: id, into: &line)
+        return true
     }
 
     /// QEMU's read that is one whole reply to a client's in-band command whose reply that client
