@@ -123,6 +123,33 @@ import Testing
         rig.expectBoundedMemory()
     }
 
+    /// The same client, but sending one command at a time with pauses: each command and its reply is
+    /// a read of its own, which the express lane routes, so its replies pile up there until the bound.
+    @Test func clientThatNeverReadsOneCommandAtATime() throws {
+        let rig = try Rig(sidecar: ["--client-output-limit", "65536"])
+        let bystander = try rig.wellBehavedClient()
+        let baseline = rig.descriptors
+        let stuck = try TestClient.connecting(to: rig.sidecar.listenPath)
+        try stuck.negotiate()
+        // A 4 KB id makes each reply 4 KB: 400 of them are past the socket buffers and the bound. The
+        // pause lets each reply come back before the next command, so no command waits in a queue.
+        let id = String(repeating: "x", count: 4096)
+        let command = Array(#"{"execute": "query-status", "id": "\#(id)"}"#.utf8)
+        let fd = stuck.fd
+        Thread {
+            for _ in 0..<400 {
+                let n = command.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                if n <= 0 { break }
+                usleep(2_000)
+            }
+        }.start()
+        #expect(waitFor(seconds: 30) { rig.sidecar.log.contains("client stopped reading: disconnecting it") })
+        try expectRoundTrips(bystander, 20, tag: "b")
+        _ = consume stuck
+        rig.expectDescriptors(baseline)
+        rig.expectBoundedMemory()
+    }
+
     @Test func clientPipelining100kCommands() throws {
         let rig = try Rig()
         let bystander = try rig.wellBehavedClient()
