@@ -2,7 +2,7 @@
 SWIFT ?= swift
 CONFIG ?= debug
 
-.PHONY: all deps build release static install demo test test-install test-libvirt lint format bench bench-instructions fuzz vfio-lab clean-lab
+.PHONY: all deps build release static install demo test test-install test-libvirt lint format bench bench-instructions bench-footprint fuzz vfio-lab clean-lab
 
 all: build
 
@@ -90,6 +90,10 @@ bench: release
 # User-space instructions per round trip (valgrind), and the functions they go to: compares builds.
 bench-instructions: release
 	bench/instructions.sh 30
+
+# What a cold code or data line costs in user CPU on this machine, on the C floor itself.
+bench-footprint:
+	bench/footprint.sh
 
 fuzz: deps
 	fuzz/run.sh 60
