@@ -27,7 +27,7 @@ extension ProxyRouter {
         swap(&storage, &expressCommandBytes)
         defer { swap(&storage, &expressCommandBytes) }
         guard
-            let (message, _) = clients.read(
+            let message = clients.read(
                 clientID, { $0.isExpressReady ? $0.framer.loneObject(bytes, storage: &storage) : nil }) ?? nil
         else { return false }
         let envelope = Envelope(message)

@@ -3,14 +3,12 @@
 
 extension QMPFramer {
     /// The object that `bytes` hold when they are one object followed by whitespace only, starting
-    /// between units, as ``append(_:parsed:frame:)`` would hand it to `parsed` (with the same `end`).
-    /// Nil for anything else. Consumes nothing: call ``consumeLoneObject(byteCount:)`` to take it.
+    /// between units, as ``append(_:parsed:frame:)`` would hand it to `parsed`. Nil for anything
+    /// else. Consumes nothing: call ``consumeLoneObject(byteCount:)`` to take it.
     ///
     /// The message's bytes are copied into `storage` and shared with it: a caller that keeps
     /// `storage` gets its buffer back without an allocation once every message made from it is gone.
-    public func loneObject(
-        _ bytes: UnsafeRawBufferPointer, storage: inout [UInt8]
-    ) -> (message: QMPMessage, end: Int)? {
+    public func loneObject(_ bytes: UnsafeRawBufferPointer, storage: inout [UInt8]) -> QMPMessage? {
         let all = bytes.bindMemory(to: UInt8.self)
         guard hasQEMULimits, isBetweenUnits, !all.isEmpty, all[0] == UInt8(ascii: "{"),
             all.count <= Self.parsedUnitLimit, let (top, length) = QMPMessage.scanLeading(all)
@@ -18,10 +16,11 @@ extension QMPFramer {
         for b in all[length...] where !b.isJSONWhitespace { return nil }
         storage.removeAll(keepingCapacity: true)
         storage.append(contentsOf: UnsafeBufferPointer(rebasing: all[..<length]))
-        return (QMPMessage(bytes: storage, top: top), streamOffset + length)
+        return QMPMessage(bytes: storage, top: top)
     }
 
-    /// Takes the `count` bytes that ``loneObject(_:)`` accepted, as ``append(_:parsed:frame:)`` would.
+    /// Takes the `count` bytes that ``loneObject(_:storage:)`` accepted, as ``append(_:parsed:frame:)``
+    /// would.
     public mutating func consumeLoneObject(byteCount count: Int) {
         skipUnits(byteCount: count)
     }
