@@ -17,11 +17,19 @@ enum QMPOutputScan {
     /// The members of the object at the start of `bytes` and the index just past its closing brace;
     /// nil also when the object does not end within `bytes`.
     static func leadingObject(of bytes: UnsafeBufferPointer<UInt8>) -> (MessageOffsets, end: Int)? {
+        leadingObject(of: bytes, rules: WriterOutput.self)
+    }
+
+    /// ``leadingObject(of:)`` with what is accepted between the structure's marks left to `rules`.
+    static func leadingObject<Rules: ObjectScanRules>(
+        of bytes: UnsafeBufferPointer<UInt8>, rules: Rules.Type
+    ) -> (MessageOffsets, end: Int)? {
         let n = bytes.count
         var offsets = MessageOffsets()
-        var i = skipWhitespace(bytes, from: 0)
-        guard i < n, bytes[i] == UInt8(ascii: "{") else { return nil }
-        i = skipWhitespace(bytes, from: i + 1)
+        var i = 0
+        guard skipWhitespace(bytes, &i, rules), i < n, bytes[i] == UInt8(ascii: "{") else { return nil }
+        i += 1
+        guard skipWhitespace(bytes, &i, rules) else { return nil }
         if i < n, bytes[i] == UInt8(ascii: "}") {
             offsets.closingBrace = i
             return (offsets, i + 1)
@@ -37,11 +45,16 @@ enum QMPOutputScan {
             }
             let keyEnd = quoteOrBackslash(bytes, from: i + 1)
             guard keyEnd < n, bytes[keyEnd] == UInt8(ascii: "\"") else { return nil }
-            i = skipWhitespace(bytes, from: keyEnd + 1)
-            guard i < n, bytes[i] == UInt8(ascii: ":") else { return nil }
-            let valueStart = skipWhitespace(bytes, from: i + 1)
-            guard let valueEnd = valueEnd(bytes, from: valueStart) else { return nil }
-            if let member = QMPMessage.Member(key: UnsafeBufferPointer(rebasing: bytes[(keyStart + 1)..<keyEnd])) {
+            let key = UnsafeBufferPointer(rebasing: bytes[(keyStart + 1)..<keyEnd])
+            let member = QMPMessage.Member(key: key)
+            guard Rules.accepts(key: key, naming: member) else { return nil }
+            i = keyEnd + 1
+            guard skipWhitespace(bytes, &i, rules), i < n, bytes[i] == UInt8(ascii: ":") else { return nil }
+            i += 1
+            guard skipWhitespace(bytes, &i, rules) else { return nil }
+            let valueStart = i
+            guard let valueEnd = Rules.valueEnd(bytes, from: valueStart) else { return nil }
+            if let member {
                 guard offsets[member] == nil else { return nil }
                 offsets[member] = valueStart..<valueEnd
                 if member == .id {
@@ -52,19 +65,30 @@ enum QMPOutputScan {
             }
             offsets.lastValueEnd = valueEnd
             previousValueEnd = valueEnd
-            i = skipWhitespace(bytes, from: valueEnd)
-            guard i < n else { return nil }
+            i = valueEnd
+            guard skipWhitespace(bytes, &i, rules), i < n else { return nil }
             if bytes[i] == UInt8(ascii: "}") {
                 offsets.closingBrace = i
                 return (offsets, i + 1)
             }
             guard bytes[i] == UInt8(ascii: ",") else { return nil }
-            i = skipWhitespace(bytes, from: i + 1)
+            i += 1
+            guard skipWhitespace(bytes, &i, rules) else { return nil }
         }
     }
 
+    /// Moves `i` past whitespace; false when the run is longer than `rules` accept.
     @inline(__always)
-    private static func skipWhitespace(_ bytes: UnsafeBufferPointer<UInt8>, from start: Int) -> Int {
+    private static func skipWhitespace<Rules: ObjectScanRules>(
+        _ bytes: UnsafeBufferPointer<UInt8>, _ i: inout Int, _ rules: Rules.Type
+    ) -> Bool {
+        let start = i
+        i = skipWhitespace(bytes, from: i)
+        return i - start <= Rules.maxWhitespaceRun
+    }
+
+    @inline(__always)
+    static func skipWhitespace(_ bytes: UnsafeBufferPointer<UInt8>, from start: Int) -> Int {
         var i = start
         while i < bytes.count, bytes[i].isJSONWhitespace {
             i += 1
@@ -74,7 +98,7 @@ enum QMPOutputScan {
 
     /// The index just past the value starting at `start`: a string, an object or array (to its matching
     /// bracket, strings followed), or a scalar token (number, keyword, `inf`, `nan`).
-    private static func valueEnd(_ bytes: UnsafeBufferPointer<UInt8>, from start: Int) -> Int? {
+    static func valueEnd(_ bytes: UnsafeBufferPointer<UInt8>, from start: Int) -> Int? {
         let n = bytes.count
         guard start < n else { return nil }
         var i = start
@@ -121,7 +145,7 @@ enum QMPOutputScan {
     /// The index of the first `"` or `\` at or after `start` (at least `bytes.count` when none):
     /// eight bytes at a time while eight remain, since strings make up most of a reply.
     @inline(__always)
-    private static func quoteOrBackslash(_ bytes: UnsafeBufferPointer<UInt8>, from start: Int) -> Int {
+    static func quoteOrBackslash(_ bytes: UnsafeBufferPointer<UInt8>, from start: Int) -> Int {
         var i = start
         if let base = bytes.baseAddress {
             let ones: UInt64 = 0x0101_0101_0101_0101
