@@ -34,8 +34,8 @@ extension SidecarCore {
             qemuPID = configuration.qemuPID
         }
         connection.onRead = { bytes, fds in
-            if fds.isEmpty, let client = self.router.expressReply(bytes, line: &self.expressLine) {
-                self.clients.read(client) { $0.send(self.expressLine) }  // the express lane
+            if fds.isEmpty, let client = self.router.expressReply(bytes, line: &self.expressReplyLine) {
+                self.clients.read(client) { $0.send(self.expressReplyLine) }  // the express lane
                 self.updateClientReading()
                 return
             }

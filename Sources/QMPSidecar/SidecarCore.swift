@@ -124,10 +124,11 @@ final class SidecarCore: QMPUpstreamCommander {
         let connection = Connection(
             fd: fd, reactor: reactor, maxPendingBytes: configuration.clientOutputLimit, logger: clientLogger)
         connection.onRead = { bytes, fds in
-            if fds.isEmpty, let upstream = self.upstream, self.router.expressCommand(id, bytes, line: &self.expressLine)
+            if fds.isEmpty, let upstream = self.upstream,
+                self.router.expressCommand(id, bytes, line: &self.expressCommandLine)
             {
                 // The express lane (no metrics then: it is closed while round trips are reported).
-                upstream.send(self.expressLine)
+                upstream.send(self.expressCommandLine)
                 self.updateClientReading()
                 return
             }
@@ -203,8 +204,11 @@ final class SidecarCore: QMPUpstreamCommander {
         clients[id]?.send(batch.bytes)
     }
 
-    /// The express lane's output line, kept for its capacity (``ProxyRouter/expressCommand(_:_:line:)``).
-    var expressLine: [UInt8] = []
+    /// The express lane's output lines, kept for their capacity (``ProxyRouter/expressCommand(_:_:line:)``,
+    /// ``ProxyRouter/expressReply(_:line:)``): one for each direction, so a line is usually rewritten at
+    /// the length it had.
+    var expressCommandLine: [UInt8] = []
+    var expressReplyLine: [UInt8] = []
 
     /// Emptied actions of the last read, kept for their capacity: one array for every read.
     var spareActions: [ProxyRouter.Action] = []

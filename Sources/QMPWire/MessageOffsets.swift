@@ -2,17 +2,22 @@
 ///
 /// Held inline, with no reference inside: the parser fills one per message and the router passes
 /// messages by value, so an array here (an allocation, and a retain and release on every copy of a
-/// message) would cost more than the scan itself.
+/// message) would cost more than the scan itself. Offsets are 32-bit: a message is then small enough
+/// to be copied by a few vector moves instead of a call to `memcpy` (the express lane copies one
+/// about twenty times per round trip), and the scans refuse messages past ``maxBytes``.
 struct MessageOffsets: Hashable, Sendable {
+    /// The largest message whose offsets fit (2 GiB).
+    static let maxBytes = Int(Int32.max)
+
     private static let slotCount = 23
-    private static let absent = -1
+    private static let absent: Int32 = -1
     private static let idKeyStartSlot = 18
     private static let valueEndBeforeIDSlot = 19
     private static let keyStartAfterIDSlot = 20
     private static let lastValueEndSlot = 21
     private static let closingBraceSlot = 22
 
-    private var slots = InlineArray<23, Int>(repeating: MessageOffsets.absent)
+    private var slots = InlineArray<23, Int32>(repeating: MessageOffsets.absent)
 
     /// The value range of a top-level member, if present.
     subscript(member: QMPMessage.Member) -> Range<Int>? {
@@ -78,10 +83,10 @@ struct MessageOffsets: Hashable, Sendable {
 
     @inline(__always) private func offset(_ slot: Int) -> Int? {
         let value = slots[slot]
-        return value == Self.absent ? nil : value
+        return value == Self.absent ? nil : Int(value)
     }
 
     @inline(__always) private mutating func setOffset(_ slot: Int, _ value: Int?) {
-        slots[slot] = value ?? Self.absent
+        slots[slot] = value.map { Int32($0) } ?? Self.absent
     }
 }

@@ -14,8 +14,7 @@ extension QMPFramer {
             all.count <= Self.parsedUnitLimit, let (top, length) = QMPMessage.scanLeading(all)
         else { return nil }
         for b in all[length...] where !b.isJSONWhitespace { return nil }
-        storage.removeAll(keepingCapacity: true)
-        storage.append(contentsOf: UnsafeBufferPointer(rebasing: all[..<length]))
+        storage.overwrite(with: UnsafeBufferPointer(rebasing: all[..<length]))
         return QMPMessage(bytes: storage, top: top)
     }
 
@@ -37,8 +36,7 @@ extension QMPOutputFramer {
             let (offsets, end) = QMPOutputScan.leadingObject(of: all)
         else { return nil }
         for b in all[end...] where b != 0x0D && b != 0x0A && b != 0x20 { return nil }
-        storage.removeAll(keepingCapacity: true)
-        storage.append(contentsOf: UnsafeBufferPointer(rebasing: all[..<end]))
+        storage.overwrite(with: UnsafeBufferPointer(rebasing: all[..<end]))
         return QMPMessage(bytes: storage, top: offsets)
     }
 }

@@ -49,6 +49,8 @@ struct QMPGrammar {
     static func scan(_ bytes: UnsafeBufferPointer<UInt8>, acceptNonFinite: Bool = false) throws(QMPInputError)
         -> TopLevel
     {
+        // Offsets are 32-bit (``MessageOffsets``); QEMU's own input limits are far below this.
+        guard bytes.count <= MessageOffsets.maxBytes else { throw .tokenSize }
         var parser = QMPGrammar(bytes: bytes, build: false)
         parser.acceptNonFinite = acceptNonFinite
         _ = try parser.parseWhole()
@@ -61,6 +63,7 @@ struct QMPGrammar {
     static func scanLeading(_ bytes: UnsafeBufferPointer<UInt8>) throws(QMPInputError) -> (
         TopLevel, end: Int, longestWhitespaceRun: Int
     ) {
+        guard bytes.count <= MessageOffsets.maxBytes else { throw .tokenSize }
         var parser = QMPGrammar(bytes: bytes, build: false)
         _ = try parser.parseValue(depth: 0)
         // An object or array ends with its closing token popped: nothing is peeked past it.

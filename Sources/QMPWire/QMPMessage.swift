@@ -181,6 +181,10 @@ public struct QMPMessage: Hashable, Sendable {
         var tailStart: Int
         var joinerStart: Int
         var joinerCount: Int { Self.joiner.utf8CodeUnitCount - joinerStart }
+        /// The length of the spliced message.
+        func count(messageCount: Int, newIDCount: Int) -> Int {
+            headEnd + joinerCount + newIDCount + messageCount - tailStart
+        }
     }
 
     private func idSplice(hasNewID: Bool) -> IDSplice {
@@ -219,56 +223,49 @@ public struct QMPMessage: Hashable, Sendable {
 
     private func writeLine(newID: UnsafeBufferPointer<UInt8>?, into line: inout [UInt8]) {
         let splice = idSplice(hasNewID: newID != nil)
-        line.removeAll(keepingCapacity: true)
-        bytes.withUnsafeBufferPointer { bytes in
-            line.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[..<splice.headEnd]))
-            line.append(
-                contentsOf: UnsafeBufferPointer(
-                    start: IDSplice.joiner.utf8Start + splice.joinerStart, count: splice.joinerCount))
-            if let newID { line.append(contentsOf: newID) }
-            line.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[splice.tailStart...]))
+        let count = splice.count(messageCount: bytes.count, newIDCount: newID?.count ?? 0)
+        line.overwrite(count: count + 2) { out in
+            write(splice, newID: newID, to: out.baseAddress!)
+            out[count] = 0x0D
+            out[count + 1] = 0x0A
         }
-        line.append(0x0D)
-        line.append(0x0A)
     }
 
     private func replacingID(withBytes newID: UnsafeBufferPointer<UInt8>?, spare: Int) -> [UInt8] {
         // The result is the message's head, a joiner (`, "id": ` or its tail), the new id and the
         // message's tail: sized once, each piece copied with one memcpy.
         let splice = idSplice(hasNewID: newID != nil)
-        let (headEnd, tailStart, joinerStart, joinerCount) = (
-            splice.headEnd, splice.tailStart, splice.joinerStart, splice.joinerCount
-        )
-        let joiner = IDSplice.joiner
-        let newIDCount = newID?.count ?? 0
-        let count = headEnd + joinerCount + newIDCount + bytes.count - tailStart
-        return bytes.withUnsafeBufferPointer { bytes in
-            func write(_ out: UnsafeMutableBufferPointer<UInt8>) {
-                guard var to = out.baseAddress, let from = bytes.baseAddress else { return }
-                func put(_ source: UnsafePointer<UInt8>, _ length: Int) {
-                    to.initialize(from: source, count: length)
-                    to += length
-                }
-                put(from, headEnd)
-                put(joiner.utf8Start + joinerStart, joinerCount)
-                if let newID, let base = newID.baseAddress { put(base, newIDCount) }
-                put(from + tailStart, bytes.count - tailStart)
+        let count = splice.count(messageCount: bytes.count, newIDCount: newID?.count ?? 0)
+        guard count + spare <= Self.stackAssemblyLimit else {
+            // This initializer has a large fixed cost (an unspecialized allocation): paid once
+            // for a big message, it saves a copy.
+            return [UInt8](unsafeUninitializedCapacity: count + spare) { out, initialized in
+                write(splice, newID: newID, to: out.baseAddress!)
+                initialized = count
             }
-            guard count + spare <= Self.stackAssemblyLimit else {
-                // This initializer has a large fixed cost (an unspecialized allocation): paid once
-                // for a big message, it saves a copy.
-                return [UInt8](unsafeUninitializedCapacity: count + spare) { out, initialized in
-                    write(out)
-                    initialized = count
-                }
+        }
+        // A small message is assembled on the stack: an array copied from a buffer costs least.
+        var result = withUnsafeTemporaryAllocation(of: UInt8.self, capacity: count) { temp in
+            write(splice, newID: newID, to: temp.baseAddress!)
+            return Array(temp)
+        }
+        result.reserveCapacity(count + spare)  // usually within what the allocation already has
+        return result
+    }
+
+    /// Writes the message's head, the joiner, the new id and the message's tail at `to`: one memcpy each.
+    private func write(_ splice: IDSplice, newID: UnsafeBufferPointer<UInt8>?, to start: UnsafeMutablePointer<UInt8>) {
+        bytes.withUnsafeBufferPointer { bytes in
+            guard let from = bytes.baseAddress else { return }
+            var to = start
+            func put(_ source: UnsafePointer<UInt8>, _ length: Int) {
+                to.update(from: source, count: length)
+                to += length
             }
-            // A small message is assembled on the stack: an array copied from a buffer costs least.
-            var result = withUnsafeTemporaryAllocation(of: UInt8.self, capacity: count) { temp in
-                write(temp)
-                return Array(temp)
-            }
-            result.reserveCapacity(count + spare)  // usually within what the allocation already has
-            return result
+            put(from, splice.headEnd)
+            put(IDSplice.joiner.utf8Start + splice.joinerStart, splice.joinerCount)
+            if let newID, let base = newID.baseAddress { put(base, newID.count) }
+            put(from + splice.tailStart, bytes.count - splice.tailStart)
         }
     }
 

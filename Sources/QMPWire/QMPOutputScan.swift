@@ -25,6 +25,7 @@ enum QMPOutputScan {
         of bytes: UnsafeBufferPointer<UInt8>, rules: Rules.Type
     ) -> (MessageOffsets, end: Int)? {
         let n = bytes.count
+        guard n <= MessageOffsets.maxBytes else { return nil }
         var offsets = MessageOffsets()
         var i = 0
         guard skipWhitespace(bytes, &i, rules), i < n, bytes[i] == UInt8(ascii: "{") else { return nil }
