@@ -97,9 +97,10 @@ public final class Reactor {
     private var freeSlots: [Int] = []
     private var liveRegistrations = 0
     private let epollFD: Int32
-    /// Ready events of one `epoll_wait`: their ``Events`` bits and registration ids.
-    private var readyMasks = [UInt32](repeating: 0, count: 64)
-    private var readyTokens = [UInt64](repeating: 0, count: 64)
+    /// Ready events of one `epoll_wait`: their ``Events`` bits and registration ids. Raw memory, not
+    /// arrays: a wake-up touches no reference count and no uniqueness check.
+    private let readyMasks = UnsafeMutableBufferPointer<UInt32>.allocate(capacity: 64)
+    private let readyTokens = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: 64)
     private var nextID: UInt64 = 1
     private var timers: [UInt64: () -> Void] = [:]
     private var heap: [HeapEntry] = []
@@ -141,6 +142,8 @@ public final class Reactor {
         Glibc.close(epollFD)
         readBuffer.deallocate()
         fdBuffer.deallocate()
+        readyMasks.deallocate()
+        readyTokens.deallocate()
     }
 
     // MARK: Descriptors
@@ -280,12 +283,8 @@ public final class Reactor {
     }
 
     private func runOnce(timeoutNanoseconds: Int64) throws(RuntimeError) {
-        let capacity = Int32(readyTokens.count)
-        let ready = readyMasks.withUnsafeMutableBufferPointer { masks in
-            readyTokens.withUnsafeMutableBufferPointer { tokens in
-                cqmp_epoll_wait_ns(epollFD, masks.baseAddress, tokens.baseAddress, capacity, timeoutNanoseconds)
-            }
-        }
+        let ready = cqmp_epoll_wait_ns(
+            epollFD, readyMasks.baseAddress, readyTokens.baseAddress, Int32(readyTokens.count), timeoutNanoseconds)
         if ready < 0 {
             let err = errno
             if err == EINTR { return }

@@ -13,7 +13,8 @@ import Glibc
 ///   of a userspace hop) and a byte pump on qmp-sidecar's own runtime (`qmp-bench shell-floor`, the
 ///   floor of its I/O shell), interleaved command by command with a rotating start.
 /// - CPU: user/system time and involuntary context switches per round trip of qmp-sidecar and both
-///   floors, from `/proc/PID/stat` and `/proc/PID/status` around the latency run.
+///   floors, from `/proc/PID/stat` and `/proc/PID/status` around the latency run; then user/system
+///   time of each of them with its path alone (no other path's round trips in between).
 /// - Pipelined throughput, direct vs qmp-sidecar, alternating rounds.
 /// - Fairness: one client floods `query-qmp-schema` and stops reading; another client's command
 ///   latency, with monitors of their own vs through the shared sidecar.
@@ -169,6 +170,23 @@ struct ProxyBenchmark: ParsableCommand {
             }
         }
 
+        // The same paths one at a time: what a round trip costs the process when no other path runs
+        // between two of its round trips (a manager alone on its monitor), next to both floors.
+        print("\nCPU per round trip, each path alone (\(iterations) round trips each)   user µs   sys µs")
+        for (index, (name, path)) in [("qmp-sidecar", 1), ("floor", 3), ("shell floor (qmp-sidecar's runtime)", 4)]
+            .enumerated()
+        {
+            let cost = try loneCost(connections[path], pid: pids[index])
+            print(
+                name.padding(toLength: 47, withPad: " ", startingAt: 0)
+                    + String(format: "%9.2f%9.2f", cost.user, cost.system))
+            if index == 0 {
+                report.add(
+                    "sidecar user CPU, one client alone", String(format: "%.2f µs/RT", cost.user),
+                    target: "<= 5 µs/RT", met: cost.user <= 5)
+            }
+        }
+
         let rates = try pipelinedRates(direct: connections[0], sidecar: connections[1])
         report.add(
             "pipelined throughput sidecar/direct", String(format: "%.3f", rates.sidecar / rates.direct),
@@ -192,6 +210,15 @@ struct ProxyBenchmark: ParsableCommand {
             "sidecar RSS", String(format: "%.1f MB", Double(idle.rssKiB) / 1024), target: "<= 20 MB",
             met: idle.rssKiB <= 20 * 1024)
         report.print(load: Self.loadAverage)
+    }
+
+    /// User and system CPU per round trip of `pid` while `connection` alone does `iterations` round trips.
+    private func loneCost(_ connection: BenchConnection, pid: pid_t) throws -> (user: Double, system: Double) {
+        for i in 0..<warmup { _ = try connection.roundTrip(command: command, id: i) }
+        let before = try ProcessSample(pid: pid)
+        for i in 0..<iterations { _ = try connection.roundTrip(command: command, id: i) }
+        let cost = ProcessSample.perOperation(from: before, to: try ProcessSample(pid: pid), operations: iterations)
+        return (cost.user, cost.system)
     }
 
     private func pipelinedRates(direct: BenchConnection, sidecar: BenchConnection) throws -> (
