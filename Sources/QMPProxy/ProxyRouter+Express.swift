@@ -32,8 +32,8 @@ extension ProxyRouter {
         else { return false }
         let envelope = Envelope(message)
         // Local, observed and OOB commands, and objects without `execute`, take the general path.
-        guard message.execute != nil, !envelope.hasExecOOB, envelope.commandName(in: localCommandNames) == nil,
-            envelope.commandName(in: observedCommandNames) == nil, scheduler.admitNow(kind: .command, from: clientID)
+        guard message.execute != nil, !envelope.hasExecOOB, envelope.commandName(in: generalPathCommandNames) == nil,
+            scheduler.admitNow(kind: .command, from: clientID)
         else { return false }
         let id = allocateID()
         clients.withValue(forKey: clientID) { session in

@@ -174,6 +174,8 @@ public struct ProxyRouter: Sendable {
     /// and hashing that (twice per command).
     let localCommandNames: CommandNames
     let observedCommandNames: CommandNames
+    /// Both lists in one: the commands the express lane leaves to the general path, found by one search.
+    let generalPathCommandNames: CommandNames
     /// The commands that take the fds a client passed (QEMU's `getfd` and `add-fd`).
     static let fdCommandNames = CommandNames(["getfd", "add-fd"])
     var phase = UpstreamPhase.awaitingGreeting
@@ -203,6 +205,7 @@ public struct ProxyRouter: Sendable {
         self.configuration = configuration
         self.localCommandNames = CommandNames(configuration.localCommands)
         self.observedCommandNames = CommandNames(configuration.observedCommands)
+        self.generalPathCommandNames = CommandNames(configuration.localCommands.union(configuration.observedCommands))
         self.clientGateOpen = !configuration.gateClientCommands
         self.scheduler = FairScheduler(
             maxInFlight: configuration.maxClientInFlight, loneInFlight: configuration.maxLoneClientInFlight,

@@ -35,6 +35,12 @@ struct ProxyBenchmark: ParsableCommand {
     @Option(help: "Round trips per path (CPU figures need >= 10000).")
     var iterations = 10000
 
+    @Option(
+        help: """
+            Round trips per path alone, for its CPU figure. User and system time are split by sampling the             clock tick (250 Hz here): the more round trips, the less that split varies between runs.
+            """)
+    var loneIterations = 30000
+
     @Option(help: "Warm-up round trips per path (not counted).")
     var warmup = 300
 
@@ -172,7 +178,7 @@ struct ProxyBenchmark: ParsableCommand {
 
         // The same paths one at a time: what a round trip costs the process when no other path runs
         // between two of its round trips (a manager alone on its monitor), next to both floors.
-        print("\nCPU per round trip, each path alone (\(iterations) round trips each)   user µs   sys µs")
+        print("\nCPU per round trip, each path alone (\(loneIterations) round trips each)   user µs   sys µs")
         for (index, (name, path)) in [("qmp-sidecar", 1), ("floor", 3), ("shell floor (qmp-sidecar's runtime)", 4)]
             .enumerated()
         {
@@ -212,12 +218,13 @@ struct ProxyBenchmark: ParsableCommand {
         report.print(load: Self.loadAverage)
     }
 
-    /// User and system CPU per round trip of `pid` while `connection` alone does `iterations` round trips.
+    /// User and system CPU per round trip of `pid` while `connection` alone does `loneIterations` round trips.
     private func loneCost(_ connection: BenchConnection, pid: pid_t) throws -> (user: Double, system: Double) {
         for i in 0..<warmup { _ = try connection.roundTrip(command: command, id: i) }
         let before = try ProcessSample(pid: pid)
-        for i in 0..<iterations { _ = try connection.roundTrip(command: command, id: i) }
-        let cost = ProcessSample.perOperation(from: before, to: try ProcessSample(pid: pid), operations: iterations)
+        for i in 0..<loneIterations { _ = try connection.roundTrip(command: command, id: i) }
+        let cost = ProcessSample.perOperation(
+            from: before, to: try ProcessSample(pid: pid), operations: loneIterations)
         return (cost.user, cost.system)
     }
 
