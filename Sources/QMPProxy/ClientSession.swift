@@ -44,7 +44,7 @@ struct ClientSession: Sendable {
     }
 
     /// Whether a read may take the express lane: negotiated, no fds held, nothing deferred (the
-    /// framer's own state is checked by ``QMPFramer/loneObject(_:storage:)``).
+    /// framer's own state is checked by ``QMPFramer/loneObject(_:)``).
     var isExpressReady: Bool {
         guard case .negotiated = phase else { return false }
         return heldFDs == nil && deferred.isEmpty

@@ -54,13 +54,7 @@ struct Envelope {
         // Outer nil: the token is not plain, decode it.
         let found: Int?? = message.bytes.withUnsafeBufferPointer { bytes in
             guard let text = Self.plainText(of: UnsafeBufferPointer(rebasing: bytes[range])) else { return nil }
-            return .some(
-                list.utf8.firstIndex { name in
-                    name.count == text.count
-                        && name.withUnsafeBufferPointer {
-                            text.isEmpty || memcmp($0.baseAddress!, text.baseAddress!, text.count) == 0
-                        }
-                })
+            return .some(list.index(of: text))
         }
         if let found { return found.map { list.names[$0] } }
         let name = commandName
@@ -86,7 +80,13 @@ struct Envelope {
 
     /// The id as an id of the sidecar's namespace (a non-negative decimal integer), or nil.
     var sidecarID: UInt64? {
-        guard let id = slice(message.id), !id.isEmpty, id.count <= 20 else { return nil }
+        guard let range = message.id else { return nil }
+        return message.bytes.withUnsafeBufferPointer { Self.sidecarID(UnsafeBufferPointer(rebasing: $0[range])) }
+    }
+
+    /// An id token as an id of the sidecar's namespace (a non-negative decimal integer), or nil.
+    static func sidecarID(_ id: UnsafeBufferPointer<UInt8>) -> UInt64? {
+        guard !id.isEmpty, id.count <= 20 else { return nil }
         var value: UInt64 = 0
         for byte in id {
             guard byte >= 0x30, byte <= 0x39 else { return nil }
@@ -107,5 +107,15 @@ struct CommandNames: Sendable {
     init(_ names: some Sequence<String>) {
         self.names = names.sorted()
         utf8 = self.names.map { Array($0.utf8) }
+    }
+
+    /// The index of the name whose bytes are `text`, if any.
+    func index(of text: UnsafeBufferPointer<UInt8>) -> Int? {
+        utf8.firstIndex { name in
+            name.count == text.count
+                && name.withUnsafeBufferPointer {
+                    text.isEmpty || memcmp($0.baseAddress!, text.baseAddress!, text.count) == 0
+                }
+        }
     }
 }

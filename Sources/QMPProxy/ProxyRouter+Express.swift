@@ -20,20 +20,12 @@ extension ProxyRouter {
     public mutating func expressCommand(
         _ clientID: ClientID, _ bytes: UnsafeRawBufferPointer, line: inout [UInt8]
     ) -> Bool {
-        guard isExpressOpen else { return false }
-        // The session is read, then changed in place, not checked out: the router's own state
-        // changes in between.
-        var storage: [UInt8] = []
-        swap(&storage, &expressCommandBytes)
-        defer { swap(&storage, &expressCommandBytes) }
-        guard
-            let message = clients.read(
-                clientID, { $0.isExpressReady ? $0.framer.loneObject(bytes, storage: &storage) : nil }) ?? nil
-        else { return false }
-        let envelope = Envelope(message)
-        // Local, observed and OOB commands, and objects without `execute`, take the general path.
-        guard message.execute != nil, !envelope.hasExecOOB, envelope.commandName(in: generalPathCommandNames) == nil,
-            scheduler.admitNow(kind: .command, from: clientID)
+        guard isExpressOpen,
+            let message = clients.read(clientID, { $0.isExpressReady ? $0.framer.loneObject(bytes) : nil }) ?? nil,
+            message.range(of: .execute) != nil, message.range(of: .execOOB) == nil,
+            let name = message[.execute].flatMap(Envelope.plainText(of:)),
+            // Local and observed commands take the general path, as do names that are not plain tokens.
+            generalPathCommandNames.index(of: name) == nil, scheduler.admitNow(kind: .command, from: clientID)
         else { return false }
         let id = allocateID()
         clients.withValue(forKey: clientID) { session in
@@ -41,8 +33,14 @@ extension ProxyRouter {
             session.received += bytes.count
             session.enqueue(.waiting(id))
         }
-        pending[Int(truncatingIfNeeded: id)] = .client(
-            clientID, originalID: envelope.idSlice, kind: .command, observed: nil)
+        // The client's id is kept for the reply in a buffer the router keeps: with one command in
+        // flight at a time it is unshared again when the next command comes, and no copy allocates.
+        var originalID: ArraySlice<UInt8>?
+        if let idBytes = message[.id] {
+            expressCommandBytes.overwrite(with: idBytes)
+            originalID = expressCommandBytes[...]
+        }
+        pending[Int(truncatingIfNeeded: id)] = .client(clientID, originalID: originalID, kind: .command, observed: nil)
         traffic.fromClients += 1
         traffic.toQEMU += 1
         message.writeLine(replacingIDWith: id, into: &line)
@@ -54,10 +52,10 @@ extension ProxyRouter {
     /// ``upstreamReceived(_:into:)`` would have put them in its only action, and returns the client.
     /// Nil, changing nothing, for any other read.
     public mutating func expressReply(_ bytes: UnsafeRawBufferPointer, line: inout [UInt8]) -> ClientID? {
-        guard isExpressOpen, let message = upstreamFramer.loneMessage(bytes, storage: &expressReplyBytes)
-        else { return nil }
-        let envelope = Envelope(message)
-        guard !envelope.isGreeting, message.event == nil, envelope.isReply, let id = envelope.sidecarID,
+        guard isExpressOpen, let message = upstreamFramer.loneMessage(bytes), message.range(of: .qmp) == nil,
+            message.range(of: .event) == nil,
+            message.range(of: .returnValue) != nil || message.range(of: .error) != nil,
+            let id = message[.id].flatMap(Envelope.sidecarID),
             let (clientID, originalID) = pending.read(Int(truncatingIfNeeded: id), Self.expressEntry) ?? nil,
             clients.withValue(forKey: clientID, { $0.takeIfNext(id) }) == true
         else { return nil }

@@ -195,11 +195,9 @@ public struct ProxyRouter: Sendable {
     /// Clients not read because their queue is full.
     var pausedClients: Set<ClientID> = []
     var clientGateOpen: Bool
-    /// The express lane's copies of the message it routes, kept for their capacity: a command's
-    /// copy is shared with its pending id until the reply, so with one command in flight at a time
-    /// neither allocates.
+    /// The express lane's copy of a command's id, kept for its capacity: it is shared with the
+    /// pending entry until the reply, so with one command in flight at a time it does not allocate.
     var expressCommandBytes: [UInt8] = []
-    var expressReplyBytes: [UInt8] = []
 
     public init(configuration: Configuration = Configuration()) {
         self.configuration = configuration

@@ -5,23 +5,26 @@
 /// message) would cost more than the scan itself. Offsets are 32-bit: a message is then small enough
 /// to be copied by a few vector moves instead of a call to `memcpy` (the express lane copies one
 /// about twenty times per round trip), and the scans refuse messages past ``maxBytes``.
+@usableFromInline
 struct MessageOffsets: Hashable, Sendable {
     /// The largest message whose offsets fit (2 GiB).
     static let maxBytes = Int(Int32.max)
 
     private static let slotCount = 23
-    private static let absent: Int32 = -1
+    @usableFromInline static let absent: Int32 = -1
     private static let idKeyStartSlot = 18
     private static let valueEndBeforeIDSlot = 19
     private static let keyStartAfterIDSlot = 20
     private static let lastValueEndSlot = 21
     private static let closingBraceSlot = 22
 
-    private var slots = InlineArray<23, Int32>(repeating: MessageOffsets.absent)
+    @usableFromInline var slots = InlineArray<23, Int32>(repeating: MessageOffsets.absent)
 
     /// The value range of a top-level member, if present.
-    subscript(member: QMPMessage.Member) -> Range<Int>? {
-        get {
+    /// Inlinable: the express lane, in another module, reads members known at the call site, and
+    /// inlined such a read is two loads.
+    @inlinable subscript(member: QMPMessage.Member) -> Range<Int>? {
+        @inline(__always) get {
             let slot = Self.firstSlot(of: member)
             guard let lower = offset(slot), let upper = offset(slot + 1) else { return nil }
             return lower..<upper
@@ -59,15 +62,16 @@ struct MessageOffsets: Hashable, Sendable {
         set { setOffset(Self.closingBraceSlot, newValue) }
     }
 
-    static func == (a: MessageOffsets, b: MessageOffsets) -> Bool {
+    @usableFromInline static func == (a: MessageOffsets, b: MessageOffsets) -> Bool {
         (0..<slotCount).allSatisfy { a.offset($0) == b.offset($0) }
     }
 
-    func hash(into hasher: inout Hasher) {
+    @usableFromInline func hash(into hasher: inout Hasher) {
         for slot in 0..<Self.slotCount { hasher.combine(offset(slot)) }
     }
 
-    private static func firstSlot(of member: QMPMessage.Member) -> Int {
+    @inlinable @inline(__always)
+    static func firstSlot(of member: QMPMessage.Member) -> Int {
         switch member {
         case .execute: 0
         case .execOOB: 2
@@ -81,12 +85,12 @@ struct MessageOffsets: Hashable, Sendable {
         }
     }
 
-    @inline(__always) private func offset(_ slot: Int) -> Int? {
+    @inlinable @inline(__always) func offset(_ slot: Int) -> Int? {
         let value = slots[slot]
         return value == Self.absent ? nil : Int(value)
     }
 
-    @inline(__always) private mutating func setOffset(_ slot: Int, _ value: Int?) {
+    @usableFromInline @inline(__always) mutating func setOffset(_ slot: Int, _ value: Int?) {
         slots[slot] = value.map { Int32($0) } ?? Self.absent
     }
 }

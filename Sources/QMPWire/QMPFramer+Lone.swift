@@ -3,22 +3,19 @@
 
 extension QMPFramer {
     /// The object that `bytes` hold when they are one object followed by whitespace only, starting
-    /// between units, as ``append(_:parsed:frame:)`` would hand it to `parsed`. Nil for anything
-    /// else. Consumes nothing: call ``consumeLoneObject(byteCount:)`` to take it.
-    ///
-    /// The message's bytes are copied into `storage` and shared with it: a caller that keeps
-    /// `storage` gets its buffer back without an allocation once every message made from it is gone.
-    public func loneObject(_ bytes: UnsafeRawBufferPointer, storage: inout [UInt8]) -> QMPMessage? {
+    /// between units, as ``append(_:parsed:frame:)`` would hand it to `parsed`, as a view of `bytes`
+    /// (no copy). Nil for anything else. Consumes nothing: call ``consumeLoneObject(byteCount:)`` to
+    /// take it.
+    public func loneObject(_ bytes: UnsafeRawBufferPointer) -> QMPMessageView? {
         let all = bytes.bindMemory(to: UInt8.self)
         guard hasQEMULimits, isBetweenUnits, !all.isEmpty, all[0] == UInt8(ascii: "{"),
             all.count <= Self.parsedUnitLimit, let (top, length) = QMPMessage.scanLeading(all)
         else { return nil }
         for b in all[length...] where !b.isJSONWhitespace { return nil }
-        storage.overwrite(with: UnsafeBufferPointer(rebasing: all[..<length]))
-        return QMPMessage(bytes: storage, top: top)
+        return QMPMessageView(bytes: UnsafeBufferPointer(rebasing: all[..<length]), top: top)
     }
 
-    /// Takes the `count` bytes that ``loneObject(_:storage:)`` accepted, as ``append(_:parsed:frame:)``
+    /// Takes the `count` bytes that ``loneObject(_:)`` accepted, as ``append(_:parsed:frame:)``
     /// would.
     public mutating func consumeLoneObject(byteCount count: Int) {
         skipUnits(byteCount: count)
@@ -28,15 +25,13 @@ extension QMPFramer {
 extension QMPOutputFramer {
     /// The message that `bytes` hold when, between messages, they are one object the output scan
     /// reads followed by CR, LF or spaces only: what ``append(_:scanned:unscanned:)`` would hand to
-    /// `scanned`, leaving the framer as it is. Nil for anything else. The bytes are copied into
-    /// `storage`, as in ``QMPFramer/loneObject(_:storage:)``.
-    public func loneMessage(_ bytes: UnsafeRawBufferPointer, storage: inout [UInt8]) -> QMPMessage? {
+    /// `scanned`, leaving the framer as it is, as a view of `bytes` (no copy). Nil for anything else.
+    public func loneMessage(_ bytes: UnsafeRawBufferPointer) -> QMPMessageView? {
         let all = bytes.bindMemory(to: UInt8.self)
         guard isBetweenMessages, !all.isEmpty, all[0] == UInt8(ascii: "{"),
             let (offsets, end) = QMPOutputScan.leadingObject(of: all)
         else { return nil }
         for b in all[end...] where b != 0x0D && b != 0x0A && b != 0x20 { return nil }
-        storage.overwrite(with: UnsafeBufferPointer(rebasing: all[..<end]))
-        return QMPMessage(bytes: storage, top: offsets)
+        return QMPMessageView(bytes: UnsafeBufferPointer(rebasing: all[..<end]), top: offsets)
     }
 }
