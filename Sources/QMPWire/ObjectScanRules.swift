@@ -37,26 +37,35 @@ extension QMPOutputScan {
         }
 
         static func valueEnd(_ bytes: UnsafeBufferPointer<UInt8>, from start: Int) -> Int? {
-            let n = bytes.count
-            guard start < n else { return nil }
-            var i = start
-            switch bytes[i] {
-            case UInt8(ascii: "\""):
-                i += 1
-                while i < n, bytes[i] >= 0x20, bytes[i] < 0x7F, bytes[i] != 0x22, bytes[i] != 0x5C { i += 1 }
-                return i < n && bytes[i] == 0x22 ? i + 1 : nil
-            case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
-                if bytes[i] == UInt8(ascii: "-") { i += 1 }
-                guard i < n, bytes[i].isDigit else { return nil }
-                // A leading zero stands alone: the byte after it must end the value.
-                if bytes[i] == UInt8(ascii: "0") { return i + 1 }
-                while i < n, bytes[i].isDigit { i += 1 }
-                return i
+            guard start < bytes.count else { return nil }
+            switch bytes[start] {
+            case UInt8(ascii: "\""): return plainStringEnd(bytes, start)
+            case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"): return integerEnd(bytes, start)
             case UInt8(ascii: "t"): return keywordEnd(bytes, start, "true")
             case UInt8(ascii: "f"): return keywordEnd(bytes, start, "false")
             case UInt8(ascii: "n"): return keywordEnd(bytes, start, "null")
             default: return nil
             }
+        }
+
+        /// The end of a double-quoted string of printable ASCII without escapes.
+        @inline(__always)
+        private static func plainStringEnd(_ bytes: UnsafeBufferPointer<UInt8>, _ start: Int) -> Int? {
+            var i = start + 1
+            while i < bytes.count, bytes[i] >= 0x20, bytes[i] < 0x7F, bytes[i] != 0x22, bytes[i] != 0x5C { i += 1 }
+            return i < bytes.count && bytes[i] == 0x22 ? i + 1 : nil
+        }
+
+        /// The end of an integer: an optional minus, then `0` alone or digits without a leading zero.
+        @inline(__always)
+        private static func integerEnd(_ bytes: UnsafeBufferPointer<UInt8>, _ start: Int) -> Int? {
+            var i = start
+            if bytes[i] == UInt8(ascii: "-") { i += 1 }
+            guard i < bytes.count, bytes[i].isDigit else { return nil }
+            // A leading zero stands alone: the byte after it must end the value.
+            if bytes[i] == UInt8(ascii: "0") { return i + 1 }
+            while i < bytes.count, bytes[i].isDigit { i += 1 }
+            return i
         }
 
         /// Shorter than ``QMPFramer``'s limit, so the framer never shortens a run of what is accepted.
