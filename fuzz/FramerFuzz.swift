@@ -23,7 +23,12 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         previousEnd = frame.end
     }
 
-    // 2. Every message unit either parses or fails with QEMU's text; parsed ones splice cleanly.
+    // 2. The plain-command scan answers for the grammar only where the grammar agrees, on every
+    //    unit and on the input as a whole.
+    for case .message(let bytes, _) in frames { checkPlainScan(bytes) }
+    checkPlainScan(input)
+
+    // 3. Every message unit either parses or fails with QEMU's text; parsed ones splice cleanly.
     for case .message(let bytes, _) in frames {
         switch QMPMessage.parse(bytes) {
         case .failure(let error):
@@ -48,4 +53,15 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         }
     }
     return 0
+}
+
+/// Whatever the plain-command scan accepts, the grammar accepts with the same member ranges and end.
+func checkPlainScan(_ bytes: [UInt8]) {
+    bytes.withUnsafeBufferPointer { buffer in
+        guard let (offsets, end) = QMPOutputScan.leadingObject(of: buffer, rules: QMPOutputScan.PlainCommand.self)
+        else { return }
+        guard let (top, grammarEnd, run) = try? QMPGrammar.scanLeading(buffer), top.isObject,
+            run <= QMPFramer.maxWhitespaceRun, top.offsets == offsets, grammarEnd == end
+        else { fuzzFail("the plain-command scan accepted what the grammar reads otherwise") }
+    }
 }
