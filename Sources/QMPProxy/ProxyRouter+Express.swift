@@ -7,26 +7,29 @@ import QMPWire
 // read it does not recognise is left untouched for the general path (`clientReceived`,
 // `upstreamReceived`). `ExpressLaneTests` runs both side by side on random traffic.
 extension ProxyRouter {
-    /// Whether reads may take the express lane at all: no per-message records wanted, QEMU ready,
-    /// the gate open, no client's command waiting for its turn.
+    /// Whether reads may take the express lane at all: no trace wanted, QEMU ready, the gate open, no
+    /// client's command waiting for its turn. Round-trip reports (metrics) are the caller's: the lane
+    /// returns the sidecar id they need.
     private var isExpressOpen: Bool {
-        !configuration.tracing && !configuration.reportsRoundTrips && phase == .ready && clientGateOpen
+        !configuration.tracing && phase == .ready && clientGateOpen
             && scheduler.totalQueued == 0 && pausedClients.isEmpty && early.isEmpty
     }
 
     /// A client's read (without fds) that is one whole in-band command for QEMU which may go now:
     /// writes over `line` the bytes to write to QEMU, as ``clientReceived(_:_:fds:into:)`` would have
-    /// put them in its only action, and returns true. False, changing nothing, for any other read.
+    /// put them in its `sendUpstream` action, and returns the sidecar id the command got (with
+    /// ``Configuration/reportsRoundTrips`` the general path also reports it in `commandForwarded`).
+    /// Nil, changing nothing, for any other read.
     public mutating func expressCommand(
         _ clientID: ClientID, _ bytes: UnsafeRawBufferPointer, line: inout [UInt8]
-    ) -> Bool {
+    ) -> UInt64? {
         guard isExpressOpen,
             let message = clients.read(clientID, { $0.isExpressReady ? $0.framer.loneObject(bytes) : nil }) ?? nil,
             message.range(of: .execute) != nil, message.range(of: .execOOB) == nil,
             let name = message[.execute].flatMap(Envelope.plainText(of:)),
             // Local and observed commands take the general path, as do names that are not plain tokens.
             generalPathCommandNames.index(of: name) == nil, scheduler.admitNow(kind: .command, from: clientID)
-        else { return false }
+        else { return nil }
         let id = allocateID()
         clients.withValue(forKey: clientID) { session in
             session.framer.consumeLoneObject(byteCount: bytes.count)
@@ -44,14 +47,17 @@ extension ProxyRouter {
         traffic.fromClients += 1
         traffic.toQEMU += 1
         message.writeLine(replacingIDWith: id, into: &line)
-        return true
+        return id
     }
 
     /// QEMU's read that is one whole reply to a client's in-band command whose reply that client
     /// gets next: writes over `line` the bytes to write to that client, as
-    /// ``upstreamReceived(_:into:)`` would have put them in its only action, and returns the client.
+    /// ``upstreamReceived(_:into:)`` would have put them in its `sendToClient` action, and returns the
+    /// client and the sidecar id of the command (which the general path reports in `replyRouted`).
     /// Nil, changing nothing, for any other read.
-    public mutating func expressReply(_ bytes: UnsafeRawBufferPointer, line: inout [UInt8]) -> ClientID? {
+    public mutating func expressReply(
+        _ bytes: UnsafeRawBufferPointer, line: inout [UInt8]
+    ) -> (client: ClientID, sidecarID: UInt64)? {
         guard isExpressOpen, let message = upstreamFramer.loneMessage(bytes), message.range(of: .qmp) == nil,
             message.range(of: .event) == nil,
             message.range(of: .returnValue) != nil || message.range(of: .error) != nil,
@@ -64,7 +70,7 @@ extension ProxyRouter {
         traffic.fromQEMU += 1
         traffic.toClients += 1
         message.writeLine(replacingIDWith: originalID.map(Self.echo), into: &line)
-        return clientID
+        return (clientID, id)
     }
 
     /// The client and id of a pending in-band command without fds that nothing observes: the only

@@ -34,9 +34,16 @@ extension SidecarCore {
             qemuPID = configuration.qemuPID
         }
         connection.onRead = { bytes, fds in
-            if fds.isEmpty, let client = self.router.expressReply(bytes, line: &self.expressReplyLine) {
-                self.clients.read(client) { $0.send(self.expressReplyLine) }  // the express lane
+            if fds.isEmpty, let (client, sidecarID) = self.router.expressReply(bytes, line: &self.expressReplyLine) {
+                // The express lane; metrics count it as they count the general path's actions.
+                if let instruments = self.instruments {
+                    instruments.readFromQEMU(bytes.count)
+                    instruments.replyRouted(sidecarID)
+                    instruments.sentToClient(self.expressReplyLine.count)
+                }
+                self.clients.read(client) { $0.send(self.expressReplyLine) }
                 self.updateClientReading()
+                self.instruments?.changed()
                 return
             }
             for fd in fds { Glibc.close(fd) }

@@ -125,11 +125,17 @@ final class SidecarCore: QMPUpstreamCommander {
             fd: fd, reactor: reactor, maxPendingBytes: configuration.clientOutputLimit, logger: clientLogger)
         connection.onRead = { bytes, fds in
             if fds.isEmpty, let upstream = self.upstream,
-                self.router.expressCommand(id, bytes, line: &self.expressCommandLine)
+                let sidecarID = self.router.expressCommand(id, bytes, line: &self.expressCommandLine)
             {
-                // The express lane (no metrics then: it is closed while round trips are reported).
+                // The express lane; metrics count it as they count the general path's actions.
+                if let instruments = self.instruments {
+                    instruments.readFromClient(bytes.count)
+                    instruments.commandForwarded(sidecarID)
+                    instruments.sentToQEMU(self.expressCommandLine.count, fds: 0)
+                }
                 upstream.send(self.expressCommandLine)
                 self.updateClientReading()
+                self.instruments?.changed()
                 return
             }
             self.instruments?.readFromClient(bytes.count)
