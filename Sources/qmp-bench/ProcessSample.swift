@@ -3,9 +3,12 @@ import QMPTestKit
 
 /// CPU time, context switches and RSS of a process, from `/proc/PID/stat` and `/proc/PID/status`.
 struct ProcessSample {
-    /// User and system CPU in microseconds (clock-tick resolution).
+    /// User and system CPU in microseconds (clock-tick resolution). The kernel splits the exact total
+    /// between them by sampling the tick, so they vary more between runs than the total does.
     var userMicros: Double
     var systemMicros: Double
+    /// Total CPU in microseconds, exact (`/proc/PID/schedstat`: time on a CPU, in nanoseconds).
+    var totalMicros: Double
     var voluntarySwitches: Int
     var involuntarySwitches: Int
     /// Resident set in KiB.
@@ -20,6 +23,8 @@ struct ProcessSample {
         // fields[0] is the state (stat field 3): utime and stime are stat fields 14 and 15.
         userMicros = (Double(fields[11]) ?? 0) * tick
         systemMicros = (Double(fields[12]) ?? 0) * tick
+        let schedstat = try String(contentsOfFile: "/proc/\(pid)/schedstat", encoding: .utf8)
+        totalMicros = (Double(schedstat.split(separator: " ").first ?? "") ?? 0) / 1000
         let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
         func field(_ name: String) -> Int {
             let line = status.split(separator: "\n").first { $0.hasPrefix(name + ":") } ?? ""
@@ -32,12 +37,12 @@ struct ProcessSample {
 
     /// Per-operation cost between two samples.
     static func perOperation(from start: ProcessSample, to end: ProcessSample, operations: Int) -> (
-        user: Double, system: Double, involuntary: Double
+        user: Double, system: Double, total: Double, involuntary: Double
     ) {
         let n = Double(max(1, operations))
         return (
             (end.userMicros - start.userMicros) / n, (end.systemMicros - start.systemMicros) / n,
-            Double(end.involuntarySwitches - start.involuntarySwitches) / n
+            (end.totalMicros - start.totalMicros) / n, Double(end.involuntarySwitches - start.involuntarySwitches) / n
         )
     }
 }

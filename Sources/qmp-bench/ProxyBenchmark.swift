@@ -159,12 +159,14 @@ struct ProxyBenchmark: ParsableCommand {
             met: added[1] < added[2])
 
         let roundTrips = warmup + iterations
-        print("\nCPU per round trip (\(roundTrips) round trips each)   user µs   sys µs   involuntary switches")
+        print(
+            "\nCPU per round trip (\(roundTrips) round trips each)   user µs   sys µs  total µs (exact)  involuntary switches"
+        )
         for (index, name) in ["qmp-sidecar", "floor", "shell floor (qmp-sidecar's runtime)"].enumerated() {
             let cost = ProcessSample.perOperation(from: before[index], to: after[index], operations: roundTrips)
             print(
                 name.padding(toLength: 40, withPad: " ", startingAt: 0)
-                    + String(format: "%9.2f%9.2f%12.2f", cost.user, cost.system, cost.involuntary))
+                    + String(format: "%9.2f%9.2f%18.2f%22.2f", cost.user, cost.system, cost.total, cost.involuntary))
             if index == 0 {
                 report.add(
                     "sidecar user CPU", String(format: "%.2f µs/RT", cost.user), target: "<= 5 µs/RT",
@@ -178,14 +180,16 @@ struct ProxyBenchmark: ParsableCommand {
 
         // The same paths one at a time: what a round trip costs the process when no other path runs
         // between two of its round trips (a manager alone on its monitor), next to both floors.
-        print("\nCPU per round trip, each path alone (\(loneIterations) round trips each)   user µs   sys µs")
+        print(
+            "\nCPU per round trip, each path alone (\(loneIterations) round trips each)   user µs   sys µs  total µs (exact)"
+        )
         for (index, (name, path)) in [("qmp-sidecar", 1), ("floor", 3), ("shell floor (qmp-sidecar's runtime)", 4)]
             .enumerated()
         {
             let cost = try loneCost(connections[path], pid: pids[index])
             print(
                 name.padding(toLength: 47, withPad: " ", startingAt: 0)
-                    + String(format: "%9.2f%9.2f", cost.user, cost.system))
+                    + String(format: "%9.2f%9.2f%18.2f", cost.user, cost.system, cost.total))
             if index == 0 {
                 report.add(
                     "sidecar user CPU, one client alone", String(format: "%.2f µs/RT", cost.user),
@@ -219,13 +223,15 @@ struct ProxyBenchmark: ParsableCommand {
     }
 
     /// User and system CPU per round trip of `pid` while `connection` alone does `loneIterations` round trips.
-    private func loneCost(_ connection: BenchConnection, pid: pid_t) throws -> (user: Double, system: Double) {
+    private func loneCost(_ connection: BenchConnection, pid: pid_t) throws -> (
+        user: Double, system: Double, total: Double
+    ) {
         for i in 0..<warmup { _ = try connection.roundTrip(command: command, id: i) }
         let before = try ProcessSample(pid: pid)
         for i in 0..<loneIterations { _ = try connection.roundTrip(command: command, id: i) }
         let cost = ProcessSample.perOperation(
             from: before, to: try ProcessSample(pid: pid), operations: loneIterations)
-        return (cost.user, cost.system)
+        return (cost.user, cost.system, cost.total)
     }
 
     private func pipelinedRates(direct: BenchConnection, sidecar: BenchConnection) throws -> (
