@@ -25,8 +25,7 @@ extension ProxyRouter {
     ) -> UInt64? {
         guard isExpressOpen,
             let message = clients.read(clientID, { $0.isExpressReady ? $0.framer.loneObject(bytes) : nil }) ?? nil,
-            message.range(of: .execute) != nil, message.range(of: .execOOB) == nil,
-            let name = message[.execute].flatMap(Envelope.plainText(of:)),
+            message.range(of: .execOOB) == nil, let name = message[.execute].flatMap(Envelope.plainText(of:)),
             // Local and observed commands take the general path, as do names that are not plain tokens.
             generalPathCommandNames.index(of: name) == nil, scheduler.admitNow(kind: .command, from: clientID)
         else { return nil }

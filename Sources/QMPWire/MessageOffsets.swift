@@ -2,9 +2,9 @@
 ///
 /// Held inline, with no reference inside: the parser fills one per message and the router passes
 /// messages by value, so an array here (an allocation, and a retain and release on every copy of a
-/// message) would cost more than the scan itself. Offsets are 32-bit: a message is then small enough
-/// to be copied by a few vector moves instead of a call to `memcpy` (the express lane copies one
-/// about twenty times per round trip), and the scans refuse messages past ``maxBytes``.
+/// message) would cost more than the scan itself. Offsets are 32-bit: a message or view is then
+/// small enough to be copied by a few vector moves instead of a call to `memcpy`, and the scans
+/// refuse messages past ``maxBytes``.
 @usableFromInline
 struct MessageOffsets: Hashable, Sendable {
     /// The largest message whose offsets fit (2 GiB).

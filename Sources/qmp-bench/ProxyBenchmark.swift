@@ -37,7 +37,8 @@ struct ProxyBenchmark: ParsableCommand {
 
     @Option(
         help: """
-            Round trips per path alone, for its CPU figure. User and system time are split by sampling the             clock tick (250 Hz here): the more round trips, the less that split varies between runs.
+            Round trips per path alone, for its CPU figure. User and system time are split by sampling the \
+            kernel's clock tick: the more round trips, the less that split varies between runs.
             """)
     var loneIterations = 30000
 
