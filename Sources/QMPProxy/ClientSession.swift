@@ -43,22 +43,11 @@ struct ClientSession: Sendable {
         return false
     }
 
-    /// Whether a read may take the express lane: negotiated, no fds held, nothing deferred (the
-    /// framer's own state is checked by ``QMPFramer/loneObject(_:)``).
+    /// Whether a read may take the express lane: negotiated, no fds held, nothing deferred, no reply
+    /// due (the framer's own state is checked by ``QMPFramer/loneObject(_:)``).
     var isExpressReady: Bool {
         guard case .negotiated = phase else { return false }
-        return heldFDs == nil && deferred.isEmpty
-    }
-
-    /// Removes the slot waiting for `token` when its line would be the only one written now: it heads
-    /// the queue and the slot after it is still waiting (what ``fill(_:with:)`` then ``takeReady()``
-    /// would write is exactly that line). False, changing nothing, otherwise.
-    mutating func takeIfNext(_ token: UInt64) -> Bool {
-        guard head < slots.count, case .waiting(token) = slots[head] else { return false }
-        if head + 1 < slots.count, case .ready = slots[head + 1] { return false }
-        head += 1
-        compact()
-        return true
+        return heldFDs == nil && deferred.isEmpty && head == slots.count
     }
 
     mutating func enqueue(_ slot: Slot) {

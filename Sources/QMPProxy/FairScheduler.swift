@@ -120,15 +120,9 @@ struct FairScheduler<Item: Sendable>: Sendable {
     }
 
     /// Counts an entry as dispatched and returns true when ``admit(_:kind:from:)`` would let it go
-    /// at once; otherwise changes nothing and returns false (the express lane then leaves the entry
-    /// to the router's general path).
+    /// at once; otherwise changes nothing and returns false.
     mutating func admitNow(kind: Kind, from client: ClientID) -> Bool {
-        guard isOpen, totalQueued == 0, kind != .fdCommand || !fdCommandInFlight else { return false }
-        let queue = queues.read(client) { (isActive: $0.isActive, inFlight: $0.inFlight) }
-        // The client counts as active from this entry on, as it would once queued.
-        let active = queue?.isActive == true ? activeClients : activeClients + 1
-        let limit = active == 1 && connectedClients <= 1 ? loneInFlight : maxInFlight
-        guard kind == .local || (queue?.inFlight ?? 0) < limit else { return false }
+        guard let (queue, active) = admission(kind: kind, from: client) else { return false }
         // As served by `next()`: the client goes to the end of the round; a local entry takes no
         // slot and leaves the client as active as it was.
         let counting = kind != .local
@@ -147,6 +141,34 @@ struct FairScheduler<Item: Sendable>: Sendable {
         if counting { activeClients = active }
         if kind == .fdCommand { fdCommandInFlight = true }
         return true
+    }
+
+    /// The express lane's admission of an in-band command of `client`: true when ``admitNow(kind:from:)``
+    /// would admit it. Makes only the change that admitting and then completing the command leaves
+    /// (the client served last, with a queue); the count in flight is ``admitNow(kind:from:)``'s once the
+    /// lane settles the command, and never made when its reply comes back through the lane.
+    mutating func admitExpress(_ client: ClientID) -> Bool {
+        guard let (queue, _) = admission(kind: .command, from: client) else { return false }
+        if queue == nil {
+            queues[client] = Queue()
+            round.append(client)
+        } else if round.last != client, let position = round.firstIndex(of: client) {
+            round.remove(at: position)
+            round.append(client)
+        }
+        return true
+    }
+
+    /// The test of ``admitNow(kind:from:)``, changing nothing: the client's queue (if it has one) and
+    /// the number of active clients with it, or nil when the entry has to wait.
+    private func admission(kind: Kind, from client: ClientID) -> (queue: (isActive: Bool, inFlight: Int)?, active: Int)? {
+        guard isOpen, totalQueued == 0, kind != .fdCommand || !fdCommandInFlight else { return nil }
+        let queue = queues.read(client) { (isActive: $0.isActive, inFlight: $0.inFlight) }
+        // The client counts as active from this entry on, as it would once queued.
+        let active = queue?.isActive == true ? activeClients : activeClients + 1
+        let limit = active == 1 && connectedClients <= 1 ? loneInFlight : maxInFlight
+        guard kind == .local || (queue?.inFlight ?? 0) < limit else { return nil }
+        return (queue, active)
     }
 
     /// QEMU answered a command dispatched for `client` (the client may be gone by now).

@@ -5,6 +5,7 @@ import QMPWire
 extension ProxyRouter {
     /// A client connected; it gets QEMU's greeting now, or as soon as the sidecar has it.
     public mutating func clientConnected(_ clientID: ClientID) -> [Action] {
+        settleExpress()
         var actions: [Action] = []
         var session = ClientSession(phase: .awaitingGreeting)
         if greeting != nil {
@@ -30,6 +31,7 @@ extension ProxyRouter {
     public mutating func clientReceived(
         _ clientID: ClientID, _ bytes: UnsafeRawBufferPointer, fds: [Int32] = [], into actions: inout [Action]
     ) {
+        settleExpress()
         let known: Void? = withSession(clientID) { router, session in
             let start = session.received
             session.received += bytes.count
@@ -70,6 +72,7 @@ extension ProxyRouter {
 
     /// The client went away. Replies to its commands in flight will be dropped quietly.
     public mutating func clientClosed(_ clientID: ClientID) -> [Action] {
+        settleExpress()
         guard let session = clients.removeValue(forKey: clientID) else { return [] }
         scheduler.connectedClients = clients.count
         pausedClients.remove(clientID)
@@ -87,6 +90,7 @@ extension ProxyRouter {
     ///
     /// - Parameter synthesized: true for the sidecar's own events (only changes the trace direction).
     public mutating func broadcastEvent(_ line: [UInt8], synthesized: Bool = false) -> [Action] {
+        settleExpress()
         var actions: [Action] = []
         actions.reserveCapacity(clients.count + 1)
         if synthesized {
@@ -102,6 +106,7 @@ extension ProxyRouter {
     /// Sends one of the sidecar's own events to every negotiated client, each its own line (CRLF
     /// included): the same event told to each as far as it may know (traced per client).
     public mutating func broadcastEvent(lineFor line: (ClientID) -> [UInt8]) -> [Action] {
+        settleExpress()
         var actions: [Action] = []
         for clientID in clients.sortedKeys where clients.read(clientID, \.isNegotiated) == true {
             let bytes = line(clientID)
@@ -115,6 +120,7 @@ extension ProxyRouter {
     /// Completes a ``Action/localCommand(client:token:name:arguments:)``; its reply takes its place in
     /// the client's in-band order.
     public mutating func completeLocalCommand(token: UInt64, reply: LocalReply) -> [Action] {
+        settleExpress()
         guard let entry = localPending.removeValue(forKey: Int(truncatingIfNeeded: token)) else { return [] }
         var actions: [Action] = []
         withSession(entry.client) { router, session in

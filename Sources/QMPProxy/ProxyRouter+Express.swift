@@ -20,63 +20,79 @@ extension ProxyRouter {
     /// put them in its `sendUpstream` action, and returns the sidecar id the command got (with
     /// ``Configuration/reportsRoundTrips`` the general path also reports it in `commandForwarded`).
     /// Nil, changing nothing, for any other read.
+    ///
+    /// The lane takes a command only when its client waits for no other reply. Its bookkeeping (the
+    /// count in flight, the client's reply order, the pending entry) then waits in
+    /// ``expressInFlight`` for the reply, which usually comes back through the lane and leaves nothing
+    /// to record; ``settleExpress()`` records it when anything else comes first.
     public mutating func expressCommand(
         _ clientID: ClientID, _ bytes: UnsafeRawBufferPointer, line: inout [UInt8]
     ) -> UInt64? {
-        guard isExpressOpen,
+        guard isExpressOpen, expressInFlight == nil,
             let message = clients.read(clientID, { $0.isExpressReady ? $0.framer.loneObject(bytes) : nil }) ?? nil,
             message.range(of: .execOOB) == nil, let name = message[.execute].flatMap(Envelope.plainText(of:)),
             // Local and observed commands take the general path, as do names that are not plain tokens.
-            generalPathCommandNames.index(of: name) == nil, scheduler.admitNow(kind: .command, from: clientID)
+            generalPathCommandNames.index(of: name) == nil, scheduler.admitExpress(clientID)
         else { return nil }
         let id = allocateID()
         clients.withValue(forKey: clientID) { session in
             session.framer.consumeLoneObject(byteCount: bytes.count)
             session.received += bytes.count
-            session.enqueue(.waiting(id))
         }
-        // The client's id is kept for the reply in a buffer the router keeps: with one command in
-        // flight at a time it is unshared again when the next command comes, and no copy allocates.
-        var originalID: ArraySlice<UInt8>?
-        if let idBytes = message[.id] {
-            expressCommandBytes.overwrite(with: idBytes)
-            originalID = expressCommandBytes[...]
-        }
-        pending[Int(truncatingIfNeeded: id)] = .client(clientID, originalID: originalID, kind: .command, observed: nil)
+        // The client's id is kept for the reply in a buffer the router reuses: nothing allocates.
+        let idBytes = message[.id]
+        if let idBytes { expressCommandBytes.overwrite(with: idBytes) }
+        expressInFlight = ExpressCommand(client: clientID, id: id, hasOriginalID: idBytes != nil)
         traffic.fromClients += 1
         traffic.toQEMU += 1
         message.writeLine(replacingIDWith: id, into: &line)
         return id
     }
 
-    /// QEMU's read that is one whole reply to a client's in-band command whose reply that client
-    /// gets next: writes over `line` the bytes to write to that client, as
-    /// ``upstreamReceived(_:into:)`` would have put them in its `sendToClient` action, and returns the
-    /// client and the sidecar id of the command (which the general path reports in `replyRouted`).
-    /// Nil, changing nothing, for any other read.
+    /// QEMU's read that is one whole reply to the express lane's command in flight: writes over
+    /// `line` the bytes to write to its client, as ``upstreamReceived(_:into:)`` would have put them
+    /// in its `sendToClient` action, and returns the client and the sidecar id of the command (which
+    /// the general path reports in `replyRouted`). Nil, changing nothing, for any other read.
     public mutating func expressReply(
         _ bytes: UnsafeRawBufferPointer, line: inout [UInt8]
     ) -> (client: ClientID, sidecarID: UInt64)? {
-        guard isExpressOpen, let message = upstreamFramer.loneMessage(bytes), message.range(of: .qmp) == nil,
-            message.range(of: .event) == nil,
+        // Nothing changed since the command went (anything else settles it first): the lane is open.
+        guard let command = expressInFlight, let message = upstreamFramer.loneMessage(bytes),
+            message.range(of: .qmp) == nil, message.range(of: .event) == nil,
             message.range(of: .returnValue) != nil || message.range(of: .error) != nil,
-            let id = message[.id].flatMap(Envelope.sidecarID),
-            let (clientID, originalID) = pending.read(Int(truncatingIfNeeded: id), Self.expressEntry) ?? nil,
-            clients.withValue(forKey: clientID, { $0.takeIfNext(id) }) == true
+            message[.id].flatMap(Envelope.sidecarID) == command.id
         else { return nil }
-        pending.removeValue(forKey: Int(truncatingIfNeeded: id))
-        scheduler.completed(clientID, kind: .command)
+        expressInFlight = nil
         traffic.fromQEMU += 1
         traffic.toClients += 1
-        message.writeLine(replacingIDWith: originalID.map(Self.echo), into: &line)
-        return (clientID, id)
+        message.writeLine(replacingIDWith: command.hasOriginalID ? Self.echo(expressCommandBytes[...]) : nil, into: &line)
+        return (command.client, command.id)
     }
 
-    /// The client and id of a pending in-band command without fds that nothing observes: the only
-    /// kind whose reply the express lane routes.
-    private static func expressEntry(_ entry: Pending) -> (ClientID, ArraySlice<UInt8>?)? {
-        guard case .client(let clientID, let originalID, .command?, let observed) = entry, observed == nil
-        else { return nil }
-        return (clientID, originalID)
+    /// Records the express command in flight as the general path would have on sending it: counted
+    /// by the scheduler, last in its client's reply order, pending. Every entry point but the
+    /// lane's calls this first, so the general path never sees the lane's shortcut.
+    @inline(__always)
+    mutating func settleExpress() {
+        if let command = expressInFlight { settle(command) }
     }
+
+    private mutating func settle(_ command: ExpressCommand) {
+        expressInFlight = nil
+        // Nothing changed since the lane admitted the command: the scheduler admits it again.
+        let admitted = scheduler.admitNow(kind: .command, from: command.client)
+        assert(admitted, "the express lane's command was admitted when it went")
+        clients.withValue(forKey: command.client) { $0.enqueue(.waiting(command.id)) }
+        pending[Int(truncatingIfNeeded: command.id)] = .client(
+            command.client, originalID: command.hasOriginalID ? expressCommandBytes[...] : nil, kind: .command,
+            observed: nil)
+    }
+}
+
+/// The express lane's command in flight, before ``ProxyRouter/settleExpress()`` records it.
+struct ExpressCommand: Sendable {
+    let client: ProxyRouter.ClientID
+    let id: UInt64
+    /// Whether the command had an id (kept in ``ProxyRouter/expressCommandBytes``).
+    let hasOriginalID: Bool
 }

@@ -13,6 +13,7 @@ extension ProxyRouter {
 
     /// ``upstreamReceived(_:)`` from a read buffer (valid only during the call), appending to `actions`.
     public mutating func upstreamReceived(_ bytes: UnsafeRawBufferPointer, into actions: inout [Action]) {
+        settleExpress()
         // QEMU's output is not bound by its input rules (size, token and nesting limits; `inf`/`nan`):
         // split it by brace depth and find its members by structure (the output grammar for the rest).
         // The framer leaves `self` while it hands messages over, which go on to `self`.
@@ -120,6 +121,7 @@ extension ProxyRouter {
     /// QEMU closed the connection (or the sidecar gave up on it). Every client is disconnected, held
     /// and unsent fds are closed, and the router waits for a new QEMU greeting.
     public mutating func upstreamClosed() -> [Action] {
+        settleExpress()
         var actions: [Action] = []
         for clientID in clients.sortedKeys {
             if let held = clients[clientID]!.heldFDs {
@@ -151,6 +153,7 @@ extension ProxyRouter {
     /// - Parameter arguments: the text of a JSON object, or nil.
     public mutating func sendInternalCommand(_ name: String, arguments: [UInt8]?) -> (token: UInt64, actions: [Action])
     {
+        settleExpress()
         var actions: [Action] = []
         let id = allocateID()
         pending[Int(truncatingIfNeeded: id)] = .sidecar

@@ -198,6 +198,9 @@ public struct ProxyRouter: Sendable {
     /// The express lane's copy of a command's id, kept for its capacity: it is shared with the
     /// pending entry until the reply, so with one command in flight at a time it does not allocate.
     var expressCommandBytes: [UInt8] = []
+    /// The express lane's command in flight whose bookkeeping waits for its reply (see
+    /// ``settleExpress()``): nil whenever the general path runs.
+    var expressInFlight: ExpressCommand?
 
     public init(configuration: Configuration = Configuration()) {
         self.configuration = configuration
@@ -221,12 +224,15 @@ public struct ProxyRouter: Sendable {
     public func queuedCommands(of client: ClientID) -> Int { scheduler.queued(client) }
 
     /// The client's in-band commands sent to QEMU and not yet answered.
-    public func commandsInFlight(of client: ClientID) -> Int { scheduler.inFlight(client) }
+    public func commandsInFlight(of client: ClientID) -> Int {
+        scheduler.inFlight(client) + (expressInFlight?.client == client ? 1 : 0)
+    }
 
     /// Opens the client gate (the sidecar's start-up work is done, or waiting for it gave up): held
     /// client commands go on in the order they arrived. Closed again when QEMU goes away.
     public mutating func openClientGate() -> [Action] {
         guard !clientGateOpen else { return [] }
+        settleExpress()
         clientGateOpen = true
         scheduler.isOpen = true
         var actions: [Action] = []
@@ -244,11 +250,11 @@ public struct ProxyRouter: Sendable {
     public var clientLoads: [ClientID: ClientLoad] {
         var loads: [ClientID: ClientLoad] = [:]
         for id in clients.allKeys {
-            loads[id] = ClientLoad(inFlight: scheduler.inFlight(id), queued: scheduler.queued(id))
+            loads[id] = ClientLoad(inFlight: commandsInFlight(of: id), queued: scheduler.queued(id))
         }
         return loads
     }
 
     /// Number of commands sent to (or queued for) QEMU whose reply has not arrived.
-    public var commandsInFlight: Int { pending.count }
+    public var commandsInFlight: Int { pending.count + (expressInFlight == nil ? 0 : 1) }
 }

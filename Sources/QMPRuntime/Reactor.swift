@@ -272,7 +272,9 @@ public final class Reactor {
         stopFlag = false
         drainWakeChannel()
         while !stopFlag {
-            try runOnce(timeoutNanoseconds: nextTimeoutNanoseconds())
+            // Checked here, not inside: the clock's types are resilient, and a function that touches
+            // them asks the runtime for their layout on every call, timers or not.
+            try runOnce(timeoutNanoseconds: heap.isEmpty ? -1 : nextTimeoutNanoseconds())
         }
         stopFlag = false
     }
@@ -307,9 +309,10 @@ public final class Reactor {
             if events.isEmpty { continue }
             registration.handler(events)
         }
-        fireDueTimers()
+        if !heap.isEmpty { fireDueTimers() }
     }
 
+    @inline(never)
     private func nextTimeoutNanoseconds() -> Int64 {
         while let top = heap.first, timers[top.id] == nil {
             _ = heapPop()
@@ -323,8 +326,8 @@ public final class Reactor {
         return max(nanos, 0)
     }
 
+    @inline(never)
     private func fireDueTimers() {
-        guard !heap.isEmpty else { return }
         let now = ContinuousClock.now
         // Timers scheduled by timers fire on a later round, so a zero-delay re-arm cannot starve I/O.
         let limit = nextID

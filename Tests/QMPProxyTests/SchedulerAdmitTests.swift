@@ -64,4 +64,78 @@ import Testing
         }
         #expect(admittedAtOnce > 20, "the shortcut was taken")
     }
+
+    /// `admitExpress` (the express lane's admission) answers as `admitNow` would, and leaves what
+    /// `admitNow` then `completed` leave: a lane round trip, whose count in flight is never made.
+    /// When the lane settles its command instead, `admitNow` must admit it again, and from there on
+    /// both schedulers serve the same order.
+    @Test(arguments: [(1, 1), (2, 2), (3, 5)], [31, 32, 33] as [UInt64])
+    func expressAdmissionLeavesWhatARoundTripLeaves(bounds: (Int, Int), seed: UInt64) {
+        var random = Xorshift(seed: seed)
+        var viaExpress = Scheduler(maxInFlight: bounds.0, loneInFlight: bounds.1)
+        var viaAdmit = Scheduler(maxInFlight: bounds.0, loneInFlight: bounds.1)
+        var atQEMU: [Int] = []
+        var roundTrips = 0
+        for step in 0..<5_000 {
+            let client = Int.random(in: 1...4, using: &random)
+            var sentByExpress: [Int] = []
+            var sentByAdmit: [Int] = []
+            func drain() {
+                while let next = viaExpress.next() { sentByExpress.append(next.item) }
+                while let next = viaAdmit.next() {
+                    sentByAdmit.append(next.item)
+                    atQEMU.append(next.client)
+                }
+            }
+            switch Int.random(in: 0..<21, using: &random) {
+            case 0..<6:
+                let byExpress = viaExpress.admit(step, kind: .command, from: client)
+                let byAdmit = viaAdmit.admit(step, kind: .command, from: client)
+                #expect(byExpress == byAdmit, "step \(step)")
+                if byAdmit != nil { atQEMU.append(client) }
+                drain()
+            case 6..<12:
+                guard !atQEMU.isEmpty else { continue }
+                let answered = atQEMU.remove(at: Int.random(in: 0..<atQEMU.count, using: &random))
+                viaExpress.completed(answered, kind: .command)
+                viaAdmit.completed(answered, kind: .command)
+                drain()
+            case 12..<18:
+                let admitted = viaAdmit.admitNow(kind: .command, from: client)
+                let admittedByLane = viaExpress.admitExpress(client)
+                #expect(admittedByLane == admitted, "step \(step)")
+                guard admitted else { continue }
+                if Bool.random(using: &random) {
+                    // The reply comes back through the lane.
+                    viaAdmit.completed(client, kind: .command)
+                    roundTrips += 1
+                } else {
+                    // Anything else comes first: the lane settles the command.
+                    let settled = viaExpress.admitNow(kind: .command, from: client)
+                    #expect(settled, "step \(step)")
+                    atQEMU.append(client)
+                }
+            case 18:
+                #expect(viaExpress.remove(client) == viaAdmit.remove(client))
+                atQEMU.removeAll { $0 == client }
+                drain()
+            case 19:
+                let connected = Int.random(in: 0...3, using: &random)
+                viaExpress.connectedClients = connected
+                viaAdmit.connectedClients = connected
+                drain()
+            default:
+                // Opening frees every client's queue at once: the round's order decides.
+                viaExpress.isOpen.toggle()
+                viaAdmit.isOpen = viaExpress.isOpen
+                drain()
+            }
+            #expect(sentByExpress == sentByAdmit, "step \(step)")
+            for id in 1...4 {
+                #expect(viaExpress.queued(id) == viaAdmit.queued(id) && viaExpress.inFlight(id) == viaAdmit.inFlight(id))
+            }
+            #expect(viaExpress.totalQueued == viaAdmit.totalQueued)
+        }
+        #expect(roundTrips > 20, "the lane's round trips were made: \(roundTrips)")
+    }
 }
