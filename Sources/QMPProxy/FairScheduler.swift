@@ -161,7 +161,8 @@ struct FairScheduler<Item: Sendable>: Sendable {
 
     /// The test of ``admitNow(kind:from:)``, changing nothing: the client's queue (if it has one) and
     /// the number of active clients with it, or nil when the entry has to wait.
-    private func admission(kind: Kind, from client: ClientID) -> (queue: (isActive: Bool, inFlight: Int)?, active: Int)? {
+    private func admission(kind: Kind, from client: ClientID) -> (queue: (isActive: Bool, inFlight: Int)?, active: Int)?
+    {
         guard isOpen, totalQueued == 0, kind != .fdCommand || !fdCommandInFlight else { return nil }
         let queue = queues.read(client) { (isActive: $0.isActive, inFlight: $0.inFlight) }
         // The client counts as active from this entry on, as it would once queued.

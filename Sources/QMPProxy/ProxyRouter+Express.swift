@@ -65,7 +65,8 @@ extension ProxyRouter {
         expressInFlight = nil
         traffic.fromQEMU += 1
         traffic.toClients += 1
-        message.writeLine(replacingIDWith: command.hasOriginalID ? Self.echo(expressCommandBytes[...]) : nil, into: &line)
+        message.writeLine(
+            replacingIDWith: command.hasOriginalID ? Self.echo(expressCommandBytes[...]) : nil, into: &line)
         return (command.client, command.id)
     }
 

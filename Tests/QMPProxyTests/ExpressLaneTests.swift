@@ -116,7 +116,9 @@ import Testing
             // catches up and then one client at a time makes round trips as a lone client does.
             let quiet = step / 250 % 2 == 1
             let client = quiet ? step / 500 % 3 + 1 : Int.random(in: 1...3, using: &random)
-            switch quiet && connected.contains(client) ? (atQEMU.isEmpty ? 20 : 16) : Int.random(in: 0..<24, using: &random) {
+            switch quiet && connected.contains(client)
+                ? (atQEMU.isEmpty ? 20 : 16) : Int.random(in: 0..<24, using: &random)
+            {
             case 20..<24:
                 // A round trip as a lone client makes it: a plain command, then QEMU's oldest reply.
                 guard connected.contains(client) else { continue }

@@ -132,7 +132,8 @@ import Testing
             }
             #expect(sentByExpress == sentByAdmit, "step \(step)")
             for id in 1...4 {
-                #expect(viaExpress.queued(id) == viaAdmit.queued(id) && viaExpress.inFlight(id) == viaAdmit.inFlight(id))
+                #expect(
+                    viaExpress.queued(id) == viaAdmit.queued(id) && viaExpress.inFlight(id) == viaAdmit.inFlight(id))
             }
             #expect(viaExpress.totalQueued == viaAdmit.totalQueued)
         }
