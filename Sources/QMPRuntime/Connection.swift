@@ -63,10 +63,11 @@ public final class Connection {
     /// that reads gets a reply of any size (QEMU bounds none); one that stops reading is still cut off
     /// by what follows it.
     public var maxPendingBytes: Int
-    /// Called with each read: the bytes and the descriptors received with them (caller owns them).
-    /// The bytes are the reactor's read buffer, valid only during the call: handing them on without
-    /// a copy saves one allocation per read on the proxy's path.
-    public var onRead: ((UnsafeRawBufferPointer, [Int32]) -> Void)?
+    /// Called with each read: the bytes and the descriptors received with them (the handler owns the
+    /// descriptors: it closes them or keeps them). Both are the reactor's scratch buffers, valid only
+    /// during the call: handing them on without a copy saves an allocation or two per read on the
+    /// proxy's path.
+    public var onRead: ((UnsafeRawBufferPointer, UnsafeBufferPointer<Int32>) -> Void)?
     /// Called exactly once when the connection closes, for whatever reason.
     public var onClose: ((CloseReason) -> Void)?
     /// Called when queued output exceeds ``maxPendingBytes``; typically the owner closes the
@@ -153,7 +154,7 @@ public final class Connection {
     /// Tries to write at once when nothing is queued. Ignored (fds closed) after close.
     /// - Important: The connection takes ownership of `fds`: they are closed once sent or when the
     ///   connection closes. Pass duplicates if you need to keep them.
-    public func send(_ bytes: [UInt8], fds: [Int32] = []) {
+    public func send(_ bytes: [UInt8], fds: [Int32]) {
         sending = true
         defer { sending = false }
         guard fd >= 0 else {
@@ -169,10 +170,30 @@ public final class Connection {
         var fds = fds
         if pendingBytes == 0 {
             // Nothing queued: write straight from the caller's bytes; only what the kernel leaves waits.
-            guard let sent = writeDirectly(bytes, fds: fds) else { return }
+            guard let sent = fds.withUnsafeBufferPointer({ writeDirectly(bytes, fds: $0) }) else { return }
             offset = sent
             if sent > 0 { fds = [] }  // they went with the first bytes
         }
+        enqueue(bytes, from: offset, fds: fds)
+    }
+
+    /// Queues `bytes` for sending, without descriptors: ``send(_:fds:)`` without an array to make and
+    /// release on every write.
+    public func send(_ bytes: [UInt8]) {
+        sending = true
+        defer { sending = false }
+        guard fd >= 0, !bytes.isEmpty else { return }
+        var offset = 0
+        if pendingBytes == 0 {
+            guard let sent = writeDirectly(bytes, fds: UnsafeBufferPointer(start: nil, count: 0)) else { return }
+            offset = sent
+        }
+        enqueue(bytes, from: offset, fds: [])
+    }
+
+    /// Queues what a send left from `offset` on (coalesced with a queued fd-less chunk when it may be),
+    /// then checks the output bound.
+    private func enqueue(_ bytes: [UInt8], from offset: Int, fds: [Int32]) {
         // One send larger than the bound is exempt while it drains, only one at a time: a peer that
         // stops reading and keeps asking for large replies is still cut off.
         let oversized = bytes.count > maxPendingBytes && oversizedBytes == 0
@@ -260,7 +281,7 @@ public final class Connection {
         if truncated != 0 {
             logger.error("received descriptors were truncated (MSG_CTRUNC): the kernel closed the extra ones")
         }
-        let fds = fdCount == 0 ? [] : Array(fdPointer[0..<fdCount])
+        let fds = UnsafeBufferPointer(rebasing: fdPointer[0..<fdCount])
         if count == 0 {
             for received in fds { Glibc.close(received) }
             closeNow(reason: .endOfFile)
@@ -277,13 +298,11 @@ public final class Connection {
     /// With nothing queued, writes `bytes` straight from the caller's array. Returns how many bytes
     /// the kernel took when some are left (0 on EAGAIN; `fds` went with the first bytes of a partial
     /// write), nil when it took them all or the write failed and the connection closed.
-    private func writeDirectly(_ bytes: [UInt8], fds: [Int32]) -> Int? {
+    private func writeDirectly(_ bytes: [UInt8], fds: UnsafeBufferPointer<Int32>) -> Int? {
         let socket = fd
         while true {
             let sent = bytes.withUnsafeBytes { raw in
-                fds.withUnsafeBufferPointer { fdPointer in
-                    cqmp_sendmsg_fds(socket, raw.baseAddress!, raw.count, fdPointer.baseAddress, fdPointer.count, 0)
-                }
+                cqmp_sendmsg_fds(socket, raw.baseAddress!, raw.count, fds.baseAddress, fds.count, 0)
             }
             if sent < 0 {
                 let err = errno

@@ -13,7 +13,7 @@ import Glibc
 ///
 /// - Important: Created and used on the reactor thread only. The reactor's registrations (listeners,
 ///   connections, timers) keep it alive while it runs.
-final class SidecarCore: QMPUpstreamCommander {
+final class SidecarCore {
     let reactor: Reactor
     let configuration: SidecarConfiguration
     let upstreamAddress: SocketAddress
@@ -139,7 +139,7 @@ final class SidecarCore: QMPUpstreamCommander {
                 return
             }
             self.instruments?.readFromClient(bytes.count)
-            self.performRouter { router, actions in router.clientReceived(id, bytes, fds: fds, into: &actions) }
+            self.performRouter { router, actions in router.clientReceived(id, bytes, fds: Array(fds), into: &actions) }
             self.updateClientReading()
             self.instruments?.changed()
         }
@@ -315,7 +315,10 @@ final class SidecarCore: QMPUpstreamCommander {
         }
     }
 
-    // MARK: QMPUpstreamCommander
+    // MARK: Commands and events of the VFIO driver (through ``commander``)
+
+    /// The core as the VFIO driver's ``QMPUpstreamCommander``.
+    private(set) lazy var commander = CommanderLink(core: self)
 
     func sendInternalCommand(_ name: String, arguments: JSONValue?, reply: @escaping (QMPMessage) -> Void) {
         let (token, actions) = router.sendInternalCommand(name, arguments: arguments?.qemuBytes)
@@ -358,6 +361,24 @@ final class SidecarCore: QMPUpstreamCommander {
         perform(
             router.broadcastEvent { client in made(for: disclosures[client] ?? HolderDisclosure(viewer: nil)) })
     }
+}
+
+/// Stands for the core as the VFIO driver's commander, which the driver holds weakly. A weak
+/// reference gives the object it names a side table, and every retain of that object then takes the
+/// runtime's slow path: the core is retained on every read from QEMU, this link never on the way.
+/// The core owns the link, so the driver's reference ends with the core as it did.
+final class CommanderLink: QMPUpstreamCommander {
+    unowned let core: SidecarCore
+
+    init(core: SidecarCore) { self.core = core }
+
+    func sendInternalCommand(_ name: String, arguments: JSONValue?, reply: @escaping (QMPMessage) -> Void) {
+        core.sendInternalCommand(name, arguments: arguments, reply: reply)
+    }
+
+    func broadcastEvent(_ line: [UInt8]) { core.broadcastEvent(line) }
+
+    func broadcastEvent(disclosing line: (HolderDisclosure) -> [UInt8]) { core.broadcastEvent(disclosing: line) }
 }
 
 /// How the sidecar ended, written on the reactor thread and read after it stopped.

@@ -91,7 +91,7 @@ public struct SidecarService: Service {
             reactor: reactor, configuration: configuration, upstreamAddress: resources.upstream,
             trace: resources.trace, outcome: outcome, logger: logger)
         if let makeHooks {
-            core.install(hooks: makeHooks(reactor, core, logger))
+            core.install(hooks: makeHooks(reactor, core.commander, logger))
         }
         core.start(listeningFDs: resources.takeListeningFDs())
         return core

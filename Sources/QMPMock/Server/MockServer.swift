@@ -73,7 +73,7 @@ public final class MockServer {
         let connection = Connection(fd: fd, reactor: reactor, maxPendingBytes: .max, logger: logger)
         let (client, actions) = machine.clientConnected(now: .now())
         sessions[client] = Session(connection: connection)
-        connection.onRead = { [weak self] bytes, fds in self?.read(client, Array(bytes), fds) }
+        connection.onRead = { [weak self] bytes, fds in self?.read(client, Array(bytes), Array(fds)) }
         connection.onClose = { [weak self] reason in self?.closed(client, reason) }
         connection.start()
         logger.debug("client connected", metadata: ["client": "\(client)"])

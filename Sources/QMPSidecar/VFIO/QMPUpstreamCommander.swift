@@ -4,7 +4,7 @@ import VFIOTracking
 /// What the VFIO release driver needs from the proxy: a way to ask QEMU things without disturbing
 /// clients, and a way to tell every client something.
 ///
-/// ``SidecarCore`` implements it; tests use a fake.
+/// ``SidecarCore`` implements it (through ``CommanderLink``); tests use a fake.
 ///
 /// - Important: called on the reactor thread only.
 public protocol QMPUpstreamCommander: AnyObject {
