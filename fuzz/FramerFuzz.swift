@@ -58,7 +58,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
 /// Whatever the plain-command scan accepts, the grammar accepts with the same member ranges and end.
 func checkPlainScan(_ bytes: [UInt8]) {
     bytes.withUnsafeBufferPointer { buffer in
-        guard let (offsets, end) = QMPOutputScan.leadingObject(of: buffer, rules: QMPOutputScan.PlainCommand.self)
+        guard let (offsets, end) = QMPOutputScan.leadingObject(of: buffer, rules: .plainCommand)
         else { return }
         guard let (top, grammarEnd, run) = try? QMPGrammar.scanLeading(buffer), top.isObject,
             run <= QMPFramer.maxWhitespaceRun, top.offsets == offsets, grammarEnd == end

@@ -58,7 +58,7 @@ extension QMPMessage {
     /// ``parseLeading(_:)`` without making the message: its members' offsets and its length.
     static func scanLeading(_ bytes: UnsafeBufferPointer<UInt8>) -> (MessageOffsets, length: Int)? {
         // The plain command first: one pass with no tokens, for what the grammar would certainly accept.
-        if let plain = QMPOutputScan.leadingObject(of: bytes, rules: QMPOutputScan.PlainCommand.self) {
+        if let plain = QMPOutputScan.leadingObject(of: bytes, rules: .plainCommand) {
             return (plain.0, plain.end)
         }
         guard let (top, end, longestWhitespaceRun) = try? QMPGrammar.scanLeading(bytes), top.isObject,

@@ -17,12 +17,14 @@ enum QMPOutputScan {
     /// The members of the object at the start of `bytes` and the index just past its closing brace;
     /// nil also when the object does not end within `bytes`.
     static func leadingObject(of bytes: UnsafeBufferPointer<UInt8>) -> (MessageOffsets, end: Int)? {
-        leadingObject(of: bytes, rules: WriterOutput.self)
+        leadingObject(of: bytes, rules: .writerOutput)
     }
 
     /// ``leadingObject(of:)`` with what is accepted between the structure's marks left to `rules`.
-    static func leadingObject<Rules: ObjectScanRules>(
-        of bytes: UnsafeBufferPointer<UInt8>, rules: Rules.Type
+    /// One copy for all rules (not inlined, not cloned per caller): see ``ObjectScanRules``.
+    @inline(never)
+    static func leadingObject(
+        of bytes: UnsafeBufferPointer<UInt8>, rules: ObjectScanRules
     ) -> (MessageOffsets, end: Int)? {
         let n = bytes.count
         guard n <= MessageOffsets.maxBytes else { return nil }
@@ -48,13 +50,13 @@ enum QMPOutputScan {
             guard keyEnd < n, bytes[keyEnd] == UInt8(ascii: "\"") else { return nil }
             let key = UnsafeBufferPointer(rebasing: bytes[(keyStart + 1)..<keyEnd])
             let member = QMPMessage.Member(key: key)
-            guard Rules.accepts(key: key, naming: member) else { return nil }
+            guard rules.accepts(keyNaming: member) else { return nil }
             i = keyEnd + 1
             guard skipWhitespace(bytes, &i, rules), i < n, bytes[i] == UInt8(ascii: ":") else { return nil }
             i += 1
             guard skipWhitespace(bytes, &i, rules) else { return nil }
             let valueStart = i
-            guard let valueEnd = Rules.valueEnd(bytes, from: valueStart) else { return nil }
+            guard let valueEnd = rules.valueEnd(bytes, from: valueStart) else { return nil }
             if let member {
                 guard offsets[member] == nil else { return nil }
                 offsets[member] = valueStart..<valueEnd
@@ -80,12 +82,12 @@ enum QMPOutputScan {
 
     /// Moves `i` past whitespace; false when the run is longer than `rules` accept.
     @inline(__always)
-    private static func skipWhitespace<Rules: ObjectScanRules>(
-        _ bytes: UnsafeBufferPointer<UInt8>, _ i: inout Int, _ rules: Rules.Type
+    private static func skipWhitespace(
+        _ bytes: UnsafeBufferPointer<UInt8>, _ i: inout Int, _ rules: ObjectScanRules
     ) -> Bool {
         let start = i
         i = skipWhitespace(bytes, from: i)
-        return i - start <= Rules.maxWhitespaceRun
+        return i - start <= rules.maxWhitespaceRun
     }
 
     @inline(__always)

@@ -7,7 +7,7 @@ import Testing
 @Suite("Plain command scan")
 struct PlainCommandScanTests {
     private func plain(_ bytes: [UInt8]) -> (MessageOffsets, end: Int)? {
-        bytes.withUnsafeBufferPointer { QMPOutputScan.leadingObject(of: $0, rules: QMPOutputScan.PlainCommand.self) }
+        bytes.withUnsafeBufferPointer { QMPOutputScan.leadingObject(of: $0, rules: .plainCommand) }
     }
 
     private func grammar(_ bytes: [UInt8]) -> (MessageOffsets, end: Int)? {
