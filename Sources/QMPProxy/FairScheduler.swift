@@ -143,17 +143,21 @@ struct FairScheduler<Item: Sendable>: Sendable {
         return true
     }
 
-    /// The express lane's admission of an in-band command of `client`: true when ``admitNow(kind:from:)``
-    /// would admit it. Makes only the change that admitting and then completing the command leaves
-    /// (the client served last, with a queue); the count in flight is ``admitNow(kind:from:)``'s once the
-    /// lane settles the command, and never made when its reply comes back through the lane.
+    /// The express lane's admission of an in-band command of `client`, which has no command in flight
+    /// (the lane takes only clients that wait for no reply): true when ``admitNow(kind:from:)`` would
+    /// admit it, which then only the closed gate or a queued entry prevents. Makes only the change
+    /// that admitting and then completing the command leaves (the client served last, with a
+    /// queue); the count in flight is ``admitNow(kind:from:)``'s once the lane settles the command,
+    /// and never made when its reply comes back through the lane.
     mutating func admitExpress(_ client: ClientID) -> Bool {
-        guard let (queue, _) = admission(kind: .command, from: client) else { return false }
-        if queue == nil {
-            queues[client] = Queue()
-            round.append(client)
-        } else if round.last != client, let position = round.firstIndex(of: client) {
-            round.remove(at: position)
+        assert(inFlight(client) == 0, "the express lane's client has no command in flight")
+        guard isOpen, totalQueued == 0 else { return false }
+        if round.last != client {
+            if let position = round.firstIndex(of: client) {
+                round.remove(at: position)
+            } else {
+                queues[client] = Queue()
+            }
             round.append(client)
         }
         return true

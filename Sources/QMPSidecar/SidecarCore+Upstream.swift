@@ -41,8 +41,8 @@ extension SidecarCore {
                     instruments.replyRouted(sidecarID)
                     instruments.sentToClient(self.expressReplyLine.count)
                 }
-                self.clients.read(client) { $0.send(self.expressReplyLine) }
-                self.updateClientReading()
+                // QEMU's backlog is as it was: no reading to pause or resume (`updateClientReading`).
+                self.clients[client]?.send(self.expressReplyLine)
                 self.instruments?.changed()
                 return
             }
@@ -139,7 +139,11 @@ extension SidecarCore {
     func updateClientReading() {
         let backlog = upstream?.pendingBytes ?? 0
         let pause = clientsPaused ? backlog > Self.upstreamBacklogLimit / 2 : backlog > Self.upstreamBacklogLimit
-        guard pause != clientsPaused else { return }
+        if pause != clientsPaused { setClientsPaused(pause, backlog: backlog) }
+    }
+
+    @inline(never)
+    private func setClientsPaused(_ pause: Bool, backlog: Int) {
         clientsPaused = pause
         logger.debug("client reading \(pause ? "paused" : "resumed")", metadata: ["upstream-backlog": "\(backlog)"])
         for (id, client) in clients.entries { client.isReadingEnabled = !pause && !fullClients.contains(id) }

@@ -40,7 +40,13 @@ final class MetricsTextfile {
     /// write is already due.
     @inline(__always)
     func changed() {
-        guard timer == nil else { return }
+        if timer == nil { armTimer() }
+    }
+
+    /// Out of line: the clock's types are resilient, and a caller that inlined this would ask the
+    /// runtime for their layout on every call, on every read.
+    @inline(never)
+    private func armTimer() {
         timer = reactor.schedule(after: delay) { [unowned self] in
             self.timer = nil
             self.writeIfChanged()
