@@ -49,24 +49,39 @@ extension ProxyRouter {
         return id
     }
 
-    /// QEMU's read that is one whole reply to the express lane's command in flight: writes over
-    /// `line` the bytes to write to its client, as ``upstreamReceived(_:into:)`` would have put them
-    /// in its `sendToClient` action, and returns the client and the sidecar id of the command (which
-    /// the general path reports in `replyRouted`). Nil, changing nothing, for any other read.
+    /// QEMU's read that is one whole successful reply to the express lane's command in flight, as
+    /// QEMU writes it (``QMPOutputFramer/loneReply(_:id:)``): writes over `line` the bytes to write
+    /// to its client, as ``upstreamReceived(_:into:)`` would have put them in its `sendToClient`
+    /// action, and returns the client and the sidecar id of the command (which the general path
+    /// reports in `replyRouted`). Nil, changing nothing, for any other read (errors, events,
+    /// anything split or batched), which the general path takes.
     public mutating func expressReply(
         _ bytes: UnsafeRawBufferPointer, line: inout [UInt8]
     ) -> (client: ClientID, sidecarID: UInt64)? {
         // Nothing changed since the command went (anything else settles it first): the lane is open.
-        guard let command = expressInFlight, let message = upstreamFramer.loneMessage(bytes),
-            message.range(of: .qmp) == nil, message.range(of: .event) == nil,
-            message.range(of: .returnValue) != nil || message.range(of: .error) != nil,
-            message[.id].flatMap(Envelope.sidecarID) == command.id
-        else { return nil }
+        guard let command = expressInFlight, let reply = upstreamFramer.loneReply(bytes, id: command.id) else {
+            return nil
+        }
         expressInFlight = nil
         traffic.fromQEMU += 1
         traffic.toClients += 1
-        message.writeLine(
-            replacingIDWith: command.hasOriginalID ? Self.echo(expressCommandBytes[...]) : nil, into: &line)
+        // The client's id in place of the sidecar's, or no id member when the command had none.
+        let head = command.hasOriginalID ? reply.value.lowerBound : reply.member.lowerBound
+        let echoed = command.hasOriginalID ? Self.echo(expressCommandBytes[...]) : []
+        let tail = reply.end - reply.value.upperBound
+        line.overwrite(count: head + echoed.count + tail + 2) { out in
+            let from = bytes.bindMemory(to: UInt8.self)
+            var to = out.baseAddress!
+            to.update(from: from.baseAddress!, count: head)
+            to += head
+            if !echoed.isEmpty {
+                echoed.withUnsafeBufferPointer { to.update(from: $0.baseAddress!, count: $0.count) }
+                to += echoed.count
+            }
+            to.update(from: from.baseAddress! + reply.value.upperBound, count: tail)
+            to[tail] = 0x0D
+            to[tail + 1] = 0x0A
+        }
         return (command.client, command.id)
     }
 

@@ -61,6 +61,12 @@ extension QMPMessage {
         if let plain = QMPOutputScan.leadingObject(of: bytes, rules: .plainCommand) {
             return (plain.0, plain.end)
         }
+        return scanLeadingByGrammar(bytes)
+    }
+
+    /// Out of line: the plain command's path stays short without the grammar's call inlined into it.
+    @inline(never)
+    private static func scanLeadingByGrammar(_ bytes: UnsafeBufferPointer<UInt8>) -> (MessageOffsets, length: Int)? {
         guard let (top, end, longestWhitespaceRun) = try? QMPGrammar.scanLeading(bytes), top.isObject,
             longestWhitespaceRun <= QMPFramer.maxWhitespaceRun
         else { return nil }
