@@ -21,6 +21,8 @@ struct ClientSession: Sendable {
 
     var phase: Phase
     var framer = QMPFramer()
+    /// The client's last command through the express lane, to recognise the next by comparison.
+    var prediction = LonePrediction()
     /// Bytes received so far: the stream offset of the next byte.
     var received = 0
     /// Units that arrived before the greeting; handled once it is sent.

@@ -29,7 +29,8 @@ extension ProxyRouter {
         _ clientID: ClientID, _ bytes: UnsafeRawBufferPointer, line: inout [UInt8]
     ) -> UInt64? {
         guard isExpressOpen, expressInFlight == nil,
-            let message = clients.read(clientID, { $0.isExpressReady ? $0.framer.loneObject(bytes) : nil }) ?? nil,
+            let (message, predicted) = clients.read(
+                clientID, { $0.isExpressReady ? $0.framer.loneObject(bytes, predictedBy: $0.prediction) : nil }) ?? nil,
             message.range(of: .execOOB) == nil, let name = message[.execute].flatMap(Envelope.plainText(of:)),
             // Local and observed commands take the general path, as do names that are not plain tokens.
             generalPathCommandNames.index(of: name) == nil, scheduler.admitExpress(clientID)
@@ -38,6 +39,7 @@ extension ProxyRouter {
         clients.withValue(forKey: clientID) { session in
             session.framer.consumeLoneObject(byteCount: bytes.count)
             session.received += bytes.count
+            if !predicted { session.prediction.remember(message, read: bytes) }
         }
         // The client's id is kept for the reply in a buffer the router reuses: nothing allocates.
         let idBytes = message[.id]

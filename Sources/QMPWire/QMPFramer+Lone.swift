@@ -1,7 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
-
 // The express lane's framing: a read that holds exactly one whole message, the common case of a
 // client waiting for each reply and of QEMU answering one command.
 
@@ -68,7 +64,7 @@ extension QMPOutputFramer {
         // One line: QEMU ends each message with one, and its strings hold no raw line feed. (A read
         // may hold several messages; a pretty-printed message spans lines.)
         guard end > Self.replyHead.count, all[end - 1] == UInt8(ascii: "}"),
-            memchr(all.baseAddress!, 0x0A, end) == nil
+            !ShortBytes.contains(0x0A, all.baseAddress!, count: end)
         else { return nil }
         // The id's digits, last first.
         var i = end - 1
