@@ -140,39 +140,44 @@ int cqmp_epoll_create(void) {
     return epoll_create1(EPOLL_CLOEXEC);
 }
 
+// The CQMP_EPOLL_* bits are the kernel's: events pass through without translation.
+_Static_assert(CQMP_EPOLL_READ == EPOLLIN && CQMP_EPOLL_WRITE == EPOLLOUT && CQMP_EPOLL_ERROR == EPOLLERR &&
+                   CQMP_EPOLL_HANGUP == EPOLLHUP,
+               "CQMP_EPOLL_* must equal the kernel's EPOLL* bits");
+
 int cqmp_epoll_update(int epfd, int fd, uint64_t token, int registered, unsigned interest) {
     if (interest == 0) {
         return registered ? epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL) : 0;
     }
-    struct epoll_event event = {.events = 0, .data.u64 = token};
-    if (interest & CQMP_EPOLL_READ) event.events |= EPOLLIN;
-    if (interest & CQMP_EPOLL_WRITE) event.events |= EPOLLOUT;
+    struct epoll_event event = {.events = interest & (CQMP_EPOLL_READ | CQMP_EPOLL_WRITE), .data.u64 = token};
     return epoll_ctl(epfd, registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &event);
+}
+
+// Out of line: the untimed wait, the one an idle or busy proxy makes, stays short.
+__attribute__((noinline)) static int epoll_wait_timed(int epfd, struct epoll_event *events, int capacity,
+                                                      int64_t timeout_ns) {
+    struct timespec ts = {.tv_sec = (time_t)(timeout_ns / 1000000000), .tv_nsec = (long)(timeout_ns % 1000000000)};
+    int count;
+#ifdef SYS_epoll_pwait2
+    count = (int)syscall(SYS_epoll_pwait2, epfd, events, capacity, &ts, NULL, 0);
+#else
+    count = -1;
+    errno = ENOSYS;
+#endif
+    if (count < 0 && errno == ENOSYS) {
+        int64_t ms = (timeout_ns + 999999) / 1000000;
+        count = epoll_wait(epfd, events, capacity, ms > INT32_MAX ? INT32_MAX : (int)ms);
+    }
+    return count;
 }
 
 int cqmp_epoll_wait_ns(int epfd, uint32_t *masks, uint64_t *tokens, int capacity, int64_t timeout_ns) {
     struct epoll_event events[64];
     if (capacity > 64) capacity = 64;
-    int count;
-    if (timeout_ns < 0) {
-        count = epoll_wait(epfd, events, capacity, -1);
-    } else {
-        struct timespec ts = {.tv_sec = (time_t)(timeout_ns / 1000000000), .tv_nsec = (long)(timeout_ns % 1000000000)};
-#ifdef SYS_epoll_pwait2
-        count = (int)syscall(SYS_epoll_pwait2, epfd, events, capacity, &ts, NULL, 0);
-#else
-        count = -1;
-        errno = ENOSYS;
-#endif
-        if (count < 0 && errno == ENOSYS) {
-            int64_t ms = (timeout_ns + 999999) / 1000000;
-            count = epoll_wait(epfd, events, capacity, ms > INT32_MAX ? INT32_MAX : (int)ms);
-        }
-    }
+    int count = timeout_ns < 0 ? epoll_wait(epfd, events, capacity, -1)
+                               : epoll_wait_timed(epfd, events, capacity, timeout_ns);
     for (int i = 0; i < count; i++) {
-        uint32_t ready = events[i].events;
-        masks[i] = ((ready & EPOLLIN) ? CQMP_EPOLL_READ : 0) | ((ready & EPOLLOUT) ? CQMP_EPOLL_WRITE : 0) |
-                   ((ready & EPOLLHUP) ? CQMP_EPOLL_HANGUP : 0) | ((ready & EPOLLERR) ? CQMP_EPOLL_ERROR : 0);
+        masks[i] = events[i].events & (CQMP_EPOLL_READ | CQMP_EPOLL_WRITE | CQMP_EPOLL_HANGUP | CQMP_EPOLL_ERROR);
         tokens[i] = events[i].data.u64;
     }
     return count;

@@ -1,5 +1,6 @@
 import ArgumentParser
 import QMPRuntime
+import QMPWire
 
 #if canImport(Glibc)
 import Glibc
@@ -38,10 +39,19 @@ struct ShellFloor: ParsableCommand {
         try reactor.run()
     }
 
-    /// Copies bytes both ways until either side closes, then closes both.
+    /// Copies bytes both ways until either side closes, then closes both. Each direction copies into
+    /// a buffer it reuses, as qmp-sidecar's express lane does: no allocation per read.
     private static func pump(_ a: Connection, _ b: Connection) {
-        a.onRead = { bytes, _ in b.send(Array(bytes)) }
-        b.onRead = { bytes, _ in a.send(Array(bytes)) }
+        var towardB: [UInt8] = []
+        var towardA: [UInt8] = []
+        a.onRead = { bytes, _ in
+            towardB.overwrite(with: bytes.bindMemory(to: UInt8.self))
+            b.send(towardB)
+        }
+        b.onRead = { bytes, _ in
+            towardA.overwrite(with: bytes.bindMemory(to: UInt8.self))
+            a.send(towardA)
+        }
         a.onClose = { _ in b.close() }
         b.onClose = { _ in a.close() }
         a.start()

@@ -44,11 +44,11 @@ int cqmp_child_exit_status(pid_t pid, int *status);
 /// epoll_create1(EPOLL_CLOEXEC).
 int cqmp_epoll_create(void);
 
-/// Interest and ready bits of the epoll shims (the kernel's own constants stay in C).
-#define CQMP_EPOLL_READ 1u
-#define CQMP_EPOLL_WRITE 2u
-#define CQMP_EPOLL_HANGUP 4u
-#define CQMP_EPOLL_ERROR 8u
+/// Interest and ready bits of the epoll shims: the kernel's EPOLLIN, EPOLLOUT, EPOLLERR and EPOLLHUP (checked in shims.c).
+#define CQMP_EPOLL_READ 0x001u
+#define CQMP_EPOLL_WRITE 0x004u
+#define CQMP_EPOLL_ERROR 0x008u
+#define CQMP_EPOLL_HANGUP 0x010u
 
 /// Brings `fd`'s epoll registration to `interest` (CQMP_EPOLL_READ | CQMP_EPOLL_WRITE, level
 /// triggered, `token` as its data): added when not `registered`, modified when it is, deleted for an
