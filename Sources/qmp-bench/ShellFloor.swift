@@ -39,22 +39,30 @@ struct ShellFloor: ParsableCommand {
         try reactor.run()
     }
 
-    /// Copies bytes both ways until either side closes, then closes both. Each direction copies into
-    /// a buffer it reuses, as qmp-sidecar's express lane does: no allocation per read.
+    /// Copies bytes both ways until either side closes, then closes both.
     private static func pump(_ a: Connection, _ b: Connection) {
-        var towardB: [UInt8] = []
-        var towardA: [UInt8] = []
-        a.onRead = { bytes, _ in
-            towardB.overwrite(with: bytes.bindMemory(to: UInt8.self))
-            b.send(towardB)
-        }
-        b.onRead = { bytes, _ in
-            towardA.overwrite(with: bytes.bindMemory(to: UInt8.self))
-            a.send(towardA)
-        }
+        let towardB = Relay(to: b)
+        let towardA = Relay(to: a)
+        a.onRead = { bytes, _ in towardB.forward(bytes) }
+        b.onRead = { bytes, _ in towardA.forward(bytes) }
         a.onClose = { _ in b.close() }
         b.onClose = { _ in a.close() }
         a.start()
         b.start()
+    }
+}
+
+/// One direction of the pump: copies each read into a buffer it reuses, as qmp-sidecar's express lane
+/// does, so no read allocates (and, a class's own property rather than a captured variable, the
+/// buffer needs no run-time exclusivity check).
+private final class Relay {
+    private let connection: Connection
+    private var line: [UInt8] = []
+
+    init(to connection: Connection) { self.connection = connection }
+
+    func forward(_ bytes: UnsafeRawBufferPointer) {
+        line.overwrite(with: bytes.bindMemory(to: UInt8.self))
+        connection.send(line)
     }
 }
