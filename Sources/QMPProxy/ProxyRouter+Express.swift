@@ -31,9 +31,8 @@ extension ProxyRouter {
         guard isExpressOpen, expressInFlight == nil,
             let (message, predicted) = clients.read(
                 clientID, { $0.isExpressReady ? $0.framer.loneObject(bytes, predictedBy: $0.prediction) : nil }) ?? nil,
-            message.range(of: .execOOB) == nil, let name = message[.execute].flatMap(Envelope.plainText(of:)),
-            // Local and observed commands take the general path, as do names that are not plain tokens.
-            generalPathCommandNames.index(of: name) == nil, scheduler.admitExpress(clientID)
+            // A predicted command is the client's last lane command but for its id: it passed these.
+            predicted || isExpressCommand(message), scheduler.admitExpress(clientID)
         else { return nil }
         let id = allocateID()
         clients.withValue(forKey: clientID) { session in
@@ -49,6 +48,14 @@ extension ProxyRouter {
         traffic.toQEMU += 1
         message.writeLine(replacingIDWith: id, into: &line)
         return id
+    }
+
+    /// An in-band command QEMU answers: not local or observed, its name a plain token (anything else
+    /// takes the general path).
+    private func isExpressCommand(_ message: QMPMessageView) -> Bool {
+        guard message.range(of: .execOOB) == nil, let name = message[.execute].flatMap(Envelope.plainText(of:))
+        else { return false }
+        return generalPathCommandNames.index(of: name) == nil
     }
 
     /// QEMU's read that is one whole successful reply to the express lane's command in flight, as

@@ -70,7 +70,8 @@ public struct LonePrediction: Sendable {
 }
 
 extension QMPFramer {
-    /// ``loneObject(_:)``, trying `prediction` first; `predicted` tells which found it.
+    /// ``loneObject(_:)``, trying `prediction` first; `predicted` tells which found it (a predicted
+    /// object has the remembered one's members, all but the id with the same bytes).
     public func loneObject(_ bytes: UnsafeRawBufferPointer, predictedBy prediction: borrowing LonePrediction)
         -> (message: QMPMessageView, predicted: Bool)?
     {
