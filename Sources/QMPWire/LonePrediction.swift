@@ -3,7 +3,7 @@
 /// same command again and again with a new id at its end: `{"execute":"query-status","id":"libvirt-12"}`.
 ///
 /// A read is the remembered command when it has the same bytes before the id's value and after it,
-/// and its id is a plain value (a string of printable ASCII without escapes, or an integer). The
+/// and its id is a value the plain-command scan accepts (``ObjectScanRules/plainCommand``). The
 /// object is then as valid as the remembered one, with the same members where they were: only the
 /// id's range and what follows it move.
 public struct LonePrediction: Sendable {
@@ -42,7 +42,10 @@ public struct LonePrediction: Sendable {
                     && ShortBytes.equal(
                         old.baseAddress! + id.upperBound, bytes.baseAddress! + all.count - tail, count: tail)
             }),
-            Self.isPlainValue(UnsafeBufferPointer(rebasing: all[id.lowerBound..<(id.lowerBound + idCount)]))
+            // A value the plain-command scan takes as it is, and nothing after it.
+            ObjectScanRules.plainCommand.valueEnd(
+                UnsafeBufferPointer(rebasing: all[..<(id.lowerBound + idCount)]), from: id.lowerBound)
+                == id.lowerBound + idCount
         else { return nil }
         let shift = idCount - id.count
         var offsets = top
@@ -50,22 +53,6 @@ public struct LonePrediction: Sendable {
         offsets.lastValueEnd = id.upperBound + shift
         offsets.closingBrace = top.closingBrace + shift
         return QMPMessageView(bytes: UnsafeBufferPointer(rebasing: all[..<(objectEnd + shift)]), top: offsets)
-    }
-
-    /// A string of printable ASCII without escapes, or an integer without leading zeros: tokens the
-    /// plain-command scan accepts as they are.
-    private static func isPlainValue(_ value: UnsafeBufferPointer<UInt8>) -> Bool {
-        if value[0] == UInt8(ascii: "\"") {
-            guard value.count >= 2, value[value.count - 1] == UInt8(ascii: "\"") else { return false }
-            for byte in value[1..<(value.count - 1)] where byte < 0x20 || byte >= 0x7F || byte == 0x22 || byte == 0x5C {
-                return false
-            }
-            return true
-        }
-        var digits = value[...]
-        if digits.first == UInt8(ascii: "-") { digits = digits.dropFirst() }
-        guard let first = digits.first, digits.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { return false }
-        return first != UInt8(ascii: "0") || digits.count == 1
     }
 }
 

@@ -22,20 +22,6 @@ extension QMPFramer {
     }
 }
 
-extension QMPOutputFramer {
-    /// The message that `bytes` hold when, between messages, they are one object the output scan
-    /// reads followed by CR, LF or spaces only: what ``append(_:scanned:unscanned:)`` would hand to
-    /// `scanned`, leaving the framer as it is, as a view of `bytes` (no copy). Nil for anything else.
-    public func loneMessage(_ bytes: UnsafeRawBufferPointer) -> QMPMessageView? {
-        let all = bytes.bindMemory(to: UInt8.self)
-        guard isBetweenMessages, !all.isEmpty, all[0] == UInt8(ascii: "{"),
-            let (offsets, end) = QMPOutputScan.leadingObject(of: all)
-        else { return nil }
-        for b in all[end...] where b != 0x0D && b != 0x0A && b != 0x20 { return nil }
-        return QMPMessageView(bytes: UnsafeBufferPointer(rebasing: all[..<end]), top: offsets)
-    }
-}
-
 /// Where the id is in QEMU's reply to a command (see ``QMPOutputFramer/loneReply(_:id:)``).
 public struct LoneReply: Sendable {
     /// The id member with the comma before it: `, "id": 12`.
@@ -53,12 +39,14 @@ extension QMPOutputFramer {
     /// nothing (the caller scans it).
     ///
     /// The match is exact because QEMU's output is one valid object per line and the read holds one
-    /// line: the last `}` closes the top-level object, so the number before it is the value of the last top-level member; the
-    /// quote before `id` follows a space, so it opens the key (an escaped quote follows a backslash),
-    /// and the key is `id`; the object's first key is `return`.
+    /// line: the last `}` closes the top-level object, so the number before it is the value of the
+    /// last top-level member; the quote before `id` follows a space, so it opens the key (an escaped
+    /// quote follows a backslash), and the key is `id`; the object's first key is `return`.
     public func loneReply(_ bytes: UnsafeRawBufferPointer, id: UInt64) -> LoneReply? {
         let all = bytes.bindMemory(to: UInt8.self)
-        guard isBetweenMessages, all.starts(with: Self.replyHead.bytes) else { return nil }
+        guard isBetweenMessages, all.count > Self.replyHead.count,
+            ShortBytes.equal(all.baseAddress!, Self.replyHead.start, count: Self.replyHead.count)
+        else { return nil }
         var end = all.count
         while end > 0, all[end - 1] == 0x0D || all[end - 1] == 0x0A || all[end - 1] == 0x20 { end -= 1 }
         // One line: QEMU ends each message with one, and its strings hold no raw line feed. (A read
@@ -77,7 +65,7 @@ extension QMPOutputFramer {
         let valueStart = i
         let memberStart = valueStart - Self.idJoiner.count
         guard memberStart > Self.replyHead.count,
-            UnsafeBufferPointer(rebasing: all[memberStart..<valueStart]).elementsEqual(Self.idJoiner.bytes)
+            ShortBytes.equal(all.baseAddress! + memberStart, Self.idJoiner.start, count: Self.idJoiner.count)
         else { return nil }
         return LoneReply(member: memberStart..<(end - 1), value: valueStart..<(end - 1), end: end)
     }
@@ -91,5 +79,5 @@ private struct StaticBytes: Sendable {
     let text: StaticString
     init(_ text: StaticString) { self.text = text }
     var count: Int { text.utf8CodeUnitCount }
-    var bytes: UnsafeBufferPointer<UInt8> { UnsafeBufferPointer(start: text.utf8Start, count: count) }
+    var start: UnsafeRawPointer { UnsafeRawPointer(text.utf8Start) }
 }
