@@ -129,6 +129,8 @@ for target in package.targets where target.type != .system {
 // The proxy's hot path (reactor, connections, router, sidecar core) runs without dynamic exclusivity
 // checks in release builds: they cost about 15 % of its instructions per round trip (callgrind), and
 // strict concurrency already rules out the overlapping accesses they would catch across threads.
-for target in package.targets where ["QMPProxy", "QMPRuntime", "QMPSidecar"].contains(target.name) {
+// qmp-bench is built the same way, so that its shell floor (a byte pump on that runtime) pays no
+// check the sidecar does not pay.
+for target in package.targets where ["QMPProxy", "QMPRuntime", "QMPSidecar", "qmp-bench"].contains(target.name) {
     target.swiftSettings!.append(.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release)))
 }
