@@ -53,9 +53,8 @@ struct ShellFloor: ParsableCommand {
 }
 
 /// One direction of the pump: copies each read into a buffer it reuses, as qmp-sidecar's express lane
-/// does, so no read allocates. A class's own property rather than a captured variable, and qmp-bench
-/// is built without dynamic exclusivity checks like the sidecar's runtime (Package.swift), so the
-/// buffer costs no run-time check.
+/// does, so no read allocates. qmp-bench is built without dynamic exclusivity checks, like the
+/// sidecar's runtime (Package.swift), so the buffer costs no run-time check either.
 private final class Relay {
     private let connection: Connection
     private var line: [UInt8] = []
